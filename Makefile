@@ -1,0 +1,34 @@
+# gzpipe: `make demo` runs the study on the synthetic default, `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+N ?= 300
+
+.PHONY: setup demo test test-all test-gpu bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/gzpipe demo --n $(N) --out artifacts/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
+
+bench: setup
+	$(BIN)/python benchmarks/bench_shard.py
+
+clean:
+	rm -rf artifacts/demo .pytest_cache

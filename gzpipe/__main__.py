@@ -1,0 +1,3 @@
+from gzpipe.cli import main
+
+main()

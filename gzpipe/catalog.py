@@ -1,0 +1,242 @@
+"""Catalogue readers: every GZ2 label format becomes one table with gzpipe's 30 conditional targets.
+
+The table (a pandas DataFrame) has, per row:
+
+* ``id``: the galaxy's image stem (Hart16 ``asset_id`` or Kaggle ``GalaxyID``), a string;
+* ``path``: the image file ``<images>/<id>.jpg`` (empty when the row could not be joined to an image name);
+* the 30 targets, named ``TARGET_NAMES`` (float64; NaN where the catalogue has NaN);
+* the 30 mask columns ``mask:<target>`` (bool; False for NaN and for tasks nobody reached);
+* the metadata kept (``dr7objid``, ``ra``, ``dec``, ``sample``, ``gz2_class``, ... where present);
+* ``reject``: an empty string, or the reason this row cannot be used (the shard stage lists these).
+
+Three formats are read:
+
+1. the real release: ``gz2_hart16.csv[.gz]`` + ``gz2_filename_mapping.csv`` (join ``dr7objid`` = ``objid``);
+2. any CSV with Hart16 answer columns and an ``asset_id`` column (e.g. the 800-galaxy sample);
+3. Kaggle's ``GalaxyID, Class1.1 ... Class11.6`` (cumulative), converted to conditional fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gzpipe import schema
+from gzpipe.errors import CatalogError
+
+FORMATS = ("auto", "hart16", "kaggle")
+MASK_PREFIX = "mask:"
+MASK_COLUMNS = [MASK_PREFIX + n for n in schema.TARGET_NAMES]
+RANGE_TOL = 1e-6
+METADATA = ("dr7objid", "ra", "dec", "sample", "gz2_class", "total_classifications", "total_votes")
+_ID_COLUMNS = ("dr7objid", "objid", "asset_id", "GalaxyID")
+
+
+@dataclass(frozen=True)
+class CatalogSource:
+    catalog: Path
+    images: Path
+    mapping: Path | None = None
+    format: str = "auto"
+    target: str = "debiased"
+
+
+def read_catalog(src: CatalogSource) -> pd.DataFrame:
+    """Read any supported catalogue into gzpipe's table (see the module docstring)."""
+    if src.format not in FORMATS:
+        raise CatalogError(f"unknown --format {src.format!r}; choose one of {', '.join(FORMATS)}")
+    if src.target not in schema.TARGET_KINDS:
+        raise CatalogError(f"unknown --target {src.target!r}; choose one of {', '.join(schema.TARGET_KINDS)}")
+    df = _read_csv(src.catalog)
+    fmt = src.format if src.format != "auto" else detect_format(df, src.catalog)
+    if fmt == "kaggle":
+        table = _from_kaggle(df, src.catalog)
+    else:
+        table = _from_hart16(df, src)
+    images = Path(src.images)
+    table.insert(1, "path", [str(images / f"{i}.jpg") if i else "" for i in table["id"]])
+    return table
+
+
+def detect_format(df: pd.DataFrame, name: Path | str = "catalogue") -> str:
+    if "GalaxyID" in df.columns:
+        return "kaggle"
+    if "asset_id" in df.columns or "dr7objid" in df.columns:
+        return "hart16"
+    raise CatalogError(
+        f"{name}: cannot tell the format: expected a 'GalaxyID' column (Kaggle) or 'dr7objid' / 'asset_id' "
+        f"(Hart16); found {_show(list(df.columns))}. Pass --format to say which."
+    )
+
+
+def target_array(table: pd.DataFrame) -> np.ndarray:
+    return table[list(schema.TARGET_NAMES)].to_numpy(dtype=np.float32)
+
+
+def mask_array(table: pd.DataFrame) -> np.ndarray:
+    return table[MASK_COLUMNS].to_numpy(dtype=np.uint8)
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise CatalogError(f"catalogue not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise CatalogError(f"{path}: the catalogue is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CatalogError(f"{path}: cannot read it as CSV: {first}") from None
+    if len(df) == 0:
+        raise CatalogError(f"{path}: the catalogue has a header but no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _norm_id(s: pd.Series) -> pd.Series:
+    """Ids as clean strings: '123.0' -> '123', NaN -> ''."""
+    out = s.astype("string").fillna("").str.strip()
+    return out.str.replace(r"\.0+$", "", regex=True).astype(object)
+
+
+def _show(cols: list[str], n: int = 6) -> str:
+    head = ", ".join(cols[:n])
+    return head + (f" and {len(cols) - n} more" if len(cols) > n else "")
+
+
+def _require(df: pd.DataFrame, cols: list[str], name: Path, hint: str = "") -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise CatalogError(f"{name}: missing {len(missing)} column(s): {_show(missing)}{hint}")
+
+
+# --- Hart16 ----------------------------------------------------------------------------------------------------
+
+
+def _from_hart16(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
+    cols = schema.target_columns(src.target)
+    present = [k for k in schema.TARGET_KINDS if all(c in df.columns for c in schema.target_columns(k))]
+    hint = f" (this file has complete --target families: {', '.join(present)})" if present else ""
+    _require(df, cols, src.catalog, hint)
+    if "gz2class" in df.columns and "gz2_class" not in df.columns:
+        df = df.rename(columns={"gz2class": "gz2_class"})
+
+    reject = pd.Series("", index=df.index, dtype=object)
+    if "asset_id" in df.columns:
+        ids = _norm_id(df["asset_id"])
+    else:
+        _require(df, ["dr7objid"], src.catalog)
+        if src.mapping is None:
+            raise CatalogError(
+                f"{src.catalog}: has dr7objid but no asset_id column; pass --mapping gz2_filename_mapping.csv "
+                "to find each galaxy's image"
+            )
+        mapping = _read_csv(src.mapping)
+        _require(mapping, ["objid", "asset_id"], src.mapping)
+        mapping = mapping.assign(objid=_norm_id(mapping["objid"]), asset_id=_norm_id(mapping["asset_id"]))
+        mapping = mapping[mapping["asset_id"] != ""].drop_duplicates("objid", keep="first")
+        lookup = dict(zip(mapping["objid"], mapping["asset_id"]))
+        objid = _norm_id(df["dr7objid"])
+        ids = objid.map(lambda o: lookup.get(o, ""))
+        reject[ids == ""] = "no row in the filename mapping for this dr7objid"
+    missing_id = (ids == "") & (reject == "")
+    reject[missing_id] = "empty asset_id"
+
+    values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    reached = _reached_tasks(df)
+    table = _assemble(ids, values, reached, reject, cols)
+    for m in METADATA:
+        if m in df.columns:
+            table[m] = df[m].to_numpy()
+    return table
+
+
+def _reached_tasks(df: pd.DataFrame) -> np.ndarray:
+    """(n, 30) bool: did any volunteer answer the task? Uses counts, else plain fractions, where present.
+
+    A task nobody reached has count 0 and fraction 0 in Hart16 (not NaN); its conditional fraction is 0/0, so
+    those targets get mask 0. Without count or fraction columns every task counts as reached.
+    """
+    reached = np.ones((len(df), schema.N_TARGETS), dtype=bool)
+    for kind in ("count", "weighted_fraction", "fraction"):
+        cols = [f"{n}_{kind}" for n in schema.TARGET_NAMES]
+        if all(c in df.columns for c in cols):
+            v = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()
+            for t in schema.TASKS:
+                s = schema.TASK_SLICES[t.name]
+                reached[:, s] = (v[:, s].sum(axis=1) > 0)[:, None]
+            break
+    return reached
+
+
+# --- Kaggle ----------------------------------------------------------------------------------------------------
+
+
+def _from_kaggle(df: pd.DataFrame, name: Path) -> pd.DataFrame:
+    _require(df, ["GalaxyID", *schema.KAGGLE_COLUMNS], name)
+    ids = _norm_id(df["GalaxyID"])
+    raw = df[list(schema.KAGGLE_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    reject = pd.Series("", index=df.index, dtype=object)
+    reject[ids == ""] = "empty GalaxyID"
+    bad = _range_reasons(raw, list(schema.KAGGLE_COLUMNS))
+    reject = reject.where(reject != "", bad)
+    cond, mask = schema.kaggle_to_targets(np.clip(raw, 0.0, 1.0))
+    # Rounding in the cumulative values can push a child a hair above its parent; more than 1e-3 is bad data.
+    over = (cond > 1 + 1e-3) & mask
+    rows = np.flatnonzero(over.any(axis=1))
+    for r in rows:
+        if reject.iat[r] == "":
+            j = int(np.flatnonzero(over[r])[0])
+            reject.iat[r] = f"{schema.KAGGLE_TARGET_COLUMNS[j]} exceeds the value of the answer that leads to it"
+    cond = np.clip(cond, 0.0, 1.0)
+    table = _assemble(ids, cond, mask, reject, list(schema.KAGGLE_TARGET_COLUMNS), check_range=False)
+    return table
+
+
+# --- shared ----------------------------------------------------------------------------------------------------
+
+
+def _range_reasons(values: np.ndarray, cols: list[str]) -> pd.Series:
+    bad = (values < -RANGE_TOL) | (values > 1 + RANGE_TOL)
+    out = np.full(len(values), "", dtype=object)
+    for r in np.flatnonzero(bad.any(axis=1)):
+        j = int(np.flatnonzero(bad[r])[0])
+        out[r] = f"{cols[j]} = {values[r, j]:.6g} is outside [0, 1]"
+    return pd.Series(out)
+
+
+def _assemble(
+    ids: pd.Series,
+    values: np.ndarray,
+    reached: np.ndarray,
+    reject: pd.Series,
+    source_cols: list[str],
+    check_range: bool = True,
+) -> pd.DataFrame:
+    reject = reject.reset_index(drop=True)
+    if check_range:
+        bad = _range_reasons(values, source_cols)
+        reject = reject.where(reject != "", bad)
+    nan = np.isnan(values)
+    mask = reached & ~nan
+    # Unreached tasks are 0/0: target 0 (never NaN, so it cannot poison a sum) with mask 0.
+    targets = np.where(reached | nan, values, 0.0)
+    targets = np.where(nan, np.nan, np.clip(targets, 0.0, 1.0))
+    table = pd.DataFrame({"id": ids.reset_index(drop=True).to_numpy()})
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame(targets, columns=list(schema.TARGET_NAMES)),
+            pd.DataFrame(mask, columns=MASK_COLUMNS),
+        ],
+        axis=1,
+    )
+    table["reject"] = reject.to_numpy()
+    return table

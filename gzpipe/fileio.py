@@ -1,0 +1,61 @@
+"""Small file utilities: atomic writes (never a half-written file under its final name) and hashing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def tmp_path_for(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open ``path`` for writing through a temporary file; rename into place only on success.
+
+    The rename is atomic on POSIX, so a reader (or a re-run after SIGKILL) sees either the old file or the whole
+    new one. The data are fsync'ed before the rename so a power cut cannot leave an empty file behind either.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, stable key order and indentation (so files diff cleanly)."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete temporary files left by a killed run; returns how many were removed."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

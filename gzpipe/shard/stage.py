@@ -1,0 +1,311 @@
+"""`gzpipe shard`: catalogue + images -> WebDataset tars, DALI indexes and ``manifest.json``.
+
+Stream of work:
+  catalogue rows -> (fraction) inputs -> row checks (reader reasons, duplicate ids) -> split by id hash
+  -> per split, shuffled by id hash -> planned shards of ``shard_size`` -> per shard (in worker processes):
+  read + check each JPEG, write the tar and its index atomically, record a done-file.
+Every input row ends as written or rejected-with-a-reason; the manifest lists both.
+
+Each sample holds ``<key>.jpg``, ``<key>.targets`` (30 little-endian float32; masked targets stored as 0),
+``<key>.mask`` (30 uint8, 1 = valid) and ``<key>.json`` (id, catalogue row, metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gzpipe import __version__, schema
+from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
+from gzpipe.errors import GzpipeError
+from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
+from gzpipe.progress import progress_bar
+from gzpipe.shard.images import VERIFY_MODES, ImageRejected, load_jpeg
+from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
+from gzpipe.shard.tarwrite import ShardInfo, write_shard
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+DONE_DIR = ".done"
+_SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
+
+
+@dataclass
+class ShardConfig:
+    catalog: Path
+    images: Path
+    out: Path
+    mapping: Path | None = None
+    format: str = "auto"
+    target: str = "debiased"
+    fraction: float = 1.0
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+    resize: int | None = None
+    quality: int = 90
+    shard_size: int = 1000
+    workers: int = 1
+    verify: str = "decode"
+
+    def validate(self) -> None:
+        if self.shard_size < 1:
+            raise GzpipeError("--shard-size must be at least 1")
+        if self.resize is not None and not 8 <= self.resize <= 4096:
+            raise GzpipeError(f"--resize must be between 8 and 4096 px, got {self.resize}")
+        if not 1 <= self.quality <= 100:
+            raise GzpipeError(f"--quality must be 1..100, got {self.quality}")
+        if self.verify not in VERIFY_MODES:
+            raise GzpipeError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+        if not Path(self.images).is_dir():
+            raise GzpipeError(f"image folder not found: {self.images}")
+        try:
+            assign_splits([], self.seed, self.val, self.test)
+            in_fraction([], self.seed, self.fraction)
+        except ValueError as e:
+            raise GzpipeError(str(e)) from None
+
+
+@dataclass
+class _Job:
+    name: str
+    split: str
+    rows: list[int]
+    keys: list[str]
+    paths: list[str]
+    targets: np.ndarray
+    masks: np.ndarray
+    meta: list[dict]
+    plan_digest: str = ""
+    resize: int | None = None
+    quality: int = 90
+    verify: str = "decode"
+
+
+@dataclass
+class _Rejection:
+    row: int
+    id: str
+    reason: str
+    code: str
+
+
+@dataclass
+class ShardResult:
+    manifest: dict
+    out: Path
+    rejected: list[_Rejection] = field(default_factory=list)
+
+
+def key_for(galaxy_id: str) -> str:
+    """A WebDataset key: no dots (they separate key from extension) and no path characters."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", galaxy_id)
+
+
+def run_shard(cfg: ShardConfig) -> dict:
+    """Pack the catalogue into shards; returns the manifest (also written to ``out/manifest.json``)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    remove_stale_tmp(out / DONE_DIR)
+    table = read_catalog(CatalogSource(Path(cfg.catalog), Path(cfg.images), cfg.mapping and Path(cfg.mapping),
+                                       cfg.format, cfg.target))
+    n_rows = len(table)
+    ids = table["id"].astype(str).tolist()
+    keep = in_fraction(ids, cfg.seed, cfg.fraction) if cfg.fraction < 1 else np.ones(n_rows, dtype=bool)
+    rejected = _row_rejections(table, keep)
+    bad_rows = {r.row for r in rejected}
+    good = [i for i in range(n_rows) if keep[i] and i not in bad_rows]
+    jobs = _plan(table, good, cfg)
+    infos, image_rejections = _execute(jobs, out, cfg.workers)
+    rejected += image_rejections
+    rejected.sort(key=lambda r: r.row)
+    _remove_stale_shards(out, {j.name for j in jobs})
+    manifest = _manifest(cfg, table, keep, infos, rejected)
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _row_rejections(table: pd.DataFrame, keep: np.ndarray) -> list[_Rejection]:
+    out: list[_Rejection] = []
+    first_row: dict[str, int] = {}
+    for i, (gid, reason) in enumerate(zip(table["id"].astype(str), table["reject"])):
+        if not keep[i]:
+            continue
+        if reason:
+            code = "no_mapping" if "mapping" in reason else "out_of_range" if "outside" in reason or "exceeds" in reason else "bad_row"
+            out.append(_Rejection(i, gid, reason, code))
+            continue
+        k = key_for(gid)
+        if k in first_row:
+            out.append(_Rejection(i, gid, f"duplicate id {gid!r} (first seen on catalogue row {first_row[k]})",
+                                  "duplicate_id"))
+            continue
+        first_row[k] = i
+    return out
+
+
+def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig) -> list[_Job]:
+    ids = table["id"].astype(str).to_numpy()
+    targets = np.nan_to_num(target_array(table), nan=0.0)  # masked targets stored as 0; the mask says so
+    masks = mask_array(table)
+    split = assign_splits(list(ids), cfg.seed, cfg.val, cfg.test)
+    meta_cols = [c for c in table.columns if c not in ("id", "path", "reject")
+                 and c not in schema.TARGET_NAMES and not c.startswith("mask:")]
+    jobs: list[_Job] = []
+    good_arr = np.array(good, dtype=np.int64)
+    for s in SPLITS:
+        rows = good_arr[split[good_arr] == s] if len(good_arr) else good_arr
+        rows = rows[write_order(list(ids[rows]), cfg.seed)] if len(rows) else rows
+        for k in range(math.ceil(len(rows) / cfg.shard_size)):
+            r = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size].tolist()
+            meta = [{"id": str(ids[i]), "row": int(i), **{c: _py(table.at[i, c]) for c in meta_cols}} for i in r]
+            job = _Job(f"{s}-{k:06d}.tar", s, r, [key_for(str(ids[i])) for i in r], table["path"].iloc[r].tolist(),
+                       targets[r], masks[r], meta, resize=cfg.resize, quality=cfg.quality, verify=cfg.verify)
+            job.plan_digest = _digest(job)
+            jobs.append(job)
+    return jobs
+
+
+def _py(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if math.isnan(float(v)) else float(v)
+    if v is None or (isinstance(v, str) is False and pd.isna(v)):
+        return None
+    return v
+
+
+def _digest(job: _Job) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([job.name, job.keys, job.paths, job.meta, job.resize, job.quality, job.verify,
+                         MANIFEST_VERSION], default=str).encode())
+    h.update(job.targets.astype("<f4").tobytes())
+    h.update(job.masks.astype("u1").tobytes())
+    return h.hexdigest()
+
+
+def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[_Rejection]]:
+    total = sum(len(j.rows) for j in jobs)
+    infos: list[ShardInfo] = []
+    rejections: list[_Rejection] = []
+    workers = max(1, min(workers, len(jobs) or 1))
+    with progress_bar("shard", total=total, unit="img") as bar:
+        if workers == 1:
+            results = map(_run_job, jobs, [out] * len(jobs))
+            pool = None
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(_run_job, jobs, [out] * len(jobs))
+        try:
+            for job, (info, rej) in zip(jobs, results):
+                infos.append(info)
+                rejections += rej
+                bar.advance(len(job.rows))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    return infos, rejections
+
+
+def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection]]:
+    """Write one shard, or reuse it when a previous run already finished it from the same plan."""
+    done = out / DONE_DIR / f"{job.name}.json"
+    tar = out / job.name
+    if done.exists() and tar.exists() and tar.with_suffix(".idx").exists():
+        try:
+            rec = json.loads(done.read_text())
+            if rec["plan"] == job.plan_digest and rec["info"]["sha256"] == sha256_file(tar):
+                return ShardInfo(**rec["info"]), [_Rejection(**r) for r in rec["rejected"]]
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable record: rebuild the shard
+    samples, rejected = [], []
+    for i, row in enumerate(job.rows):
+        try:
+            jpg = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
+        except ImageRejected as e:
+            rejected.append(_Rejection(row, job.meta[i]["id"], str(e), e.code))
+            continue
+        samples.append((job.keys[i], {
+            "jpg": jpg,
+            "targets": job.targets[i].astype("<f4").tobytes(),
+            "mask": job.masks[i].astype("u1").tobytes(),
+            "json": json.dumps(job.meta[i], sort_keys=True, separators=(",", ":")).encode(),
+        }))
+    info = write_shard(tar, job.split, samples)
+    rec = {"plan": job.plan_digest, "info": asdict(info), "rejected": [asdict(r) for r in rejected]}
+    with atomic_open(done, "w") as f:
+        json.dump(rec, f)
+    return info, rejected
+
+
+def _remove_stale_shards(out: Path, planned: set[str]) -> None:
+    """Shards of an earlier, different run in this folder would be read as data: remove them."""
+    planned_all = planned | {n.replace(".tar", ".idx") for n in planned}
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name) and p.name not in planned_all:
+            p.unlink()
+            (out / DONE_DIR / f"{p.name}.json").unlink(missing_ok=True)
+
+
+def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
+              rejected: list[_Rejection]) -> dict:
+    infos = [i for i in infos]
+    written = sum(i.samples for i in infos)
+    inputs = int(keep.sum())
+    assert inputs == written + len(rejected), "every input row must be written or rejected"
+    per_split = {s: sum(i.samples for i in infos if i.split == s) for s in SPLITS}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return {
+        "format_version": MANIFEST_VERSION,
+        "created_by": f"gzpipe {__version__}",
+        "target": {
+            "kind": cfg.target,
+            "names": list(schema.TARGET_NAMES),
+            "tasks": {t.name: [schema.TASK_SLICES[t.name].start, schema.TASK_SLICES[t.name].stop]
+                      for t in schema.TASKS},
+            "encoding": "targets: 30 x float32 little-endian (masked entries stored as 0); "
+                        "mask: 30 x uint8, 1 = valid target",
+        },
+        "sample": {"jpg": "JPEG bytes", "targets": "<f4[30]", "mask": "u1[30]", "json": "id, row, metadata"},
+        "images_dir": str(Path(cfg.images).resolve()),
+        "stored_size": cfg.resize or "original",
+        "counts": {
+            "catalog_rows": len(table),
+            "excluded_by_fraction": int(len(table) - inputs),
+            "inputs": inputs,
+            "written": written,
+            "rejected": len(rejected),
+            "per_split": per_split,
+        },
+        "rejected_by_reason": dict(sorted(Counter(r.code for r in rejected).items())),
+        "shards": [asdict(i) for i in infos],
+        "rejected": [{"row": r.row, "id": r.id, "reason": r.reason} for r in rejected],
+        "config": config,
+    }
+
+
+def read_manifest(shards: Path) -> dict:
+    p = Path(shards) / MANIFEST
+    if not p.exists():
+        raise GzpipeError(f"no {MANIFEST} in {shards}: is this a folder written by `gzpipe shard`?")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise GzpipeError(f"{p} is not valid JSON ({e}); re-run `gzpipe shard` to rewrite it") from None
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
