@@ -165,12 +165,13 @@ def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig) -> list[_Job]:
                  and c not in schema.TARGET_NAMES and not c.startswith("mask:")]
     jobs: list[_Job] = []
     good_arr = np.array(good, dtype=np.int64)
+    records = table[meta_cols].to_dict("records")  # one conversion; per-cell .at lookups cost 50 us each
     for s in SPLITS:
         rows = good_arr[split[good_arr] == s] if len(good_arr) else good_arr
         rows = rows[write_order(list(ids[rows]), cfg.seed)] if len(rows) else rows
         for k in range(math.ceil(len(rows) / cfg.shard_size)):
             r = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size].tolist()
-            meta = [{"id": str(ids[i]), "row": int(i), **{c: _py(table.at[i, c]) for c in meta_cols}} for i in r]
+            meta = [{"id": str(ids[i]), "row": int(i), **{c: _py(v) for c, v in records[i].items()}} for i in r]
             job = _Job(f"{s}-{k:06d}.tar", s, r, [key_for(str(ids[i])) for i in r], table["path"].iloc[r].tolist(),
                        targets[r], masks[r], meta, resize=cfg.resize, quality=cfg.quality, verify=cfg.verify)
             job.plan_digest = _digest(job)

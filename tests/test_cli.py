@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gzpipe.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd", [[], ["info"], ["synth"], ["shard"], ["demo"], ["bench"]])
+def test_help_explains(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output and len(r.output) > 200
+
+
+def test_info_reports_versions_cuda_dali_cpus():
+    r = runner.invoke(app, ["info"])
+    assert r.exit_code == 0
+    for key in ("torch", "torchvision", "DALI", "xgboost", "lightgbm", "CUDA", "DALI usable", "CPUs"):
+        assert key in r.output
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "gzpipe", *args], capture_output=True, text=True)
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    r = _run("shard", "--catalog", str(tmp_path / "empty.csv"), "--images", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "empty" in r.stderr
+    r = _run("shard", "--catalog", str(tmp_path / "nope.csv"), "--images", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "catalogue not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_synth_then_shard_end_to_end(tmp_path):
+    r = _run("synth", str(tmp_path / "s"), "--n", "12", "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    r = _run("shard", "--catalog", str(tmp_path / "s/gz2_hart16.csv"), "--mapping", str(tmp_path / "s/gz2_filename_mapping.csv"),
+             "--images", str(tmp_path / "s/images"), "--out", str(tmp_path / "sh"), "--workers", "2", "--shard-size", "4")
+    assert r.returncode == 0, r.stderr
+    assert "12 written, 0 rejected of 12 inputs" in r.stdout
+    assert (tmp_path / "sh/manifest.json").exists() and list((tmp_path / "sh").glob("train-*.idx"))
