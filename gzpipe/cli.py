@@ -131,6 +131,33 @@ def demo(
     _print_shard_summary(m, shards)
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    dali = "dali"
+    nvjpeg = "nvjpeg"
+    pil = "pil"
+
+
+@bench_app.command("loader")
+def bench_loader(
+    shards: Path = typer.Option(..., help="Shard folder written by `gzpipe shard`."),
+    backend: Backend = typer.Option(Backend.auto, help="Loader backend to measure."),
+    image_size: int = typer.Option(224, help="Output size in pixels."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    workers: int = typer.Option(2, help="Loader workers (DALI threads); the baseline uses the same number."),
+    passes: int = typer.Option(3, help="Timed passes over the split (after one warm-up); the median is reported."),
+    split: str = typer.Option("train", help="Split to read (train mode augmentation is used)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda; default: cuda when available."),
+    references: bool = typer.Option(True, help="Also measure the notebook baseline and the decode ceiling."),
+) -> None:
+    """Loader throughput (images/s, median of passes) with the notebook baseline and the JPEG decode ceiling
+    measured on the same galaxies in the same run. Prints one JSON object per line."""
+    from gzpipe.bench.loader import run
+
+    for row in run(shards, backend.value, image_size, batch_size, workers, passes, split, device, references):
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     try:
         app()

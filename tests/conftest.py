@@ -37,3 +37,38 @@ def real_sample() -> Path:
     if not (SAMPLE / "labels_manifest_800.csv").exists():
         pytest.skip(f"real GZ2 sample not found at {SAMPLE} (it lives in ../shared, absent on a user's machine)")
     return SAMPLE
+
+
+def colour_of(i: int) -> tuple[int, int, int]:
+    """A distinct, JPEG-robust colour per galaxy index of the marker fixture."""
+    return (40 + (i * 37) % 180, 40 + (i * 71) % 180, 40 + (i * 113) % 180)
+
+
+@pytest.fixture(scope="session")
+def marker_shards(tmp_path_factory) -> Path:
+    """40 galaxies whose image is a disc of a colour that encodes the id, with a white dot to the right of the
+    centre (its position shows rotation and flips); target 0 = index / 100. Shards of 6 samples."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from gzpipe import schema
+    from gzpipe.shard import ShardConfig, run_shard
+
+    root = tmp_path_factory.mktemp("marker")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(40):
+        im = Image.new("RGB", (128, 128), (0, 0, 0))
+        d = ImageDraw.Draw(im)
+        d.ellipse((14, 14, 114, 114), fill=colour_of(i))
+        d.ellipse((84, 58, 96, 70), fill=(255, 255, 255))  # dot at (+26, 0) from the centre
+        im.save(root / "images" / f"{1000 + i}.jpg", quality=95)
+        row = {"asset_id": 1000 + i}
+        for k, n in enumerate(schema.TARGET_NAMES):
+            row[f"{n}_debiased"] = (i / 100.0) if k == 0 else 0.5
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    run_shard(ShardConfig(catalog=root / "labels.csv", images=root / "images", out=root / "shards", shard_size=6,
+                          val=0.25, test=0.25))
+    return root / "shards"

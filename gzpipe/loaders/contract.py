@@ -1,0 +1,35 @@
+"""The batch every loader backend returns, and the normalisation they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class Batch:
+    """images: N x 3 x H x W float32, channels-last, normalised, on the training device;
+    targets: N x 30 float32 (masked entries are 0); mask: N x 30 bool (True = valid target); ids: N strings."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def normalise_nhwc_uint8(x: torch.Tensor) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> N x 3 x H x W float32 normalised; the permute of an NHWC tensor *is* channels-last."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=torch.float32) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=torch.float32) * 255.0
+    y = (x.to(torch.float32) - mean) / std
+    return y.permute(0, 3, 1, 2)
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,90 @@
+"""The CPU-side sample stream shared by the `pil` and `nvjpeg` backends: a torch IterableDataset built as a chain
+of small generator stages (webdataset style). Each DataLoader worker reads its own whole shards.
+
+  shard files (shuffled per epoch in train) -> this rank's / this worker's shards -> samples (dicts)
+  -> [train] seeded shuffle buffer -> ``transform(sample, rng)`` -> what the DataLoader collates
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+from typing import Callable, Iterator
+
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from gzpipe.loaders.presets import epoch_rng
+from gzpipe.loaders.shards import SplitShards, iter_samples
+
+
+class ShardStream(IterableDataset):
+    def __init__(self, shards: SplitShards, transform: Callable, train: bool, seed: int, rank: int,
+                 shuffle_buffer: int = 1000):
+        self.shards, self.transform, self.train = shards, transform, train
+        self.seed, self.rank, self.shuffle_buffer = seed, rank, shuffle_buffer
+        # Shared memory, so persistent workers (started once) see the epoch the main process sets
+        self._epoch = mp.Value("q", 0, lock=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
+
+    def __iter__(self) -> Iterator:
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)  # one decode per worker process; intra-op threads would oversubscribe
+        files = list(self.shards.files)
+        if self.train:  # the same shard order on every worker, so the split below stays disjoint
+            random.Random(int(epoch_rng(self.seed, self.epoch, self.rank).integers(2**62))).shuffle(files)
+        mine = files[wid::nworkers]
+        rng = epoch_rng(self.seed, self.epoch, self.rank, wid)
+        # stream: sample dicts {key, id, jpg, targets, mask}
+        stream: Iterator = (s for f in mine for s in iter_samples(f))
+        if self.train:
+            # stream: the same dicts, shuffled in a seeded buffer (shards were shuffled at write time too)
+            shuffle = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                                  rng=random.Random(int(rng.integers(2**62))))
+            stream = shuffle(stream)
+        # stream: whatever the backend's transform returns (decoded+augmented images, or raw JPEG bytes)
+        for s in stream:
+            yield self.transform(s, rng)
+
+
+def rebatch(batches: Iterator[tuple], batch_size: int, drop_last: bool) -> Iterator[tuple]:
+    """Collated batches from several workers -> batches of exactly ``batch_size`` (the last may be short unless
+    ``drop_last``). Each worker's final batch is partial; merging them here loses at most one batch per epoch
+    instead of one per worker. Fields are tensors (concatenated) or lists (extended)."""
+    pending: list[tuple] = []
+    have = 0
+    for b in batches:
+        n = len(b[-1])
+        if n == batch_size and not pending:
+            yield b
+            continue
+        pending.append(b)
+        have += n
+        while have >= batch_size:
+            merged = _merge(pending)
+            yield _take(merged, 0, batch_size)
+            rest = _take(merged, batch_size, have)
+            have -= batch_size
+            pending = [rest] if have else []
+    if pending and not drop_last:
+        yield _merge(pending)
+
+
+def _merge(parts: list[tuple]) -> tuple:
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(f) if isinstance(f[0], torch.Tensor) else [x for p in f for x in p] for f in zip(*parts))
+
+
+def _take(b: tuple, start: int, stop: int) -> tuple:
+    return tuple(f[start:stop] for f in b)

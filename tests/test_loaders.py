@@ -1,0 +1,244 @@
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import colour_of
+from gzpipe.errors import GzpipeError
+from gzpipe.loaders import create_loader, resolve_backend
+from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
+from gzpipe.loaders.shards import iter_samples, split_shards
+from gzpipe.shard import read_manifest
+
+CPU_BACKENDS = ["pil", "dali"]  # dali runs as a CPU-only pipeline here; nvjpeg needs CUDA (tests marked gpu)
+CUDA = torch.cuda.is_available()
+
+
+def _denorm(img: torch.Tensor) -> np.ndarray:
+    """3 x H x W normalised -> H x W x 3 in 0..255."""
+    m = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    s = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    return (img.cpu() * s + m).permute(1, 2, 0).numpy()
+
+
+def _all(loader):
+    ids, imgs, t, m = [], [], [], []
+    for b in loader:
+        ids += b.ids
+        imgs.append(b.images)
+        t.append(b.targets)
+        m.append(b.mask)
+    return ids, torch.cat(imgs), torch.cat(t), torch.cat(m)
+
+
+def _manifest_ids(root, split):
+    ids = []
+    for f in split_shards(root, split).files:
+        ids += [s["id"] for s in iter_samples(f)]
+    return ids
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_batch_contract(marker_shards, backend):
+    b = next(iter(create_loader(marker_shards, "train", backend, image_size=32, batch_size=4, train=True,
+                                device="cpu", workers=1)))
+    assert b.images.shape == (4, 3, 32, 32) and b.images.dtype == torch.float32
+    assert b.images.is_contiguous(memory_format=torch.channels_last)
+    assert b.targets.shape == (4, 30) and b.targets.dtype == torch.float32
+    assert b.mask.shape == (4, 30) and b.mask.dtype == torch.bool and b.mask.all()
+    assert len(b.ids) == 4 and all(isinstance(i, str) for i in b.ids)
+    assert -2.2 < b.images.min() < 0 < b.images.max() < 2.7  # normalised, not 0..255
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_eval_iterates_every_sample_exactly_once(marker_shards, backend, split):
+    loader = create_loader(marker_shards, split, backend, image_size=16, batch_size=4, train=False, device="cpu",
+                           workers=2)
+    ids = _all(loader)[0]
+    expected = _manifest_ids(marker_shards, split)
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
+    assert len(ids) == read_manifest(marker_shards)["counts"]["per_split"][split]
+    assert len(loader) == math.ceil(len(expected) / 4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_targets_stay_attached_to_their_image_in_train_mode(marker_shards, backend):
+    loader = create_loader(marker_shards, "train", backend, image_size=48, batch_size=5, train=True, device="cpu",
+                           workers=2)
+    ids, imgs, t, _ = _all(loader)
+    assert len(ids) == (len(_manifest_ids(marker_shards, "train")) // 5) * 5  # train drops the last partial batch
+    for k, gid in enumerate(ids):
+        i = int(gid) - 1000
+        assert t[k, 0].item() == pytest.approx(i / 100.0, abs=1e-6)
+        centre = _denorm(imgs[k])[20:28, 20:28].reshape(-1, 3).mean(axis=0)  # the disc's colour at the centre
+        assert np.abs(centre - np.array(colour_of(i))).max() < 14, (gid, centre, colour_of(i))
+
+
+def _dot_angle(img: torch.Tensor) -> float:
+    """Angle (degrees) of the white dot around the centre, image y axis down."""
+    x = _denorm(img).min(axis=2)  # white is bright in all channels, the disc is not
+    ys, xs = np.nonzero(x > 225)
+    c = (x.shape[0] - 1) / 2
+    return float(np.degrees(np.arctan2(ys.mean() - c, xs.mean() - c)))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_eval_is_deterministic_and_train_rotates_and_flips(marker_shards, backend):
+    def by_id(train, epoch, seed=42):
+        loader = create_loader(marker_shards, "train", backend, image_size=48, batch_size=2, train=train,
+                               device="cpu", workers=1, seed=seed)
+        loader.set_epoch(epoch)
+        ids, imgs, _, _ = _all(loader)
+        return dict(zip(ids, imgs))
+
+    e0, e1 = by_id(False, 0), by_id(False, 1)
+    for k in e0:
+        assert torch.equal(e0[k], e1[k])
+        assert abs(_dot_angle(e0[k])) < 3  # eval: the dot stays right of the centre
+    angles = []
+    for epoch in range(4):
+        angles += [_dot_angle(v) for v in by_id(True, epoch).values()]
+    angles = np.array(angles)
+    assert angles.std() > 60  # spread over the circle ...
+    assert (np.histogram(angles, bins=4, range=(-180, 180))[0] > 0).all()  # ... in every quadrant
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_train_is_reproducible_for_a_seed(marker_shards, backend):
+    def run(seed):
+        loader = create_loader(marker_shards, "train", backend, image_size=24, batch_size=3, train=True, device="cpu",
+                               workers=2, seed=seed, shuffle_buffer=8)
+        ids, imgs, _, _ = _all(loader)
+        return ids, imgs
+
+    a, b, c = run(1), run(1), run(2)
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+    assert a[0] != c[0] or not torch.equal(a[1], c[1])
+
+
+def test_affine_draws_cover_angles_and_flips():
+    rng = np.random.default_rng(0)
+    mats = np.array([draw_affine(rng, True) for _ in range(4000)])
+    dets = np.linalg.det(mats)
+    s_lo, s_hi = PRESETS["train"].crop_scale
+    scales = np.sqrt(np.abs(dets))
+    assert s_lo <= scales.min() and scales.max() <= s_hi
+    flips = (dets < 0).mean()  # exactly one flip (h xor v) reverses orientation: p = 0.5
+    assert 0.45 < flips < 0.55
+
+
+@pytest.mark.parametrize("size", [64, 160])
+def test_backends_agree_in_eval_mode(synth_shards, size):
+    """The same galaxies through pil, dali and the nvjpeg backend's warp (run on the CPU) agree."""
+    from torchvision.io import decode_jpeg
+
+    from gzpipe.loaders.nvjpeg import warp_batch
+
+    out = {}
+    for be in CPU_BACKENDS:
+        for b in create_loader(synth_shards, "val", be, image_size=size, batch_size=4, device="cpu", workers=1):
+            for i, gid in enumerate(b.ids):
+                out.setdefault(gid, {})[be] = b.images[i]
+    for f in split_shards(synth_shards, "val").files:
+        for s in iter_samples(f):
+            im = decode_jpeg(torch.frombuffer(bytearray(s["jpg"]), dtype=torch.uint8))
+            out[s["id"]]["nvjpeg-warp"] = warp_batch([im], draw_affine(None, False)[None], size)[0]
+
+    def diff(a, b):
+        return torch.stack([(v[a] - v[b]).abs() for v in out.values()])
+
+    # dali and the torch warp both point-sample the full-resolution decode: within JPEG-decoder rounding
+    assert diff("dali", "nvjpeg-warp").max() < 0.03
+    # pil decodes at 1/2..1/8 scale (DCT scaling) when the output is small: a smoother image, close on average
+    assert diff("pil", "dali").mean() < (0.015 if size > 100 else 0.05)
+    assert diff("pil", "nvjpeg-warp").mean() < (0.015 if size > 100 else 0.05)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ranks_see_disjoint_parts(marker_shards, backend):
+    seen = []
+    for rank in range(2):
+        loader = create_loader(marker_shards, "train", backend, image_size=16, batch_size=1, train=False,
+                               device="cpu", workers=1, rank=rank, world_size=2)
+        seen.append(set(_all(loader)[0]))
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(_manifest_ids(marker_shards, "train"))
+
+
+def test_truncated_and_corrupt_tars_are_named(marker_shards, tmp_path):
+    root = tmp_path / "s"
+    shutil.copytree(marker_shards, root)
+    m = read_manifest(root)
+    first = [s for s in m["shards"] if s["split"] == "val"][0]["name"]
+    data = (root / first).read_bytes()
+    (root / first).write_bytes(data[: len(data) // 2])
+    for be in CPU_BACKENDS:
+        with pytest.raises(GzpipeError, match=f"{first}.*truncated"):
+            list(create_loader(root, "val", be, image_size=16, batch_size=2, device="cpu", workers=1))
+    # same size, damaged inside: a broken tar header in the middle of the file
+    bad = bytearray(data)
+    bad[1024 * 5 : 1024 * 5 + 600] = b"\xff" * 600
+    (root / first).write_bytes(bytes(bad))
+    with pytest.raises(GzpipeError, match=first):
+        list(create_loader(root, "val", "pil", image_size=16, batch_size=2, device="cpu", workers=2))
+
+
+def test_backend_choice_and_errors(marker_shards):
+    assert resolve_backend("auto", torch.device("cpu")) == "pil"
+    with pytest.raises(GzpipeError, match="choose one of auto, dali, nvjpeg, pil"):
+        resolve_backend("turbo", torch.device("cpu"))
+    if not CUDA:
+        with pytest.raises(GzpipeError, match="needs a CUDA device"):
+            create_loader(marker_shards, "val", "nvjpeg", device="cpu")
+    with pytest.raises(GzpipeError, match="unknown split"):
+        create_loader(marker_shards, "holdout", "pil", device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["nvjpeg", "dali"])
+def test_gpu_backends_contract_and_parity(synth_shards, backend):
+    ref = {}
+    for b in create_loader(synth_shards, "val", "pil", image_size=160, batch_size=4, device="cpu", workers=1):
+        ref.update(zip(b.ids, b.images))
+    n = 0
+    for b in create_loader(synth_shards, "val", backend, image_size=160, batch_size=4, device="cuda", workers=1):
+        assert b.images.is_cuda and b.targets.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last)
+        for gid, img in zip(b.ids, b.images.cpu()):
+            assert (img - ref[gid]).abs().mean() < 0.02
+            n += 1
+    assert n == len(ref)
+    tb = next(iter(create_loader(synth_shards, "train", backend, image_size=64, batch_size=4, train=True,
+                                 device="cuda", workers=1)))
+    assert tb.images.shape == (4, 3, 64, 64)
+
+
+def test_rebatch_merges_worker_tails():
+    from gzpipe.loaders.stream import rebatch
+
+    def b(lo, hi):
+        return torch.arange(lo, hi), [str(i) for i in range(lo, hi)]
+
+    parts = [b(0, 4), b(4, 8), b(8, 11), b(11, 13), b(13, 14)]  # two workers' partial tails, then one more
+    out = list(rebatch(iter(parts), 4, drop_last=False))
+    assert [len(x[1]) for x in out] == [4, 4, 4, 2]
+    assert torch.equal(torch.cat([x[0] for x in out]), torch.arange(14))
+    assert [len(x[1]) for x in rebatch(iter(parts), 4, drop_last=True)] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_epochs_reshuffle_with_persistent_workers(marker_shards, backend):
+    loader = create_loader(marker_shards, "train", backend, image_size=16, batch_size=2, train=True, device="cpu",
+                           workers=2, shuffle_buffer=8)
+    orders = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        orders.append(_all(loader)[0])
+    assert sorted(orders[0]) != [] and orders[0] != orders[1] != orders[2]
+    loader.set_epoch(1)
+    if backend == "pil":  # an epoch can be replayed (resume): same seed + epoch -> same order
+        assert _all(loader)[0] == orders[1]
