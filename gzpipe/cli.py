@@ -158,13 +158,66 @@ def bench_loader(
         print(json.dumps(row), flush=True)
 
 
+class Mode(str, Enum):
+    resume = "resume"
+    restart = "restart"
+    skip = "skip"
+
+
+@app.command()
+def train(
+    backbone: str = typer.Option(..., help="resnet50, efficientnet_v2_s, convnext_base, swin_v2_s or regnety_8gf."),
+    shards: Path = typer.Option(..., help="Shard folder written by `gzpipe shard`."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder; the run goes to OUT/<backbone>/ [artifacts]."),
+    config: Optional[Path] = typer.Option(None, help="JSON file of options (same names as the flags, underscores); flags win."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs [250]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process [32]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of AdamW [3e-4]."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [0.05]."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up length before the cosine decay [3]."),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better validation loss [12]."),
+    image_size: Optional[int] = typer.Option(None, help="Input size in pixels [224]."),
+    backend: Optional[str] = typer.Option(None, help="Loader backend: auto, dali, nvjpeg or pil [auto]."),
+    workers: Optional[int] = typer.Option(None, help="Loader workers [2]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda [auto]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of weights init, shuffling and augmentation [42]."),
+    amp: Optional[str] = typer.Option(None, help="CUDA precision: bf16, fp16 (with a GradScaler) or off [bf16]; the CPU always runs fp32."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format [per-backbone default]."),
+    head: Optional[str] = typer.Option(None, help="sigmoid or softmax (per task) [sigmoid for debiased targets, else softmax]."),
+    loss: Optional[str] = typer.Option(None, help="mse or bce (soft targets), over valid entries only [mse]."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    weights: Optional[Path] = typer.Option(None, help="Local torchvision state dict to start from (its ImageNet head is ignored)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from torchvision's ImageNet weights (needs internet)."),
+    restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints."),
+    skip: bool = typer.Option(False, "--skip", help="Only load the finished model and evaluate it."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, help="Also checkpoint within an epoch at most this often [5]."),
+    stop_after: Optional[int] = typer.Option(None, help="Exit (resumably) after this many epochs in this invocation, e.g. for time-limited jobs."),
+) -> None:
+    """Train one backbone to regress the 30 GZ2 vote fractions. Without flags an unfinished run resumes from its
+    latest checkpoint and a finished one is skipped. Under `torchrun --nproc_per_node=N -m gzpipe train ...` it
+    trains with DistributedDataParallel."""
+    from gzpipe.train.config import resolve
+    from gzpipe.train.run import run_train
+
+    if restart and skip:
+        raise GzpipeError("give --restart or --skip, not both")
+    mode = "restart" if restart else "skip" if skip else None
+    cfg = resolve(backbone, str(shards), config, out=str(out_dir) if out_dir else None, epochs=epochs,
+                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                  patience=patience, image_size=image_size, backend=backend, workers=workers, device=device, seed=seed,
+                  amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
+                  weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
+                  checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)
+    run_train(cfg)
+
+
 def main() -> None:
     try:
         app()
     except GzpipeError as e:
         err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
         err.print("[bold red]interrupted[/bold red]: re-run the same command to resume", highlight=False)
         sys.exit(130)
 

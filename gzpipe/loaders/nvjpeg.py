@@ -59,7 +59,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
     if device.type != "cuda":
         raise RuntimeError("the nvjpeg backend decodes on a CUDA device; use --backend pil or dali on a CPU")
     ds = ShardStream(shards, _Raw(train), train, seed, rank, shuffle_buffer)
-    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, collate_fn=_collate,
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
                     pin_memory=False, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     def batches(epoch: int):

@@ -60,7 +60,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
           rank: int, shuffle_buffer: int):
     on_gpu = device.type == "cuda"
     ds = ShardStream(shards, _Transform(image_size, train, normalise=not on_gpu), train, seed, rank, shuffle_buffer)
-    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False,
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed),
                     pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                     prefetch_factor=4 if workers > 0 else None)
 

@@ -1,0 +1,53 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, with one previous copy kept so that a
+corrupt latest checkpoint falls back to the one before it (with a warning) instead of losing the run."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from gzpipe.fileio import atomic_open
+
+LATEST = "latest_checkpoint.pth"
+PREVIOUS = "previous_checkpoint.pth"
+BEST = "best_model.pth"
+
+
+def save(path: Path, state: dict) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def save_latest(folder: Path, state: dict) -> None:
+    """Keep the last good checkpoint as ``previous`` before replacing ``latest``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = folder / LATEST
+    if latest.exists():
+        os.replace(latest, folder / PREVIOUS)
+    save(latest, state)
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_latest(folder: Path, map_location="cpu") -> dict | None:
+    """The newest readable checkpoint, or None when there is none. Warns when falling back."""
+    errors = []
+    for name in (LATEST, PREVIOUS):
+        p = folder / name
+        if not p.exists():
+            continue
+        try:
+            state = load(p, map_location)
+            if errors:
+                warnings.warn(f"{errors[0]}; resumed from {p} instead", stacklevel=2)
+            return state
+        except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways
+            errors.append(f"checkpoint {p} is unreadable ({type(e).__name__})")
+    if errors:
+        warnings.warn("; ".join(errors) + "; starting from scratch", stacklevel=2)
+    return None

@@ -1,0 +1,171 @@
+"""One epoch of training and one pass of evaluation, as plain functions.
+
+Precision is one switch (``amp_context``): bf16 autocast (or fp16 with a GradScaler) on CUDA, plain fp32 on the
+CPU, where bf16 autocast is 10-50x slower on this hardware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gzpipe.loaders import Loader
+from gzpipe.progress import progress_bar
+
+
+def amp_context(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def masked_loss(pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                kind: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss over valid entries only; returns (loss, number of valid entries). Masked targets never
+    contribute, whatever value they hold."""
+    m = mask.to(pred.dtype)
+    n = m.sum()
+    if kind == "mse":
+        per = (pred.float() - target) ** 2
+    else:  # soft-target binary cross-entropy on the sigmoid logits
+        per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    per = torch.where(mask, per, torch.zeros_like(per))
+    return per.sum() / n.clamp_min(1.0), n
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to zero at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+@dataclass
+class EpochState:
+    """What a mid-epoch checkpoint needs to carry on exactly where it stopped."""
+
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    count: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    ids: list[str]
+    pred: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device, amp, cfg, epoch: int,
+                    max_batches: int, state: EpochState, checkpoint_fn, stop) -> EpochState:
+    """Train over ``max_batches`` batches of ``loader`` (skipping the ``state.batches_done`` already done by an
+    interrupted run); ``checkpoint_fn(state)`` is called when a mid-epoch checkpoint is due; returns early, with
+    ``state`` up to date, when ``stop.signal`` is set."""
+    model.train()
+    autocast = amp_context(device, amp)
+    loader.set_epoch(epoch)
+    last_ckpt = time.monotonic()
+    t0 = time.perf_counter() - state.seconds
+    with progress_bar(f"epoch {epoch + 1}", total=max_batches, unit="batch") as bar:
+        bar.advance(state.batches_done)
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
+            if i < state.batches_done:
+                continue  # replay: the loader yields the same batches for this (seed, epoch)
+            pred, logits = _forward(model, batch.images, autocast)
+            loss, n = masked_loss(pred, logits, batch.targets, batch.mask, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            # .item() is a CPU-GPU sync point; once per step is the price of a live loss in the progress bar
+            lv, nv = float(loss.detach().item()), float(n.item())
+            state.loss_sum += lv * nv
+            state.count += nv
+            state.samples += len(batch)
+            state.batches_done = i + 1
+            bar.advance(1)
+            bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
+            if stop.signal:
+                break
+            if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                state.seconds = time.perf_counter() - t0
+                checkpoint_fn(state)
+                last_ckpt = time.monotonic()
+    state.seconds = time.perf_counter() - t0
+    return state
+
+
+def _forward(model, x, autocast):
+    """(predictions in [0, 1], logits) from one forward pass. The model's ``forward`` returns logits while
+    training (see ``LogitsModel``), so the DDP wrapper sees the call and synchronises gradients."""
+    with autocast():
+        logits = model(x)
+    core = model.module if hasattr(model, "module") else model
+    return core.activate(logits.float()), logits
+
+
+@torch.inference_mode()
+def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None) -> EvalResult:
+    model.eval()
+    autocast = amp_context(device, amp)
+    ids, preds, targets, masks = [], [], [], []
+    for batch in loader:
+        with autocast():
+            logits = model(batch.images)
+        core = model.module if hasattr(model, "module") else model
+        preds.append(core.activate(logits.float()).cpu())
+        targets.append(batch.targets.cpu())
+        masks.append(batch.mask.cpu())
+        ids += batch.ids
+    pred = torch.cat(preds).numpy() if preds else np.zeros((0, 30), np.float32)
+    target = torch.cat(targets).numpy() if targets else np.zeros((0, 30), np.float32)
+    mask = torch.cat(masks).numpy() if masks else np.zeros((0, 30), bool)
+    if gather_fn is not None:  # DDP: every rank gets every rank's part, so all agree on the val loss
+        ids, pred, target, mask = gather_fn(ids, pred, target, mask)
+    p, t, m = torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(mask)
+    logit = torch.logit(p.clamp(1e-6, 1 - 1e-6))
+    loss, _ = masked_loss(p, logit, t, m, loss_kind)
+    return EvalResult(float(loss), ids, pred, target, mask)
+
+
+class LogitsModel(torch.nn.Module):
+    """Training view of a ``GZModel``: ``forward`` returns logits (what DDP wraps and the loss needs);
+    ``activate`` maps them to predictions in [0, 1]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.model.head.activate(logits)
