@@ -72,3 +72,14 @@ def marker_shards(tmp_path_factory) -> Path:
     run_shard(ShardConfig(catalog=root / "labels.csv", images=root / "images", out=root / "shards", shard_size=6,
                           val=0.25, test=0.25))
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def train_shards(synth_release, tmp_path_factory) -> Path:
+    """The 48 synthetic galaxies stored at 40 px, shards of 8 (so two DDP ranks each get train shards)."""
+    from gzpipe.shard import ShardConfig, run_shard
+
+    out = tmp_path_factory.mktemp("train_shards")
+    run_shard(ShardConfig(catalog=synth_release / "gz2_hart16.csv", mapping=synth_release / "gz2_filename_mapping.csv",
+                          images=synth_release / "images", out=out, shard_size=8, val=0.2, test=0.2, resize=40))
+    return out

@@ -110,7 +110,7 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
     rank, world = (r if rank is None else rank), (w if world_size is None else world_size)
     all_shards = split_shards(shards, split)
     spec = BACKENDS[name]
-    mine = all_shards if spec.reads_shards_itself else all_shards.for_rank(rank, world)
+    mine = all_shards if spec.reads_shards_itself else all_shards.for_rank(rank, world, allow_empty=not train)
     module = importlib.import_module(spec.module)
     kwargs = dict(image_size=image_size, batch_size=batch_size, train=train, device=dev, workers=workers, seed=seed,
                   rank=rank, shuffle_buffer=shuffle_buffer)

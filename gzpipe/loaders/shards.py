@@ -37,9 +37,10 @@ class SplitShards:
     def samples(self) -> int:
         return sum(f.samples for f in self.files)
 
-    def for_rank(self, rank: int, world: int) -> SplitShards:
-        """This rank's disjoint share of whole shards (used by the tar-reading backends)."""
-        if world > 1 and len(self.files) < world:
+    def for_rank(self, rank: int, world: int, allow_empty: bool = False) -> SplitShards:
+        """This rank's disjoint share of whole shards (used by the tar-reading backends). In evaluation a rank may
+        get none (it then contributes nothing to the gathered predictions); in training every rank needs data."""
+        if world > 1 and len(self.files) < world and not allow_empty:
             raise GzpipeError(
                 f"split {self.split!r} has {len(self.files)} shard(s) for {world} ranks; re-shard with a smaller "
                 f"--shard-size so every rank gets at least one"

@@ -116,7 +116,11 @@ def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, path: Path) -
         state = state["state_dict"]
     head_prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when strict=False
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise GzpipeError(f"--weights {path} does not fit torchvision's {spec.torchvision_name}: {first}") from None
     missing = [k for k in missing if not k.startswith(head_prefix)]
     if missing or unexpected:
         raise GzpipeError(

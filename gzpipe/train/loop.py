@@ -137,10 +137,12 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None)
     model.eval()
     autocast = amp_context(device, amp)
     ids, preds, targets, masks = [], [], [], []
+    # Evaluate through the unwrapped module: DDP's forward broadcasts buffers (a collective), and a rank with
+    # fewer (or no) evaluation batches would leave the others waiting in it forever.
+    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     for batch in loader:
         with autocast():
-            logits = model(batch.images)
-        core = model.module if hasattr(model, "module") else model
+            logits = core(batch.images)
         preds.append(core.activate(logits.float()).cpu())
         targets.append(batch.targets.cpu())
         masks.append(batch.mask.cpu())

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def training_curves(history: list[dict], best_epoch: int | None, title: str, path: Path) -> None:
@@ -22,6 +23,7 @@ def training_curves(history: list[dict], best_epoch: int | None, title: str, pat
     axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1)
     axes[0].legend()

@@ -1,0 +1,210 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gzpipe import schema
+from gzpipe.errors import GzpipeError
+from gzpipe.models import BACKBONES, create_model, resolve_name
+from gzpipe.train.config import resolve
+from gzpipe.train.run import run_train
+
+FAST = dict(image_size=32, batch_size=8, workers=1, device="cpu", warmup_epochs=1, backend="pil",
+            checkpoint_minutes=0)
+
+
+def _cfg(shards, out, backbone="resnet50", **kw):
+    return resolve(backbone, str(shards), None, out=str(out), **{**FAST, **kw})
+
+
+def _compare(a, b, tol=1e-6):
+    for split in ("val", "test"):
+        for k in ("mae", "mse", "accuracy", "loss"):
+            assert a[split][k] == pytest.approx(b[split][k], abs=tol), (split, k)
+    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], abs=tol)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_trains_a_step_and_exposes_features(train_shards, tmp_path, backbone):
+    m = run_train(_cfg(train_shards, tmp_path, backbone, epochs=1, batch_size=16))
+    assert m["epochs_run"] == 1 and 0 <= m["test"]["mae"] <= 1
+    model = create_model(backbone)
+    f = model.features(torch.zeros(2, 3, 32, 32))
+    assert f.shape == (2, BACKBONES[backbone].features)
+    assert f.shape[1] == {"resnet50": 2048, "efficientnet_v2_s": 1280, "convnext_base": 1024, "swin_v2_s": 768,
+                          "regnety_8gf": 2016}[backbone]
+
+
+def test_run_folder_is_complete_and_correct(train_shards, tmp_path):
+    m = run_train(_cfg(train_shards, tmp_path, epochs=2))
+    run = tmp_path / "resnet50"
+    for f in ("config.json", "metrics.json", "training_curves.png", "training_complete.txt", "val_predictions.parquet",
+              "test_predictions.parquet", "checkpoints/latest_checkpoint.pth", "checkpoints/best_model.pth"):
+        assert (run / f).exists(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 3e-4 and cfg["head"] == "sigmoid" and cfg["seed"] == 42 and cfg["image_size"] == 32
+    for split in ("val", "test"):
+        df = pd.read_parquet(run / f"{split}_predictions.parquet")
+        assert list(df.columns) == ["id", *schema.TARGET_NAMES]
+        assert len(df) == m[split]["galaxies"] and df["id"].is_unique
+        v = df[list(schema.TARGET_NAMES)].to_numpy()
+        assert v.min() >= 0 and v.max() <= 1
+    for k in ("accuracy", "mae", "mse", "rmse", "per_task"):
+        assert k in m["test"] and k in m["val"]
+    assert set(m["test"]["per_task"]) == set(schema.TASK_SLICES)
+    assert m["test"]["rmse"] == pytest.approx(np.sqrt(m["test"]["mse"]))
+    assert m["epochs_run"] == 2 and m["best_epoch"] in (1, 2) and m["images_per_s"] > 0 and m["wall_time_s"] > 0
+    # a second call skips the finished run and returns the same metrics
+    assert run_train(_cfg(train_shards, tmp_path, epochs=2))["test"] == m["test"]
+
+
+def test_resume_after_epoch_k_equals_uninterrupted(train_shards, tmp_path):
+    full = run_train(_cfg(train_shards, tmp_path / "a", epochs=3))
+    assert run_train(_cfg(train_shards, tmp_path / "b", epochs=3, stop_after=1)) is None
+    assert not (tmp_path / "b/resnet50/training_complete.txt").exists()
+    resumed = run_train(_cfg(train_shards, tmp_path / "b", epochs=3))
+    _compare(full, resumed)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(train_shards, tmp_path):
+    full = run_train(_cfg(train_shards, tmp_path / "a", epochs=3))
+    assert run_train(_cfg(train_shards, tmp_path / "b", epochs=3, stop_after=2)) is None
+    latest = tmp_path / "b/resnet50/checkpoints/latest_checkpoint.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="unreadable.*resumed from .*previous_checkpoint"):
+        resumed = run_train(_cfg(train_shards, tmp_path / "b", epochs=3))
+    _compare(full, resumed)
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(train_shards, tmp_path):
+    args = [sys.executable, "-m", "gzpipe", "train", "--backbone", "resnet50", "--shards", str(train_shards),
+            "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+            "--warmup-epochs", "1", "--backend", "pil", "--checkpoint-minutes", "0"]
+    env = {**os.environ, "GZPIPE_PROGRESS": "0"}
+    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, capture_output=True, env=env)
+    full = json.loads((tmp_path / "a/resnet50/metrics.json").read_text())
+    p = subprocess.Popen(args + ["--out", str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    for line in p.stdout:  # first epoch done: now stop it somewhere inside the second
+        if "epoch 1/2" in line:
+            break
+    time.sleep(0.4)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "stopped by SIGTERM" in err and "re-run the same command to resume" in err
+    state = torch.load(tmp_path / "b/resnet50/checkpoints/latest_checkpoint.pth", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["epoch_state"]["batches_done"] < 6
+    subprocess.run(args + ["--out", str(tmp_path / "b")], check=True, capture_output=True, env=env)
+    _compare(full, json.loads((tmp_path / "b/resnet50/metrics.json").read_text()))
+
+
+def test_restart_and_skip(train_shards, tmp_path):
+    first = run_train(_cfg(train_shards, tmp_path, epochs=1))
+    skipped = run_train(_cfg(train_shards, tmp_path, epochs=1, mode="skip"))
+    assert skipped["test"]["mae"] == pytest.approx(first["test"]["mae"]) and skipped["epochs_run"] == 1
+    again = run_train(_cfg(train_shards, tmp_path, epochs=1, mode="restart"))
+    _compare(first, again)  # same seed: a fresh run reproduces the first
+    with pytest.raises(GzpipeError, match="no finished model"):
+        run_train(_cfg(train_shards, tmp_path / "empty", epochs=1, mode="skip"))
+
+
+def test_early_stopping_with_patience(train_shards, tmp_path):
+    m = run_train(_cfg(train_shards, tmp_path, epochs=10, patience=1, min_delta=10.0))
+    assert m["epochs_run"] == 2 and m["best_epoch"] == 1 and m["stopped_early"]
+
+
+def test_resuming_with_other_settings_is_refused(train_shards, tmp_path):
+    assert run_train(_cfg(train_shards, tmp_path, epochs=3, stop_after=1)) is None
+    with pytest.raises(GzpipeError, match="lr: checkpoint 0.0003, now 0.001.*--restart"):
+        run_train(_cfg(train_shards, tmp_path, epochs=3, lr=1e-3))
+
+
+def test_config_file_and_flag_precedence(train_shards, tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"lr": 1e-3, "epochs": 7, "patience": 3}))
+    cfg = resolve("regnet_y_8gf", str(train_shards), f, epochs=5)
+    assert cfg.backbone == "regnety_8gf" and cfg.lr == 1e-3 and cfg.epochs == 5 and cfg.patience == 3
+    assert cfg.batch_size == 32  # from the per-backbone table
+    f.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(GzpipeError, match="unknown keys: learning_rate"):
+        resolve("resnet50", str(train_shards), f)
+    with pytest.raises(GzpipeError, match="choose one of resnet50, efficientnet_v2_s, convnext_base, swin_v2_s, regnety_8gf"):
+        resolve_name("vgg16")
+
+
+def test_weights_file_loads_and_bad_ones_are_explained(train_shards, tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet50()
+    torch.save(ref.state_dict(), tmp_path / "r50.pth")
+    m = create_model("resnet50", weights=tmp_path / "r50.pth")
+    assert torch.equal(m.backbone.conv1.weight, ref.conv1.weight)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(GzpipeError, match="does not fit"):
+        create_model("resnet50", weights=tmp_path / "r18.pth")
+    with pytest.raises(GzpipeError, match="not found"):
+        create_model("resnet50", weights=tmp_path / "nope.pth")
+    m = run_train(_cfg(train_shards, tmp_path / "w", epochs=1, weights=str(tmp_path / "r50.pth")))
+    assert m["epochs_run"] == 1
+
+
+def test_pretrained_without_internet_is_a_clear_error(monkeypatch):
+    import urllib.error
+
+    import torchvision.models as tvm
+
+    def offline(name, weights=None):
+        if weights is not None:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        return tvm.resnet50()
+
+    monkeypatch.setattr(tvm, "get_model", offline)
+    with pytest.raises(GzpipeError, match="could not download.*--weights PATH"):
+        create_model("resnet50", pretrained=True)
+
+
+def test_masked_loss_ignores_masked_entries():
+    from gzpipe.train.loop import masked_loss
+
+    pred = torch.tensor([[0.5, 0.5]])
+    target = torch.tensor([[0.5, 99.0]])
+    mask = torch.tensor([[True, False]])
+    loss, n = masked_loss(pred, torch.logit(pred), target, mask, "mse")
+    assert loss.item() == 0 and n.item() == 1
+    loss, _ = masked_loss(pred, torch.logit(pred), torch.tensor([[0.5, float("nan")]]), mask, "mse")
+    assert loss.item() == 0  # a NaN target under mask 0 cannot poison the loss
+
+
+def test_ddp_two_cpu_processes(train_shards, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "gzpipe",
+         "train", "--backbone", "resnet50", "--shards", str(train_shards), "--out", str(tmp_path), "--epochs", "2",
+         "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--backend", "pil",
+         "--warmup-epochs", "1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "GZPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "resnet50/metrics.json").read_text())
+    assert m["epochs_run"] == 2 and 0 < m["test"]["mae"] < 0.6
+    ids = pd.read_parquet(tmp_path / "resnet50/test_predictions.parquet")["id"]
+    assert ids.is_unique and len(ids) == m["test"]["galaxies"]
+    assert r.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_gpu_amp_channels_last(train_shards, tmp_path, amp):
+    m = run_train(resolve("resnet50", str(train_shards), None, out=str(tmp_path), image_size=64, batch_size=8,
+                          epochs=2, device="cuda", amp=amp, workers=1, warmup_epochs=1))
+    assert m["device"].startswith("cuda") and m["epochs_run"] == 2 and 0 < m["test"]["mae"] < 0.6
