@@ -158,6 +158,30 @@ def bench_loader(
         print(json.dumps(row), flush=True)
 
 
+@bench_app.command("train")
+def bench_train(
+    backbone: str = typer.Option(..., help="Backbone name (see `gzpipe train --help`)."),
+    image_size: int = typer.Option(224, help="Input size in pixels."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    shards: Optional[Path] = typer.Option(None, help="Shard folder: also measure with the real loader (data stall)."),
+    backend: Backend = typer.Option(Backend.auto, help="Loader backend for the loader row."),
+    workers: int = typer.Option(2, help="Loader workers."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda; default: cuda when available."),
+    amp: str = typer.Option("bf16", help="CUDA precision: bf16, fp16 or off (the CPU runs fp32)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format [per-backbone default]."),
+    steps: int = typer.Option(10, help="Optimizer steps per timed window."),
+    warmup: int = typer.Option(3, help="Untimed steps first."),
+    repeats: int = typer.Option(3, help="Timed windows; the median is reported."),
+) -> None:
+    """Training throughput (images/s): with data already on the device (the model's ceiling) and, with --shards,
+    fed by the real loader, so the data-stall share shows. Prints JSON rows with peak memory."""
+    from gzpipe.bench.train import run
+
+    for row in run(backbone, image_size, batch_size, shards, backend.value, workers, device, amp, channels_last,
+                   steps, warmup, repeats):
+        print(json.dumps(row), flush=True)
+
+
 class Mode(str, Enum):
     resume = "resume"
     restart = "restart"

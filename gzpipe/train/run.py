@@ -111,7 +111,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict | None:
     manifest = read_manifest(Path(cfg.shards))
     cfg.head = cfg.head or default_head(manifest["target"]["kind"])
     if cfg.channels_last is None:
-        cfg.channels_last = BACKBONES[cfg.backbone].channels_last
+        cfg.channels_last = BACKBONES[cfg.backbone].channels_last(device.type)
     if cfg.mode == "skip":
         return _finish(cfg, d, device, history=None, skip=True)
     if cfg.mode == "resume" and (run_dir / COMPLETE).exists():
