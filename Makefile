@@ -3,7 +3,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-N ?= 300
 
 .PHONY: setup demo test test-all test-gpu bench clean
 
@@ -16,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/gzpipe demo --n $(N) --out artifacts/demo
+	$(BIN)/gzpipe study --preset demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -113,22 +113,104 @@ def _print_shard_summary(m: dict, out_dir: Path) -> None:
 
 
 @app.command()
-def demo(
-    out_dir: Path = typer.Option(Path("artifacts/demo"), "--out", help="Folder for everything the demo makes."),
-    n: int = typer.Option(300, "--n", help="Synthetic galaxies."),
-    workers: int = typer.Option(2, help="Worker processes."),
+def features(
+    backbone: str = typer.Option(..., help="Backbone whose best checkpoint extracts the features."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder holding <backbone>/."),
+    shards: Optional[Path] = typer.Option(None, help="Shards to read [the ones the backbone was trained on]."),
+    backend: str = typer.Option("auto", help="Loader backend: auto, dali, nvjpeg or pil."),
+    batch_size: int = typer.Option(128, help="Batch size for inference."),
+    workers: int = typer.Option(2, help="Loader workers."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("float16", help="Storage type of the features: float16 (half the disk) or float32."),
+    force: bool = typer.Option(False, help="Re-extract even when up to date."),
 ) -> None:
-    """Run the pipeline on the embedded synthetic default: synth -> shard (later stages join as they land)."""
-    from gzpipe.shard import ShardConfig, run_shard
-    from gzpipe.synth import SynthConfig, synth as run_synth
+    """Write each split's penultimate features (with ids, targets, mask) to <out>/<backbone>/features/<split>.parquet,
+    in chunks; skipped when up to date with the checkpoint."""
+    from gzpipe.features import FeaturesConfig, run_features
 
-    raw = out_dir / "synth"
-    s = run_synth(SynthConfig(out=raw, n=n, seed=0, workers=workers))
-    out.print(f"synth: {s['galaxies']} galaxies in {raw}")
-    shards = out_dir / "shards"
-    m = run_shard(ShardConfig(catalog=Path(s["catalog"]), mapping=Path(s["mapping"]), images=Path(s["images"]),
-                              out=shards, shard_size=100, workers=workers))
-    _print_shard_summary(m, shards)
+    run_features(FeaturesConfig(backbone=backbone, out=str(out_dir), shards=str(shards) if shards else None,
+                                backend=backend, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                                force=force))
+
+
+@app.command()
+def boost(
+    engine: str = typer.Option(..., help="xgboost or lightgbm."),
+    backbone: str = typer.Option(..., help="Backbone whose cached features to train on."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder."),
+    rounds: int = typer.Option(200, help="Maximum boosting rounds (trees per target)."),
+    early_stopping: int = typer.Option(20, help="Stop after this many rounds without a better validation RMSE."),
+    learning_rate: float = typer.Option(0.1, help="Shrinkage."),
+    max_depth: int = typer.Option(6, help="XGBoost tree depth."),
+    num_leaves: int = typer.Option(31, help="LightGBM leaves per tree."),
+    max_bin: int = typer.Option(64, help="Histogram bins per feature (64 is ~2-4x faster than 256 here)."),
+    colsample: float = typer.Option(0.25, help="Share of features sampled per tree."),
+    multi_strategy: str = typer.Option("one_output_per_tree", help="XGBoost: one_output_per_tree (faster, measured) or multi_output_tree."),
+    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
+    force: bool = typer.Option(False, help="Retrain a finished booster."),
+) -> None:
+    """Gradient-boosted trees on a backbone's cached features, predicting the 30 targets (early-stopped on val,
+    evaluated on test). Output: <out>/<engine>_<backbone>/."""
+    from gzpipe.boost import BoostConfig, run_boost
+
+    run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
+                          early_stopping=early_stopping, learning_rate=learning_rate, max_depth=max_depth,
+                          num_leaves=num_leaves, max_bin=max_bin, colsample=colsample, multi_strategy=multi_strategy,
+                          device=device, force=force))
+
+
+@app.command()
+def ensemble(
+    method: str = typer.Option(..., help="equal, accuracy (weights ~ val accuracy) or inverse_mae (weights ~ 1/val MAE)."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder."),
+    backbones: Optional[str] = typer.Option(None, help="Comma list of backbones [every finished one]."),
+) -> None:
+    """Weighted mean of the backbones' predictions; weights from the validation split, evaluated on test."""
+    from gzpipe.ensemble import run_ensemble
+
+    run_ensemble(method, out_dir, backbones.split(",") if backbones else None)
+
+
+@app.command()
+def report(out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder.")) -> None:
+    """Comparison tables, figures and a self-contained report.html in <out>/model_comparison/."""
+    from gzpipe.report import run_report
+
+    run_report(out_dir)
+
+
+@app.command()
+def study(
+    preset: Optional[str] = typer.Option(None, help="demo (synthetic, CPU, ~10 min), real (../shared sample) or full (original hyperparameters, GPU)."),
+    config: Optional[Path] = typer.Option(None, help="YAML: preset + overrides of data / shard / train / boost / backbones / engines / methods / out."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Artifacts folder [from the preset]."),
+) -> None:
+    """Run the whole 18-model study, skipping finished steps and resuming interrupted ones."""
+    from gzpipe.study import resolve_study, run_study
+
+    cfg = resolve_study(preset, config, out_dir)
+    run_study(cfg)
+    from gzpipe.report.collect import collect
+
+    table, _ = collect(Path(cfg["out"]))
+    _print_summary(table)
+
+
+def _print_summary(table) -> None:
+    from rich.table import Table
+
+    t = Table(title="gzpipe study: test split")
+    for col in ("model", "kind", "accuracy", "MAE", "RMSE"):
+        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for _, r in table.sort_values("mae").iterrows():
+        t.add_row(r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['mae']:.4f}", f"{r['rmse']:.4f}")
+    out.print(t)
+
+
+@app.command()
+def demo(out_dir: Optional[str] = typer.Option(None, "--out", help="Artifacts folder [artifacts].")) -> None:
+    """Same as `gzpipe study --preset demo`."""
+    study(preset="demo", config=None, out_dir=out_dir)
 
 
 class Backend(str, Enum):

@@ -9,7 +9,9 @@ from gzpipe.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["info"], ["synth"], ["shard"], ["demo"], ["bench"]])
+@pytest.mark.parametrize("cmd", [[], ["info"], ["synth"], ["shard"], ["demo"], ["bench"], ["bench", "loader"],
+                                 ["bench", "train"], ["train"], ["features"], ["boost"], ["ensemble"], ["report"],
+                                 ["study"]])
 def test_help_explains(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output and len(r.output) > 200

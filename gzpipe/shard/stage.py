@@ -35,6 +35,7 @@ from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo, write_shard
 
 MANIFEST = "manifest.json"
+LABELS = "labels.parquet"
 MANIFEST_VERSION = 1
 DONE_DIR = ".done"
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
@@ -133,8 +134,28 @@ def run_shard(cfg: ShardConfig) -> dict:
     rejected.sort(key=lambda r: r.row)
     _remove_stale_shards(out, {j.name for j in jobs})
     manifest = _manifest(cfg, table, keep, infos, rejected)
+    _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _write_labels(out: Path, jobs: list[_Job], rejected_rows: set[int]) -> None:
+    """``labels.parquet``: id, split, 30 targets, 30 masks of every written sample, in write order - what the
+    ensemble and report stages need without reading JPEGs back."""
+    ids, splits, ys, ms = [], [], [], []
+    for j in jobs:
+        keep = [k for k, r in enumerate(j.rows) if r not in rejected_rows]
+        ids += [j.meta[k]["id"] for k in keep]
+        splits += [j.split] * len(keep)
+        ys.append(j.targets[keep])
+        ms.append(j.masks[keep])
+    y = np.concatenate(ys) if ys else np.zeros((0, schema.N_TARGETS), np.float32)
+    m = np.concatenate(ms) if ms else np.zeros((0, schema.N_TARGETS), np.uint8)
+    df = pd.concat([pd.DataFrame({"id": ids, "split": splits}),
+                    pd.DataFrame(y.astype(np.float32), columns=list(schema.TARGET_NAMES)),
+                    pd.DataFrame(m.astype(bool), columns=[f"mask:{n}" for n in schema.TARGET_NAMES])], axis=1)
+    with atomic_open(out / LABELS, "wb") as f:
+        df.to_parquet(f, index=False)
 
 
 def _row_rejections(table: pd.DataFrame, keep: np.ndarray) -> list[_Rejection]:

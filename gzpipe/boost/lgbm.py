@@ -1,0 +1,78 @@
+"""LightGBM engine: one booster per target (LightGBM has no multi-output), each early-stopped on val. Masked
+entries get weight 0 for that target only. The feature matrix is binned once and shared by the 30 boosters
+(label and weight swapped per target). GPU (the registry wheel's OpenCL ``gpu`` learner) where it works, else
+the CPU, with the reason logged. Models are saved as LightGBM text files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gzpipe import schema
+from gzpipe.features import read_features
+
+
+def _pick_device(cfg, lgb) -> tuple[str, str]:
+    if cfg.device == "cpu":
+        return "cpu", "asked for the CPU"
+    try:
+        import torch
+
+        if not torch.cuda.is_available() and cfg.device == "auto":
+            return "cpu", "no GPU here"
+    except ImportError:
+        pass
+    try:  # the registry wheel has the OpenCL learner; try it on a tiny problem before relying on it
+        x = np.random.default_rng(0).random((64, 4))
+        lgb.train({"device_type": "gpu", "verbose": -1, "num_leaves": 4}, lgb.Dataset(x, x[:, 0]), 1)
+        return "gpu", "OpenCL gpu learner works"
+    except Exception as e:  # noqa: BLE001 - any failure means: use the CPU
+        return "cpu", f"gpu learner unusable ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+
+
+def train(cfg, run_dir: Path):
+    import lightgbm as lgb
+
+    device, why = _pick_device(cfg, lgb)
+    print(f"lightgbm_{cfg.backbone}: device {device} ({why})", flush=True)
+    _, xtr, ytr, mtr = read_features(cfg.out, cfg.backbone, "train")
+    _, xva, yva, mva = read_features(cfg.out, cfg.backbone, "val")
+    params = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+              "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": device, "verbose": -1,
+              "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or len(os.sched_getaffinity(0)),
+              "min_data_in_leaf": 5}
+    ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params["min_data_in_leaf"], "feature_pre_filter": False,
+                 "verbose": -1}
+    params.update(ds_params)
+    dtrain = lgb.Dataset(xtr, label=np.nan_to_num(ytr[:, 0]), weight=mtr[:, 0].astype(np.float64),
+                         params=ds_params, free_raw_data=False).construct()
+    dval = lgb.Dataset(xva, label=np.nan_to_num(yva[:, 0]), weight=mva[:, 0].astype(np.float64), reference=dtrain,
+                       params=ds_params, free_raw_data=False).construct()
+    models_dir = run_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    boosters, best = [], []
+    for j, name in enumerate(schema.TARGET_NAMES):
+        if mtr[:, j].sum() == 0:  # no valid training value: predict the neutral 0.5 (recorded in the info)
+            boosters.append(None)
+            best.append(0)
+            continue
+        dtrain.set_label(np.nan_to_num(ytr[:, j]))
+        dtrain.set_weight(mtr[:, j].astype(np.float64))
+        dval.set_label(np.nan_to_num(yva[:, j]))
+        dval.set_weight(np.maximum(mva[:, j].astype(np.float64), 1e-12))  # all-zero weights would break the metric
+        b = lgb.train(params, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
+                      callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+        tmp = models_dir / f".{j:02d}.tmp.txt"
+        b.save_model(str(tmp), num_iteration=b.best_iteration or None)
+        os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
+        boosters.append(b)
+        best.append(int(b.best_iteration or b.current_iteration()))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        cols = [np.full(len(x), 0.5) if b is None else b.predict(x, num_iteration=it or None)
+                for b, it in zip(boosters, best)]
+        return np.column_stack(cols)
+
+    return predict, {"device": device, "device_reason": why, "best_iterations": best, "model_dir": "models"}

@@ -1,0 +1,33 @@
+"""Split labels (ids, 30 targets, 30-wide mask) for stages downstream of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gzpipe import schema
+from gzpipe.errors import GzpipeError
+from gzpipe.shard.stage import LABELS
+
+MASK_COLUMNS = [f"mask:{n}" for n in schema.TARGET_NAMES]
+
+
+def split_labels(shards: str | Path, split: str) -> pd.DataFrame:
+    """A frame indexed by id with the 30 target columns and the 30 ``mask:`` columns of one split."""
+    p = Path(shards) / LABELS
+    if not p.exists():
+        raise GzpipeError(f"{p} not found; re-run `gzpipe shard` (it writes labels.parquet beside the manifest)")
+    df = pd.read_parquet(p)
+    return df[df["split"] == split].drop(columns="split").set_index("id")
+
+
+def aligned(labels: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and masks in the order of ``ids``; every id must be in the split."""
+    missing = [i for i in ids if i not in labels.index]
+    if missing:
+        raise GzpipeError(f"{len(missing)} predicted ids are not in the split's labels (e.g. {missing[0]}); were the "
+                          "predictions made from other shards?")
+    sub = labels.loc[ids]
+    return sub[list(schema.TARGET_NAMES)].to_numpy(np.float32), sub[MASK_COLUMNS].to_numpy(bool)

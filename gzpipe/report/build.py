@@ -1,0 +1,126 @@
+"""Assemble tables, figures and report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gzpipe import schema
+from gzpipe.errors import GzpipeError
+from gzpipe.fileio import atomic_open
+from gzpipe.labels import aligned, split_labels
+from gzpipe.report import figures
+from gzpipe.report.collect import collect, dl_vs_gb
+
+
+def _prediction_dir(out: Path, name: str) -> Path:
+    return out / name
+
+
+def _shards_of(out: Path, table: pd.DataFrame) -> str | None:
+    for b in table.loc[table["kind"] == "deep", "name"]:
+        return json.loads((out / b / "config.json").read_text())["shards"]
+    return None
+
+
+def run_report(out: str | Path = "artifacts") -> dict:
+    out = Path(out)
+    table, raw = collect(out)
+    if table.empty:
+        raise GzpipeError(f"no finished model under {out}; run `gzpipe study` or the stages first")
+    dest = out / "model_comparison"
+    dest.mkdir(parents=True, exist_ok=True)
+    table = table.sort_values(["kind", "mae"], key=lambda s: s.map({"deep": 0, "xgboost": 1, "lightgbm": 2,
+                                                                    "ensemble": 3}) if s.name == "kind" else s)
+    with atomic_open(dest / "comparison_table.csv", "w") as f:
+        table.to_csv(f, index=False, float_format="%.6g")
+    gb = dl_vs_gb(table)
+    with atomic_open(dest / "dl_vs_gb_comparison.csv", "w") as f:
+        gb.to_csv(f, index=False, float_format="%.6g")
+    figs = {}
+    shards = _shards_of(out, table)
+    baseline = _baseline(shards) if shards else None
+    if baseline:
+        from gzpipe.fileio import write_json
+
+        write_json(dest / "baseline.json", baseline)
+    figures.metric_bars(table, dest / "metrics_by_model.png", baseline)
+    figs["All models"] = "metrics_by_model.png"
+    figures.per_task_heatmap(table, dest / "per_task_heatmap.png")
+    figs["Per task"] = "per_task_heatmap.png"
+    best = table.sort_values("mae").iloc[0]["name"]
+    if shards:
+        pred = pd.read_parquet(out / best / "test_predictions.parquet")
+        y, m = aligned(split_labels(shards, "test"), pred["id"].tolist())
+        figures.predicted_vs_true(pred[list(schema.TARGET_NAMES)].to_numpy(), y, m, best, dest / "predicted_vs_true.png")
+        figs["Predicted vs true"] = "predicted_vs_true.png"
+    histories = {n: raw[n]["history"] for n in table.loc[table["kind"] == "deep", "name"] if raw[n].get("history")}
+    if histories:
+        figures.all_training_curves(histories, dest / "training_curves.png")
+        figs["Training curves"] = "training_curves.png"
+    _write_html(dest, table, gb, figs, best, baseline)
+    print(f"report: {len(table)} models -> {dest / 'report.html'} (best on test MAE: {best})", flush=True)
+    return {"models": len(table), "best": best, "dir": str(dest)}
+
+
+def _baseline(shards: str) -> dict:
+    """The trivial model: every test galaxy gets the train split's mean of each target. A study that does not
+    beat it has learnt nothing."""
+    from gzpipe.metrics import compute_metrics
+
+    masks = [f"mask:{n}" for n in schema.TARGET_NAMES]
+    tr, te = split_labels(shards, "train"), split_labels(shards, "test")
+    y, m = tr[list(schema.TARGET_NAMES)].to_numpy(), tr[masks].to_numpy()
+    mean = np.array([y[m[:, j], j].mean() if m[:, j].any() else 0.5 for j in range(schema.N_TARGETS)])
+    yt, mt = te[list(schema.TARGET_NAMES)].to_numpy(), te[masks].to_numpy()
+    r = compute_metrics(np.tile(mean, (len(yt), 1)), yt, mt)
+    return {"name": "train-mean baseline", "accuracy": r["accuracy"], "mae": r["mae"], "mse": r["mse"],
+            "rmse": r["rmse"], "test_galaxies": r["galaxies"]}
+
+
+_FORMATS = {"parameters": "{:,.0f}", "trees": "{:,.0f}", "training_time_s": "{:,.1f}", "throughput_per_s": "{:,.1f}"}
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    fmt = {c: (lambda f: (lambda v: "" if pd.isna(v) else f.format(v)))(f) for c, f in _FORMATS.items() if c in df}
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", formatters=fmt, na_rep="", border=0, classes="t")
+
+
+def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[str, str], best: str,
+                baseline: dict | None) -> None:
+    main_cols = ["name", "kind", "accuracy", "mae", "mse", "rmse", "parameters", "trees", "training_time_s",
+                 "throughput_per_s", "throughput_of"]
+    task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
+    tasks = table[task_cols].rename(columns=lambda c: c.replace("accuracy:", "").split("_", 1)[-1])
+    imgs = "".join(
+        f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,"
+        f"{base64.b64encode((dest / f).read_bytes()).decode()}' alt='{html.escape(title)}'>"
+        for title, f in figs.items())
+    base_txt = ""
+    if baseline:
+        beat = int((table["mae"] < baseline["mae"]).sum())
+        base_txt = (f" The trivial baseline that predicts the train split's mean of each target scores MAE "
+                    f"{baseline['mae']:.4f}, accuracy {baseline['accuracy']:.4f}; {beat} of {len(table)} models beat "
+                    "its MAE (dashed line in the first figure).")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gzpipe study report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
+table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}table.t td,table.t th{{padding:3px 8px;
+border-bottom:1px solid #ddd;text-align:right}}table.t td:first-child,table.t th:first-child{{text-align:left}}
+img{{max-width:100%;border:1px solid #eee}}</style></head><body>
+<h1>gzpipe: Galaxy Zoo 2 model comparison</h1>
+<p>{len(table)} models evaluated on the test split: 30 vote fractions over 10 GZ2 tasks. Accuracy rounds prediction and
+target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE: <b>{html.escape(best)}</b>.
+Ensemble weights were fitted on the validation split only.{base_txt}</p>
+<h2>Comparison</h2>{_table_html(table[main_cols])}
+<h2>Deep models beside their boosters</h2>{_table_html(gb)}
+<h2>Per-task accuracy</h2>{_table_html(tasks)}
+{imgs}
+<p style="color:#888">Files: comparison_table.csv, dl_vs_gb_comparison.csv and the PNGs beside this page.</p>
+</body></html>"""
+    with atomic_open(dest / "report.html", "w") as f:
+        f.write(page)

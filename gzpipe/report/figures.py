@@ -1,0 +1,102 @@
+"""The report's figures. Each is made for reading: sorted bars, labelled axes, values written on the heat map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gzpipe import schema  # noqa: E402
+
+KIND_COLOURS = {"deep": "#1f77b4", "xgboost": "#ff7f0e", "lightgbm": "#2ca02c", "ensemble": "#9467bd"}
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -> None:
+    t = table.sort_values("mae")
+    h = max(3.0, 0.32 * len(t) + 1.2)
+    fig, axes = plt.subplots(1, 2, figsize=(13, h), sharey=True)
+    colours = [KIND_COLOURS.get(k, "grey") for k in t["kind"]]
+    y = np.arange(len(t))
+    for ax, col, label in ((axes[0], "mae", "test MAE (lower is better)"),
+                           (axes[1], "accuracy", "test accuracy, rounded to 0/1 (higher is better)")):
+        ax.barh(y, t[col], color=colours)
+        for yi, v in zip(y, t[col]):
+            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+        ax.set(xlabel=label)
+        ax.grid(axis="x", alpha=0.3)
+        if baseline is not None:
+            ax.axvline(baseline[col], color="k", ls="--", lw=1)
+            ax.text(baseline[col], -0.9, f"train-mean baseline {baseline[col]:.3f}", fontsize=8, ha="center")
+    axes[1].set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
+    axes[0].set_yticks(y, t["name"])
+    axes[0].invert_yaxis()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS.values()]
+    axes[1].legend(handles, KIND_COLOURS.keys(), loc="lower right", fontsize=8)
+    fig.suptitle("All models on the test split (best first)")
+    _save(fig, path)
+
+
+def per_task_heatmap(table: pd.DataFrame, path: Path) -> None:
+    t = table.sort_values("mae")
+    tasks = [name for name in schema.TASK_SLICES]
+    data = t[[f"mae:{k}" for k in tasks]].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 * len(tasks) + 3, 0.36 * len(t) + 2))
+    im = ax.imshow(data, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(tasks)), [k.split("_", 1)[1].replace("_", " ") for k in tasks], rotation=35, ha="right")
+    ax.set_yticks(range(len(t)), t["name"])
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if np.isfinite(data[i, j]):
+                v = data[i, j]
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if v > np.nanmean(data) else "black")
+    fig.colorbar(im, ax=ax, label="test MAE of the task's answers")
+    ax.set_title("Test MAE per GZ2 task (rows: models, best first)")
+    _save(fig, path)
+
+
+KEY_ANSWERS = ("t01_smooth_or_features_a01_smooth", "t01_smooth_or_features_a02_features_or_disk",
+               "t02_edgeon_a04_yes", "t03_bar_a06_bar", "t04_spiral_a08_spiral", "t06_odd_a14_yes")
+
+
+def predicted_vs_true(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, model: str, path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))
+    for ax, name in zip(axes.flat, KEY_ANSWERS):
+        j = schema.TARGET_INDEX[name]
+        ok = mask[:, j]
+        ax.scatter(target[ok, j], pred[ok, j], s=8, alpha=0.5)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        mae = float(np.mean(np.abs(pred[ok, j] - target[ok, j]))) if ok.any() else float("nan")
+        task = name.split("_a")[0]
+        answer = name[len(task) + 1:]
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true vote fraction", ylabel="predicted")
+        ax.set_title(f"{task}\n{answer}   MAE {mae:.3f}, n = {int(ok.sum())}", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Predicted vs true on the test split: {model} (the best model)")
+    _save(fig, path)
+
+
+def all_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    for i, (name, hist) in enumerate(histories.items()):
+        ep = [h["epoch"] for h in hist]
+        axes[0].plot(ep, [h["train_loss"] for h in hist], "--", color=f"C{i}", alpha=0.6)
+        axes[0].plot(ep, [h["val_loss"] for h in hist], "-o", color=f"C{i}", label=name, ms=3)
+        axes[1].plot(ep, [h["val_mae"] for h in hist], "-o", color=f"C{i}", label=name, ms=3)
+    axes[0].set(title="loss: validation (solid), train (dashed)", xlabel="epoch")
+    axes[1].set(title="validation MAE", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)

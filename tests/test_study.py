@@ -1,0 +1,214 @@
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gzpipe import schema
+from gzpipe.boost import BoostConfig, run_boost
+from gzpipe.ensemble import run_ensemble, weights_for
+from gzpipe.errors import GzpipeError
+from gzpipe.features import FeaturesConfig, read_features, run_features, schema_for
+from gzpipe.labels import split_labels
+from gzpipe.metrics import compute_metrics
+from gzpipe.train.config import resolve
+from gzpipe.train.run import run_train
+
+
+@pytest.fixture(scope="module")
+def trained(train_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art")
+    run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, batch_size=8, epochs=1,
+                      workers=1, device="cpu", warmup_epochs=1, backend="pil"))
+    return out
+
+
+def test_features_shape_ids_and_up_to_date(trained, train_shards):
+    meta = run_features(FeaturesConfig("resnet50", out=str(trained), workers=1))
+    assert meta["width"] == 2048 and meta["dtype"] == "float16"
+    for split in ("train", "val", "test"):
+        ids, x, y, m = read_features(trained, "resnet50", split)
+        labels = split_labels(train_shards, split)
+        assert sorted(ids) == sorted(labels.index) and len(ids) == len(set(ids))
+        assert x.shape == (len(ids), 2048) and np.isfinite(x).all()
+        np.testing.assert_allclose(y, labels.loc[ids, list(schema.TARGET_NAMES)].to_numpy(), atol=1e-6)
+        t = pq.read_schema(trained / "resnet50/features" / f"{split}.parquet")
+        assert t.field("f0000").type == pa.float16()
+    f = trained / "resnet50/features/val.parquet"
+    before = f.stat().st_mtime_ns
+    run_features(FeaturesConfig("resnet50", out=str(trained), workers=1))
+    assert f.stat().st_mtime_ns == before  # up to date: skipped
+    best = trained / "resnet50/checkpoints/best_model.pth"
+    import torch
+
+    state = torch.load(best, weights_only=True)
+    state["model"]["head.fc.bias"] += 1.0  # a changed checkpoint ...
+    torch.save(state, best)
+    run_features(FeaturesConfig("resnet50", out=str(trained), workers=1))
+    assert f.stat().st_mtime_ns != before  # ... is re-extracted
+
+
+def _fake_features(out: Path, rng, n=(160, 60, 60), width=16):
+    """Features where target 0 = x0 clipped, target 1 depends on x1 but half its rows are masked with a wrong
+    label of 1.0 (which a per-target mask must ignore)."""
+    for split, rows in zip(("train", "val", "test"), n):
+        x = rng.random((rows, width)).astype(np.float32)
+        y = np.full((rows, 30), 0.5, np.float32)
+        m = np.ones((rows, 30), bool)
+        y[:, 0] = x[:, 0]
+        y[:, 1] = 0.1 * (x[:, 1] > 0.5)
+        masked = rng.random(rows) < 0.5
+        y[masked, 1] = 1.0
+        m[masked, 1] = False
+        cols = [pa.array([f"g{split}{i}" for i in range(rows)])] + [pa.array(x[:, j].astype(np.float16)) for j in range(width)]
+        cols += [pa.array(y[:, j]) for j in range(30)] + [pa.array(m[:, j]) for j in range(30)]
+        (out / "fakenet" / "features").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_arrays(cols, schema=schema_for(width, "float16")),
+                       out / "fakenet/features" / f"{split}.parquet")
+
+
+@pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
+def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engine, monkeypatch):
+    import gzpipe.boost as boost_mod
+    import gzpipe.features as feat_mod
+
+    _fake_features(tmp_path, np.random.default_rng(0))
+    monkeypatch.setattr(boost_mod, "resolve_name", lambda n: n)
+    monkeypatch.setattr(feat_mod, "resolve_name", lambda n: n)
+    m = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), rounds=60, early_stopping=10,
+                              max_bin=32, colsample=1.0, device="cpu"))
+    d = tmp_path / f"{engine}_fakenet"
+    pred = pd.read_parquet(d / "test_predictions.parquet")
+    p = pred[list(schema.TARGET_NAMES)].to_numpy()
+    assert p.min() >= 0 and p.max() <= 1 and len(pred) == 60
+    ids, x, y, mk = read_features(tmp_path, "fakenet", "test")
+    assert np.mean(np.abs(p[:, 0] - y[:, 0])) < 0.08  # learnt the easy target
+    # target 1: the masked rows' wrong label 1.0 must not pull predictions up (they would sit near 0.5 otherwise)
+    assert p[:, 1].mean() < 0.15 and np.mean(np.abs(p[mk[:, 1], 1] - y[mk[:, 1], 1])) < 0.05
+    assert m["test"]["mae"] == pytest.approx(compute_metrics(p, y, mk)["mae"], abs=1e-6)
+    files = [f.name for f in d.rglob("*") if f.is_file()]
+    assert not any(f.endswith((".pkl", ".pickle", ".joblib")) for f in files)
+    assert ("model.ubj" in files) if engine == "xgboost" else (sum(f.endswith(".txt") and f[0].isdigit() for f in files) == 30)
+    again = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), device="cpu"))
+    assert again["test"] == m["test"]  # finished: skipped
+
+
+def test_boost_without_features_says_what_to_run(tmp_path):
+    with pytest.raises(GzpipeError, match="gzpipe features --backbone resnet50"):
+        run_boost(BoostConfig(engine="xgboost", backbone="resnet50", out=str(tmp_path)))
+    with pytest.raises(GzpipeError, match="choose one of xgboost, lightgbm"):
+        run_boost(BoostConfig(engine="catboost", backbone="resnet50", out=str(tmp_path)))
+
+
+def _fake_backbone(out: Path, name: str, shards: Path, noise: float, rng, test_noise=None):
+    (out / name).mkdir(parents=True)
+    (out / name / "config.json").write_text(json.dumps({"shards": str(shards)}))
+    (out / name / "training_complete.txt").write_text("done\n")
+    for split in ("val", "test"):
+        lab = split_labels(shards, split)
+        y = lab[list(schema.TARGET_NAMES)].to_numpy()
+        s = noise if split == "val" or test_noise is None else test_noise
+        p = np.clip(y + rng.normal(0, s, y.shape), 0, 1)
+        df = pd.DataFrame(p, columns=list(schema.TARGET_NAMES))
+        df.insert(0, "id", lab.index)
+        df.to_parquet(out / name / f"{split}_predictions.parquet")
+
+
+def test_ensemble_weights_come_from_val_only(train_shards, tmp_path):
+    rng = np.random.default_rng(1)
+    _fake_backbone(tmp_path, "resnet50", train_shards, 0.05, rng, test_noise=0.4)
+    _fake_backbone(tmp_path, "swin_v2_s", train_shards, 0.2, rng, test_noise=0.01)
+    r = run_ensemble("inverse_mae", tmp_path)
+    assert r["models"] == ["resnet50", "swin_v2_s"]
+    val = split_labels(train_shards, "val")
+    y, m = val[list(schema.TARGET_NAMES)].to_numpy(), val[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy()
+    maes = {}
+    for b in ("resnet50", "swin_v2_s"):
+        p = pd.read_parquet(tmp_path / b / "val_predictions.parquet").set_index("id").loc[val.index].to_numpy()
+        maes[b] = compute_metrics(p, y, m)["mae"]
+    inv = {b: 1 / v for b, v in maes.items()}
+    assert r["weights"]["resnet50"] == pytest.approx(inv["resnet50"] / sum(inv.values()))
+    assert r["weights"]["resnet50"] > r["weights"]["swin_v2_s"]  # better on val, though worse on test
+    assert run_ensemble("equal", tmp_path)["weights"] == {"resnet50": 0.5, "swin_v2_s": 0.5}
+    acc = run_ensemble("accuracy", tmp_path)["weights"]
+    assert sum(acc.values()) == pytest.approx(1.0)
+    w = json.loads((tmp_path / "ensemble_accuracy/weights.json").read_text())
+    assert w["weights_from"] == "val" and w["models"] == ["resnet50", "swin_v2_s"]
+    assert weights_for("inverse_mae", {"a": {"mae": 0.1}, "b": {"mae": 0.3}}) == pytest.approx({"a": 0.75, "b": 0.25})
+    with pytest.raises(GzpipeError, match="no finished backbone"):
+        run_ensemble("equal", tmp_path / "empty")
+
+
+def test_report_with_18_models(train_shards, tmp_path):
+    from gzpipe.boost import ENGINES
+    from gzpipe.models import BACKBONES
+    from gzpipe.report import run_report
+
+    rng = np.random.default_rng(2)
+    hist = [{"epoch": e, "train_loss": 0.1 / e, "val_loss": 0.12 / e, "val_mae": 0.2 / e, "lr": 1e-3,
+             "images_per_s": 10.0, "seconds": 1.0} for e in (1, 2, 3)]
+    for i, b in enumerate(BACKBONES):
+        _fake_backbone(tmp_path, b, train_shards, 0.05 + 0.02 * i, rng)
+        lab = split_labels(train_shards, "test")
+        p = pd.read_parquet(tmp_path / b / "test_predictions.parquet").set_index("id").loc[lab.index]
+        met = compute_metrics(p.to_numpy(), lab[list(schema.TARGET_NAMES)].to_numpy(),
+                              lab[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy())
+        (tmp_path / b / "metrics.json").write_text(json.dumps({"test": met, "val": met, "history": hist,
+                                                               "wall_time_s": 12.0, "images_per_s": 30.0}))
+        for engine in ENGINES:
+            d = tmp_path / f"{engine}_{b}"
+            d.mkdir()
+            shutil.copy(tmp_path / b / "test_predictions.parquet", d / "test_predictions.parquet")
+            (d / "metrics.json").write_text(json.dumps({"test": met, "val": met, "train_time_s": 3.0,
+                                                        "best_iteration": 9, "test_predict_rows_per_s": 1e4}))
+            (d / "boost_complete.txt").write_text("done\n")
+    for method in ("equal", "accuracy", "inverse_mae"):
+        run_ensemble(method, tmp_path)
+    rep = run_report(tmp_path)
+    d = tmp_path / "model_comparison"
+    table = pd.read_csv(d / "comparison_table.csv")
+    assert len(table) == 18 and rep["models"] == 18
+    assert sorted(table["kind"].value_counts().to_dict().items()) == [("deep", 5), ("ensemble", 3), ("lightgbm", 5), ("xgboost", 5)]
+    for col in ("accuracy", "mae", "mse", "rmse", "parameters", "training_time_s", "throughput_per_s",
+                "accuracy:t01_smooth_or_features"):
+        assert col in table.columns
+    assert table.loc[table["name"] == "resnet50", "parameters"].item() > 2e7
+    gb = pd.read_csv(d / "dl_vs_gb_comparison.csv")
+    assert len(gb) == 5 and {"deep_mae", "xgboost_mae", "lightgbm_mae"} <= set(gb.columns)
+    for f in ("metrics_by_model.png", "per_task_heatmap.png", "predicted_vs_true.png", "training_curves.png"):
+        assert (d / f).stat().st_size > 10_000
+    page = (d / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "ensemble_inverse_mae" in page
+
+
+def test_tiny_study_runs_and_resumes(tmp_path):
+    from gzpipe.study import resolve_study, run_study
+
+    cfg_file = tmp_path / "study.yaml"
+    cfg_file.write_text(f"""
+preset: demo
+out: {tmp_path / 'art'}
+data: {{synth: {{n: 40, seed: 3}}}}
+shard: {{resize: 40, shard_size: 10, workers: 1}}
+train: {{image_size: 32, epochs: 1, batch_size: 8, workers: 1, device: cpu, backend: pil}}
+boost: {{rounds: 20, early_stopping: 5}}
+backbones: [resnet50]
+""")
+    cfg = resolve_study(None, cfg_file)
+    rep = run_study(cfg)
+    assert rep["models"] == 6  # 1 backbone + 2 boosters + 3 ensembles
+    table = pd.read_csv(tmp_path / "art/model_comparison/comparison_table.csv")
+    assert set(table["name"]) == {"resnet50", "xgboost_resnet50", "lightgbm_resnet50", "ensemble_equal",
+                                  "ensemble_accuracy", "ensemble_inverse_mae"}
+    mtime = (tmp_path / "art/resnet50/training_complete.txt").stat().st_mtime_ns
+    run_study(cfg)  # everything finished: skipped, same results
+    assert (tmp_path / "art/resnet50/training_complete.txt").stat().st_mtime_ns == mtime
+    with pytest.raises(GzpipeError, match="unknown preset"):
+        resolve_study("huge", None)
+    with pytest.raises(GzpipeError, match="needs data.catalog"):
+        resolve_study("full", None)
