@@ -148,6 +148,7 @@ def boost(
     multi_strategy: str = typer.Option("one_output_per_tree", help="XGBoost: one_output_per_tree (faster, measured) or multi_output_tree."),
     device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
     force: bool = typer.Option(False, help="Retrain a finished booster."),
+    dask_scheduler: Optional[str] = typer.Option(None, help="Train with xgboost.dask / lightgbm.dask on this existing Dask scheduler (tcp://host:port)."),
 ) -> None:
     """Gradient-boosted trees on a backbone's cached features, predicting the 30 targets (early-stopped on val,
     evaluated on test). Output: <out>/<engine>_<backbone>/."""
@@ -156,7 +157,7 @@ def boost(
     run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
                           early_stopping=early_stopping, learning_rate=learning_rate, max_depth=max_depth,
                           num_leaves=num_leaves, max_bin=max_bin, colsample=colsample, multi_strategy=multi_strategy,
-                          device=device, force=force))
+                          device=device, force=force, dask_scheduler=dask_scheduler))
 
 
 @app.command()

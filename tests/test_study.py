@@ -212,3 +212,24 @@ backbones: [resnet50]
         resolve_study("huge", None)
     with pytest.raises(GzpipeError, match="needs data.catalog"):
         resolve_study("full", None)
+
+
+@pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
+def test_boost_on_a_two_worker_dask_cluster(tmp_path, engine, monkeypatch):
+    from distributed import LocalCluster
+
+    import gzpipe.boost as boost_mod
+    import gzpipe.features as feat_mod
+
+    _fake_features(tmp_path, np.random.default_rng(0))
+    monkeypatch.setattr(boost_mod, "resolve_name", lambda n: n)
+    monkeypatch.setattr(feat_mod, "resolve_name", lambda n: n)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster:  # loopback only
+        m = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), rounds=25, early_stopping=5,
+                                  max_bin=32, colsample=1.0, device="cpu", dask_scheduler=cluster.scheduler_address))
+    assert m["dask_scheduler"].startswith("tcp://127.0.0.1")
+    p = pd.read_parquet(tmp_path / f"{engine}_fakenet/test_predictions.parquet")[list(schema.TARGET_NAMES)].to_numpy()
+    _, _, y, mk = read_features(tmp_path, "fakenet", "test")
+    assert np.mean(np.abs(p[:, 0] - y[:, 0])) < 0.1
+    assert np.mean(np.abs(p[mk[:, 1], 1] - y[mk[:, 1], 1])) < 0.08  # masked wrong labels ignored on the cluster too

@@ -35,6 +35,8 @@ def _pick_device(cfg, lgb) -> tuple[str, str]:
 def train(cfg, run_dir: Path):
     import lightgbm as lgb
 
+    if cfg.dask_scheduler:
+        return _train_dask(cfg, run_dir)
     device, why = _pick_device(cfg, lgb)
     print(f"lightgbm_{cfg.backbone}: device {device} ({why})", flush=True)
     _, xtr, ytr, mtr = read_features(cfg.out, cfg.backbone, "train")
@@ -76,3 +78,39 @@ def train(cfg, run_dir: Path):
         return np.column_stack(cols)
 
     return predict, {"device": device, "device_reason": why, "best_iterations": best, "model_dir": "models"}
+
+
+def _train_dask(cfg, run_dir: Path):
+    """``lightgbm.dask``: one distributed regressor per target on an existing cluster; masked rows get
+    sample weight 0 for that target. No early stopping here (lightgbm.dask has none); ``rounds`` trees each."""
+    import dask.dataframe as dd
+    import lightgbm as lgb
+    from distributed import Client
+
+    from gzpipe.features import features_path
+
+    with Client(cfg.dask_scheduler) as client:
+        df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, "train")))
+        fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
+        x = df[fcols].astype("float32").to_dask_array(lengths=True)
+        models_dir = run_dir / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        boosters = []
+        for j, name in enumerate(schema.TARGET_NAMES):
+            y = df[name].fillna(0.0).to_dask_array(lengths=True)
+            w = df[f"mask:{name}"].astype("float64").to_dask_array(lengths=True)
+            reg = lgb.DaskLGBMRegressor(client=client, n_estimators=cfg.rounds, learning_rate=cfg.learning_rate,
+                                        num_leaves=cfg.num_leaves, max_bin=cfg.max_bin, colsample_bytree=cfg.colsample,
+                                        random_state=cfg.seed, verbose=-1, min_child_samples=5)
+            reg.fit(x, y, sample_weight=w)
+            b = reg.to_local().booster_
+            tmp = models_dir / f".{j:02d}.tmp.txt"
+            b.save_model(str(tmp))
+            os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
+            boosters.append(b)
+
+    def predict(xx: np.ndarray) -> np.ndarray:
+        return np.column_stack([b.predict(xx) for b in boosters])
+
+    return predict, {"device": "cpu", "device_reason": "dask workers", "best_iterations": [cfg.rounds] * len(boosters),
+                     "model_dir": "models", "dask_scheduler": cfg.dask_scheduler}

@@ -1,12 +1,15 @@
 """XGBoost engine: features stream from parquet into a ``QuantileDMatrix`` through an ``xgboost.DataIter``
 (never one big frame), ``tree_method="hist"`` on ``device="cuda"`` when a GPU is there, else the CPU.
 
-One multi-output booster predicts all 30 targets. Its custom objective is squared error with the gradient *and*
-hessian of masked entries set to 0, so a masked target adds nothing to split finding or leaf values while the
-row still trains the other 29. Default ``multi_strategy="one_output_per_tree"``: measured on a 2-core CPU at
-4,000 x 2,048 x 30, it took 16-21 s per round against ~45 s for ``multi_output_tree`` at ``max_bin=256``
-(3.9 s vs 9.3 s at ``max_bin=64``; 2.0 s vs 7.3 s with ``colsample_bytree=0.25`` too), so it is the default;
-``max_bin=64`` and ``colsample=0.25`` keep the demo practical.
+One multi-output booster predicts all 30 targets. Masked targets are stored in the label matrix as -1 (a value
+real fractions never take), and the custom objective - squared error - gives those entries zero gradient *and*
+zero hessian: they add nothing to split finding or leaf values while the row still trains the other 29 targets.
+Because the objective reads only its own DMatrix's labels, the same function runs per worker under
+``xgboost.dask`` (``--dask-scheduler``).
+
+Default ``multi_strategy="one_output_per_tree"``: measured on a 2-core CPU at 4,000 x 2,048 x 30, 16-21 s per
+round against ~45 s for ``multi_output_tree`` at ``max_bin=256`` (3.9 s vs 9.3 s at ``max_bin=64``; 2.0 s vs 7.3 s
+with ``colsample_bytree=0.25`` too). ``max_bin=64`` and ``colsample=0.25`` keep the demo practical.
 """
 
 from __future__ import annotations
@@ -16,7 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from gzpipe.features import iter_feature_batches
+from gzpipe.features import features_path, iter_feature_batches
+
+MASKED = -1.0
+
+
+def encode_labels(y: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return np.where(m, np.nan_to_num(y), MASKED).astype(np.float32)
+
+
+def masked_objective(predt: np.ndarray, dtrain):
+    y = dtrain.get_label().reshape(predt.shape)
+    valid = (y >= 0).astype(np.float32)
+    return (predt - y) * valid, valid  # masked: no gradient, no hessian
+
+
+def masked_rmse_metric(predt: np.ndarray, dmat):
+    y = dmat.get_label().reshape(predt.shape)
+    ok = y >= 0
+    d = (predt - y)[ok]
+    return "masked_rmse", float(np.sqrt(np.mean(d * d))) if d.size else 0.0
 
 
 def _device(cfg) -> str:
@@ -47,50 +69,80 @@ def _iterator(out, backbone, split):
             if self._it is None:
                 self.reset()
             try:
-                _, x, y, _ = next(self._it)
+                _, x, y, m = next(self._it)
             except StopIteration:
                 return False
-            input_data(data=x, label=np.nan_to_num(y))
+            input_data(data=x, label=encode_labels(y, m))
             return True
 
     return FeatureIter()
 
 
+def _params(cfg, device: str) -> dict:
+    return {"tree_method": "hist", "device": device, "max_depth": cfg.max_depth, "learning_rate": cfg.learning_rate,
+            "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample, "multi_strategy": cfg.multi_strategy,
+            "disable_default_eval_metric": True, "base_score": 0.5, "seed": cfg.seed,
+            "nthread": cfg.threads or len(os.sched_getaffinity(0))}
+
+
 def train(cfg, run_dir: Path):
     import xgboost as xgb
 
-    from gzpipe.boost import labels_of, masked_rmse
-
     device = _device(cfg)
-    _, ytr, mtr = labels_of(cfg.out, cfg.backbone, "train")
-    _, yva, mva = labels_of(cfg.out, cfg.backbone, "val")
-    mtr_f = mtr.astype(np.float32)
-    ytr0 = np.nan_to_num(ytr)
-    dtrain = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "train"), max_bin=cfg.max_bin)
-    dval = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "val"), ref=dtrain, max_bin=cfg.max_bin)
-
-    def objective(predt: np.ndarray, _dtrain):
-        grad = (predt.reshape(ytr0.shape) - ytr0) * mtr_f  # masked entries: no gradient ...
-        hess = mtr_f.copy()  # ... and no hessian, so they weigh nothing in splits or leaves
-        return grad, hess
-
-    def metric(predt: np.ndarray, _dm):
-        return "masked_rmse", masked_rmse(predt.reshape(yva.shape), np.nan_to_num(yva), mva)
-
-    params = {"tree_method": "hist", "device": device, "max_depth": cfg.max_depth, "learning_rate": cfg.learning_rate,
-              "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample, "multi_strategy": cfg.multi_strategy,
-              "disable_default_eval_metric": True, "base_score": 0.5, "seed": cfg.seed,
-              "nthread": cfg.threads or len(os.sched_getaffinity(0))}
-    booster = xgb.train(params, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")], obj=objective,
-                        custom_metric=metric, early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
-    best = booster.best_iteration if hasattr(booster, "best_iteration") else cfg.rounds - 1
+    if cfg.dask_scheduler:
+        booster = _train_dask(cfg, device)
+    else:
+        dtrain = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "train"), max_bin=cfg.max_bin)
+        dval = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "val"), ref=dtrain, max_bin=cfg.max_bin)
+        booster = xgb.train(_params(cfg, device), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+                            obj=masked_objective, custom_metric=masked_rmse_metric,
+                            early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
+    best = getattr(booster, "best_iteration", None)
+    best = booster.num_boosted_rounds() - 1 if best is None else best
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "model.tmp.ubj"
     booster.save_model(str(tmp))  # UBJSON: XGBoost's own format
     os.replace(tmp, run_dir / "model.ubj")
+    booster.set_param({"device": "cpu"})  # predictions below run on host arrays
 
     def predict(x: np.ndarray) -> np.ndarray:
         return booster.inplace_predict(x, iteration_range=(0, best + 1)).reshape(len(x), -1)
 
     return predict, {"device": device, "best_iteration": int(best), "rounds_trained": booster.num_boosted_rounds(),
-                     "multi_strategy": cfg.multi_strategy, "model_file": "model.ubj"}
+                     "multi_strategy": cfg.multi_strategy, "model_file": "model.ubj",
+                     "dask_scheduler": cfg.dask_scheduler}
+
+
+def _dask_split(client, cfg, split):
+    """(X, y) as dask arrays, one chunk per parquet row group, read on the workers."""
+    import dask.dataframe as dd
+
+    from gzpipe import schema
+
+    df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, split)))
+    fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
+    x = df[fcols].astype("float32").to_dask_array(lengths=True)
+    y = df[list(schema.TARGET_NAMES)].to_dask_array(lengths=True)
+    m = df[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_dask_array(lengths=True)
+    import dask.array as da
+
+    labels = da.where(m, da.nan_to_num(y), MASKED).astype("float32")
+    return x, labels
+
+
+def _train_dask(cfg, device: str):
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401 - the submodule is not imported by `import xgboost`
+    from distributed import Client
+
+    with Client(cfg.dask_scheduler) as client:
+        xtr, ytr = _dask_split(client, cfg, "train")
+        xva, yva = _dask_split(client, cfg, "val")
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, xtr, ytr, max_bin=cfg.max_bin)
+        dval = xgb.dask.DaskQuantileDMatrix(client, xva, yva, ref=dtrain, max_bin=cfg.max_bin)
+        params = _params(cfg, device)
+        params.pop("nthread")
+        out = xgb.dask.train(client, params, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+                             obj=masked_objective, custom_metric=masked_rmse_metric,
+                             early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
+        return out["booster"]
