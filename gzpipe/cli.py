@@ -181,6 +181,24 @@ def report(out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifa
 
 
 @app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files, folders of images, or tar shards."),
+    model: Path = typer.Option(..., help="A trained model folder: artifacts/<backbone>, artifacts/<engine>_<backbone> or artifacts/ensemble_<method>."),
+    out_csv: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV to write: id, error, 30 fractions [, cumulative]."),
+    tta: int = typer.Option(1, help="Test-time augmentation: average this many rotated / flipped views."),
+    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle-style cumulative fractions (Class1.1 ...)."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+    workers: int = typer.Option(2, help="Decoding worker processes."),
+    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
+) -> None:
+    """Predict the 30 GZ2 vote fractions for new galaxy images with any trained model. Unreadable files get a row
+    with the reason in the `error` column; the rest go on."""
+    from gzpipe.predict import run_predict
+
+    run_predict(model, images, out_csv, tta, cumulative, batch_size, workers, device)
+
+
+@app.command()
 def study(
     preset: Optional[str] = typer.Option(None, help="demo (synthetic, CPU, ~10 min), real (../shared sample) or full (original hyperparameters, GPU)."),
     config: Optional[Path] = typer.Option(None, help="YAML: preset + overrides of data / shard / train / boost / backbones / engines / methods / out."),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gzpipe import schema
 from gzpipe.features import features_path, iter_feature_batches
 
 MASKED = -1.0
@@ -29,12 +30,15 @@ def encode_labels(y: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def masked_objective(predt: np.ndarray, dtrain):
+    # Always (rows, 30): a Dask worker that holds no rows gets a flat empty array, which would read as 1 target.
+    predt = predt.reshape(-1, schema.N_TARGETS)
     y = dtrain.get_label().reshape(predt.shape)
     valid = (y >= 0).astype(np.float32)
     return (predt - y) * valid, valid  # masked: no gradient, no hessian
 
 
 def masked_rmse_metric(predt: np.ndarray, dmat):
+    predt = predt.reshape(-1, schema.N_TARGETS)
     y = dmat.get_label().reshape(predt.shape)
     ok = y >= 0
     d = (predt - y)[ok]
@@ -117,9 +121,10 @@ def _dask_split(client, cfg, split):
     """(X, y) as dask arrays, one chunk per parquet row group, read on the workers."""
     import dask.dataframe as dd
 
-    from gzpipe import schema
-
     df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, split)))
+    workers = len(client.scheduler_info()["workers"])
+    if df.npartitions < workers:  # spread small data so that every worker trains on some rows
+        df = df.repartition(npartitions=workers)
     fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
     x = df[fcols].astype("float32").to_dask_array(lengths=True)
     y = df[list(schema.TARGET_NAMES)].to_dask_array(lengths=True)

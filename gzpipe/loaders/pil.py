@@ -21,6 +21,11 @@ from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine, pixel_matrix
 from gzpipe.loaders.stream import ShardStream, rebatch
 
+# One OpenCV thread, set before any warp can start OpenCV's thread pool: a pool started in this process would not
+# survive fork(), and DataLoader workers forked after it deadlock in their first warp. Parallelism comes from the
+# loader's worker processes instead.
+cv2.setNumThreads(1)
+
 
 def decode_augment(jpg: bytes, a: np.ndarray, image_size: int, draft: bool = True) -> np.ndarray:
     """JPEG bytes -> image_size x image_size x 3 uint8 through the affine ``a`` (normalised coordinates)."""
@@ -48,7 +53,6 @@ class _Transform:
         self.image_size, self.train, self.normalise = image_size, train, normalise
 
     def __call__(self, s: dict, rng: np.random.Generator):
-        cv2.setNumThreads(1)  # one image per worker at a time; OpenCV's pool would oversubscribe the cores
         a = draw_affine(rng, self.train, PRESETS["train" if self.train else "eval"])
         img = torch.from_numpy(decode_augment(s["jpg"], a, self.image_size))
         if self.normalise:  # H x W x 3 float32, in place: one allocation, two passes

@@ -1,0 +1,98 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import KAGGLE, SAMPLE
+from gzpipe import schema
+from gzpipe.errors import GzpipeError
+from gzpipe.predict import run_predict
+from gzpipe.shard import read_manifest
+from gzpipe.train.config import resolve
+from gzpipe.train.run import run_train
+
+
+@pytest.fixture(scope="module")
+def model(train_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred_art")
+    run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, batch_size=8, epochs=1,
+                      workers=1, device="cpu", warmup_epochs=1, backend="pil"))
+    return out / "resnet50"
+
+
+def test_predicting_the_test_shard_reproduces_training_predictions(model, train_shards, tmp_path):
+    tars = [train_shards / s["name"] for s in read_manifest(train_shards)["shards"] if s["split"] == "test"]
+    df = run_predict(model, tars, tmp_path / "p.csv", workers=1).set_index("id")
+    ref = pd.read_parquet(model / "test_predictions.parquet").set_index("id")
+    assert sorted(df.index) == sorted(ref.index) and (df["error"].fillna("") == "").all()
+    np.testing.assert_allclose(df.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(),
+                               ref[list(schema.TARGET_NAMES)].to_numpy(), atol=1e-4)
+
+
+def _real_batch(tmp_path):
+    if not KAGGLE.exists() or not SAMPLE.exists():
+        pytest.skip(f"real images not found under {KAGGLE.parent} (../shared is absent on a user's machine)")
+    d = tmp_path / "in"
+    d.mkdir()
+    for f in sorted((KAGGLE / "images").glob("*.jpg"))[:6] + sorted((SAMPLE / "images").glob("*.jpg"))[:4]:
+        shutil.copy(f, d / f.name)
+    data = sorted((SAMPLE / "images").glob("*.jpg"))[5].read_bytes()
+    (d / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    (d / "notes.jpg").write_text("not an image\n")
+    return d
+
+
+def test_real_images_with_a_corrupt_file_in_the_batch(model, tmp_path):
+    d = _real_batch(tmp_path)
+    df = run_predict(model, [d], tmp_path / "p.csv", cumulative=True, batch_size=4, workers=2)
+    assert len(df) == 12
+    bad = df[df["id"].isin(["corrupt", "notes"])]
+    assert (bad["error"].str.len() > 0).all() and bad[list(schema.TARGET_NAMES)].isna().all().all()
+    assert "not an image" in bad.set_index("id").loc["notes", "error"]
+    good = df[~df["id"].isin(["corrupt", "notes"])]
+    v = good[list(schema.TARGET_NAMES)].to_numpy()
+    assert np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1
+    cum = good[list(schema.KAGGLE_TARGET_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(cum, schema.conditional_to_cumulative(v), atol=1e-5)
+    back = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(back.columns[:3]) == ["id", "error", "t01_smooth_or_features_a01_smooth"]
+
+
+def test_tta_averages_several_views(model, train_shards, tmp_path):
+    tars = [train_shards / s["name"] for s in read_manifest(train_shards)["shards"] if s["split"] == "val"]
+    one = run_predict(model, tars, tmp_path / "a.csv", workers=0).set_index("id")
+    four = run_predict(model, tars, tmp_path / "b.csv", tta=4, workers=0).set_index("id")
+    diff = np.abs(one[list(schema.TARGET_NAMES)].to_numpy() - four.loc[one.index, list(schema.TARGET_NAMES)].to_numpy())
+    assert 0 < diff.mean() < 0.1  # different views, same galaxy
+
+
+def test_boosters_and_ensembles_predict_through_their_backbones(model, tmp_path):
+    from gzpipe.boost import BoostConfig, run_boost
+    from gzpipe.ensemble import run_ensemble
+    from gzpipe.features import FeaturesConfig, run_features
+
+    out = model.parent
+    run_features(FeaturesConfig("resnet50", out=str(out), workers=1))
+    run_boost(BoostConfig(engine="xgboost", backbone="resnet50", out=str(out), rounds=10, early_stopping=3))
+    run_ensemble("equal", out)
+    img = next(iter(sorted((model.parent.parent).glob("**/*.jpg"))), None)
+    tars = sorted(model.parent.parent.glob("**/test-*.tar"))
+    src = tars[0] if tars else img
+    for name in ("xgboost_resnet50", "ensemble_equal"):
+        df = run_predict(out / name, [src], tmp_path / f"{name}.csv", workers=0)
+        assert (df["error"] == "").all() and df[list(schema.TARGET_NAMES)].notna().all().all()
+    ens = pd.read_csv(tmp_path / "ensemble_equal.csv", keep_default_na=False, dtype={"id": str}).set_index("id")
+    single = run_predict(model, [src], tmp_path / "single.csv", workers=0).set_index("id")
+    np.testing.assert_allclose(ens[list(schema.TARGET_NAMES)].to_numpy(float),
+                               single.loc[ens.index, list(schema.TARGET_NAMES)].to_numpy(), atol=1e-5)
+
+
+def test_bad_model_or_inputs_are_explained(model, tmp_path):
+    with pytest.raises(GzpipeError, match="not a trained gzpipe model"):
+        run_predict(tmp_path, [tmp_path], tmp_path / "x.csv")
+    with pytest.raises(GzpipeError, match="input not found"):
+        run_predict(model, [tmp_path / "nope.jpg"], tmp_path / "x.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GzpipeError, match="no images found"):
+        run_predict(model, [tmp_path / "empty"], tmp_path / "x.csv")
