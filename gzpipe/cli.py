@@ -74,6 +74,23 @@ def synth(
 
 
 @app.command()
+def download(
+    dest: Path = typer.Option(Path("data/gz2"), help="Folder for the release files (and images/ unpacked)."),
+    what: str = typer.Option("labels,mapping,images", help="Comma list of: labels (gz2_hart16.csv.gz), mapping, images (3.4 GB zip)."),
+    base_url: Optional[str] = typer.Option(None, help="A mirror serving the files under their release names."),
+    checksums: Optional[Path] = typer.Option(None, help="File of '<md5>  <file name>' lines (for a mirror's files)."),
+    timeout: float = typer.Option(60.0, help="Network timeout in seconds."),
+) -> None:
+    """Fetch the GZ2 release (Hart16 table, filename mapping, image zip) with resume, checksum checks and a safe
+    unzip. Afterwards: gzpipe shard --catalog DEST/gz2_hart16.csv.gz --mapping DEST/gz2_filename_mapping.csv --images DEST/images"""
+    from gzpipe.download import run_download
+
+    run_download(dest, [w.strip() for w in what.split(",") if w.strip()], base_url, checksums, timeout)
+    out.print(f"next: gzpipe shard --catalog {dest}/gz2_hart16.csv.gz --mapping {dest}/gz2_filename_mapping.csv "
+              f"--images {dest}/images --out SHARDS")
+
+
+@app.command()
 def shard(
     catalog: Path = typer.Option(..., help="Labels CSV: gz2_hart16.csv[.gz], a CSV with asset_id + Hart16 columns, or Kaggle training_solutions."),
     images: Path = typer.Option(..., help="Folder of <id>.jpg images (asset_id for Hart16, GalaxyID for Kaggle)."),
