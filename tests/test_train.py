@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,3 +209,16 @@ def test_gpu_amp_channels_last(train_shards, tmp_path, amp):
     m = run_train(resolve("resnet50", str(train_shards), None, out=str(tmp_path), image_size=64, batch_size=8,
                           epochs=2, device="cuda", amp=amp, workers=1, warmup_epochs=1))
     assert m["device"].startswith("cuda") and m["epochs_run"] == 2 and 0 < m["test"]["mae"] < 0.6
+
+
+def test_real_sample_shards_and_trains_a_step(real_sample, tmp_path):
+    from gzpipe.shard import ShardConfig, run_shard
+    from gzpipe.study import resolve_study
+
+    m = run_shard(ShardConfig(catalog=real_sample / "labels_manifest_800.csv", images=real_sample / "images",
+                              out=tmp_path / "shards", fraction=0.1, resize=40, shard_size=20))
+    assert 50 < m["counts"]["written"] < 120 and m["counts"]["rejected"] == 0
+    r = run_train(_cfg(tmp_path / "shards", tmp_path / "art", epochs=1))
+    assert r["epochs_run"] == 1 and 0 < r["test"]["mae"] < 0.6
+    cfg = resolve_study("real", None)  # the preset points at the same sample
+    assert Path(cfg["data"]["catalog"]).name == "labels_manifest_800.csv"
