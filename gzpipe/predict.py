@@ -12,7 +12,6 @@ used - the rest of the batch goes on), the 30 fractions under their Hart16 answe
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from dataclasses import dataclass

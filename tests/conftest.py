@@ -48,7 +48,6 @@ def colour_of(i: int) -> tuple[int, int, int]:
 def marker_shards(tmp_path_factory) -> Path:
     """40 galaxies whose image is a disc of a colour that encodes the id, with a white dot to the right of the
     centre (its position shows rotation and flips); target 0 = index / 100. Shards of 6 samples."""
-    import numpy as np
     import pandas as pd
     from PIL import Image, ImageDraw
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from gzpipe import schema
 from gzpipe.download import RELEASE, run_download

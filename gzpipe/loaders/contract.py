@@ -29,7 +29,3 @@ def normalise_nhwc_uint8(x: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=torch.float32) * 255.0
     y = (x.to(torch.float32) - mean) / std
     return y.permute(0, 3, 1, 2)
-
-
-def as_channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,13 +98,6 @@ class _Rejection:
     id: str
     reason: str
     code: str
-
-
-@dataclass
-class ShardResult:
-    manifest: dict
-    out: Path
-    rejected: list[_Rejection] = field(default_factory=list)
 
 
 def key_for(galaxy_id: str) -> str:
@@ -284,7 +276,6 @@ def _remove_stale_shards(out: Path, planned: set[str]) -> None:
 
 def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
               rejected: list[_Rejection]) -> dict:
-    infos = [i for i in infos]
     written = sum(i.samples for i in infos)
     inputs = int(keep.sum())
     assert inputs == written + len(rejected), "every input row must be written or rejected"
@@ -327,7 +318,3 @@ def read_manifest(shards: Path) -> dict:
         return json.loads(p.read_text())
     except ValueError as e:
         raise GzpipeError(f"{p} is not valid JSON ({e}); re-run `gzpipe shard` to rewrite it") from None
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
