@@ -26,7 +26,8 @@ from gzpipe import schema
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open
 from gzpipe.loaders.pil import decode_augment
-from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+from gzpipe.loaders.contract import normalise_nhwc_uint8
+from gzpipe.loaders.presets import PRESETS
 from gzpipe.models import create_model
 from gzpipe.progress import progress_bar
 from gzpipe.train import checkpoint as ckpt
@@ -137,10 +138,7 @@ class _Backbone:
     def features_and_preds(self, views: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """views: N x V x S x S x 3 uint8 -> (features of the first view, predictions averaged over views)."""
         n, v = views.shape[:2]
-        x = views.reshape(n * v, *views.shape[2:]).to(self.device, non_blocking=True).float()
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device) * 255
-        std = torch.tensor(IMAGENET_STD, device=self.device) * 255
-        x = ((x - mean) / std).permute(0, 3, 1, 2)  # channels-last view
+        x = normalise_nhwc_uint8(views.reshape(n * v, *views.shape[2:]).to(self.device, non_blocking=True))
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.no_grad()
         with ctx:
             f = self.model.features(x)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
+
+from gzpipe.info import cpu_count
 
 
 def describe() -> str:
@@ -16,7 +17,7 @@ def describe() -> str:
                 break
     except OSError:
         pass
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = cpu_count()
     gpu = ""
     try:
         import torch

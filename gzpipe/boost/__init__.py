@@ -57,17 +57,6 @@ def run_dir_for(out: str | Path, engine: str, backbone: str) -> Path:
     return Path(out) / f"{engine}_{resolve_name(backbone)}"
 
 
-def labels_of(out: str | Path, backbone: str, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """ids, targets and mask of a split, read from the feature file without the features."""
-    import pyarrow.parquet as pq
-
-    cols = ["id", *schema.TARGET_NAMES, *[f"mask:{n}" for n in schema.TARGET_NAMES]]
-    t = pq.read_table(features_path(out, backbone, split), columns=cols)
-    y = np.column_stack([t.column(n).to_numpy() for n in schema.TARGET_NAMES]).astype(np.float32)
-    m = np.column_stack([t.column(f"mask:{n}").to_numpy() for n in schema.TARGET_NAMES]).astype(bool)
-    return t.column("id").to_pylist(), y, m
-
-
 def run_boost(cfg: BoostConfig) -> dict:
     if cfg.engine not in ENGINES:
         raise GzpipeError(f"unknown --engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}")
@@ -86,15 +75,16 @@ def run_boost(cfg: BoostConfig) -> dict:
     metrics = {"model": f"{cfg.engine}_{cfg.backbone}", "engine": cfg.engine, "backbone": cfg.backbone,
                "train_time_s": train_time, **info}
     for split in ("val", "test"):
-        ids, preds = [], []
+        ids, preds, ys, ms = [], [], [], []
         t1 = time.perf_counter()
-        for bid, x, _, _ in iter_feature_batches(cfg.out, cfg.backbone, split):
+        for bid, x, y, m in iter_feature_batches(cfg.out, cfg.backbone, split):  # one pass: features and labels
             ids += bid
             preds.append(np.clip(predict(x), 0.0, 1.0))
+            ys.append(y)
+            ms.append(m)
         rate = len(ids) / max(time.perf_counter() - t1, 1e-9)
         pred = np.concatenate(preds)
-        _, y, m = labels_of(cfg.out, cfg.backbone, split)
-        metrics[split] = compute_metrics(pred, y, m)
+        metrics[split] = compute_metrics(pred, np.concatenate(ys), np.concatenate(ms))
         metrics[f"{split}_predict_rows_per_s"] = rate
         df = pd.DataFrame(pred.astype(np.float32), columns=list(schema.TARGET_NAMES))
         df.insert(0, "id", ids)
@@ -107,8 +97,3 @@ def run_boost(cfg: BoostConfig) -> dict:
     print(f"{cfg.engine}_{cfg.backbone}: test MAE {metrics['test']['mae']:.4f}  MSE {metrics['test']['mse']:.5f}  "
           f"accuracy {metrics['test']['accuracy']:.4f}  ({train_time:.1f}s, {info.get('device')}) -> {run_dir}", flush=True)
     return metrics
-
-
-def masked_rmse(pred: np.ndarray, y: np.ndarray, m: np.ndarray) -> float:
-    d = (pred - y)[m]
-    return float(np.sqrt(np.mean(d * d))) if d.size else 0.0

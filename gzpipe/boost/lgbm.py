@@ -12,6 +12,7 @@ import numpy as np
 
 from gzpipe import schema
 from gzpipe.features import read_features
+from gzpipe.info import cpu_count
 
 
 def _pick_device(cfg, lgb) -> tuple[str, str]:
@@ -43,7 +44,7 @@ def train(cfg, run_dir: Path):
     _, xva, yva, mva = read_features(cfg.out, cfg.backbone, "val")
     params = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
               "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": device, "verbose": -1,
-              "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or len(os.sched_getaffinity(0)),
+              "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or cpu_count(),
               "min_data_in_leaf": 5}
     ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params["min_data_in_leaf"], "feature_pre_filter": False,
                  "verbose": -1}

@@ -21,6 +21,7 @@ import numpy as np
 
 from gzpipe import schema
 from gzpipe.features import features_path, iter_feature_batches
+from gzpipe.info import cpu_count
 
 MASKED = -1.0
 
@@ -86,7 +87,7 @@ def _params(cfg, device: str) -> dict:
     return {"tree_method": "hist", "device": device, "max_depth": cfg.max_depth, "learning_rate": cfg.learning_rate,
             "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample, "multi_strategy": cfg.multi_strategy,
             "disable_default_eval_metric": True, "base_score": 0.5, "seed": cfg.seed,
-            "nthread": cfg.threads or len(os.sched_getaffinity(0))}
+            "nthread": cfg.threads or cpu_count()}
 
 
 def train(cfg, run_dir: Path):
