@@ -25,7 +25,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks that print JSON rows (one object per line).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # one summary line stays one line in logs and pipes
 
 
 class Format(str, Enum):

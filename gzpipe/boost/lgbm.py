@@ -13,6 +13,7 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.features import read_features
 from gzpipe.info import cpu_count
+from gzpipe.progress import progress_bar
 
 
 def _pick_device(cfg, lgb) -> tuple[str, str]:
@@ -56,22 +57,25 @@ def train(cfg, run_dir: Path):
     models_dir = run_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     boosters, best = [], []
-    for j, name in enumerate(schema.TARGET_NAMES):
-        if mtr[:, j].sum() == 0:  # no valid training value: predict the neutral 0.5 (recorded in the info)
-            boosters.append(None)
-            best.append(0)
-            continue
-        dtrain.set_label(np.nan_to_num(ytr[:, j]))
-        dtrain.set_weight(mtr[:, j].astype(np.float64))
-        dval.set_label(np.nan_to_num(yva[:, j]))
-        dval.set_weight(np.maximum(mva[:, j].astype(np.float64), 1e-12))  # all-zero weights would break the metric
-        b = lgb.train(params, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
-                      callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-        tmp = models_dir / f".{j:02d}.tmp.txt"
-        b.save_model(str(tmp), num_iteration=b.best_iteration or None)
-        os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
-        boosters.append(b)
-        best.append(int(b.best_iteration or b.current_iteration()))
+    with progress_bar(f"lightgbm_{cfg.backbone}", total=schema.N_TARGETS, unit="targets") as bar:
+        for j, name in enumerate(schema.TARGET_NAMES):
+            bar.advance(1 if j else 0)
+            if mtr[:, j].sum() == 0:  # no valid training value: predict the neutral 0.5 (recorded in the info)
+                boosters.append(None)
+                best.append(0)
+                continue
+            dtrain.set_label(np.nan_to_num(ytr[:, j]))
+            dtrain.set_weight(mtr[:, j].astype(np.float64))
+            dval.set_label(np.nan_to_num(yva[:, j]))
+            dval.set_weight(np.maximum(mva[:, j].astype(np.float64), 1e-12))  # all-zero weights would break the metric
+            b = lgb.train(params, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
+                          callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+            tmp = models_dir / f".{j:02d}.tmp.txt"
+            b.save_model(str(tmp), num_iteration=b.best_iteration or None)
+            os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
+            boosters.append(b)
+            best.append(int(b.best_iteration or b.current_iteration()))
+        bar.advance(1)
 
     def predict(x: np.ndarray) -> np.ndarray:
         cols = [np.full(len(x), 0.5) if b is None else b.predict(x, num_iteration=it or None)

@@ -22,6 +22,7 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.features import features_path, iter_feature_batches
 from gzpipe.info import cpu_count
+from gzpipe.progress import progress_bar
 
 MASKED = -1.0
 
@@ -83,6 +84,17 @@ def _iterator(out, backbone, split):
     return FeatureIter()
 
 
+def _Progress(bar):
+    import xgboost as xgb
+
+    class Progress(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            bar.advance(1)
+            return False  # never asks to stop; early stopping is XGBoost's own
+
+    return Progress()
+
+
 def _params(cfg, device: str) -> dict:
     return {"tree_method": "hist", "device": device, "max_depth": cfg.max_depth, "learning_rate": cfg.learning_rate,
             "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample, "multi_strategy": cfg.multi_strategy,
@@ -99,9 +111,11 @@ def train(cfg, run_dir: Path):
     else:
         dtrain = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "train"), max_bin=cfg.max_bin)
         dval = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "val"), ref=dtrain, max_bin=cfg.max_bin)
-        booster = xgb.train(_params(cfg, device), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
-                            obj=masked_objective, custom_metric=masked_rmse_metric,
-                            early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
+        with progress_bar(f"xgboost_{cfg.backbone}", total=cfg.rounds, unit="rounds") as bar:
+            booster = xgb.train(_params(cfg, device), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+                                obj=masked_objective, custom_metric=masked_rmse_metric,
+                                early_stopping_rounds=cfg.early_stopping, verbose_eval=False,
+                                callbacks=[_Progress(bar)])
     best = getattr(booster, "best_iteration", None)
     best = booster.num_boosted_rounds() - 1 if best is None else best
     run_dir.mkdir(parents=True, exist_ok=True)

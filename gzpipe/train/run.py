@@ -115,8 +115,12 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict | None:
     if cfg.mode == "skip":
         return _finish(cfg, d, device, history=None, skip=True)
     if cfg.mode == "resume" and (run_dir / COMPLETE).exists():
-        _log(d, f"{cfg.backbone}: already trained ({run_dir / COMPLETE}); skipping. --restart trains again, "
-                "--skip re-evaluates.")
+        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+        diff = [f"{k} {saved.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in RESUME_KEYS
+                if k in saved and saved.get(k) != cfg.to_dict().get(k)]
+        _log(d, f"{cfg.backbone}: already trained ({run_dir / COMPLETE}); skipping"
+                + (f", although these settings differ from that run: {'; '.join(diff)}" if diff else "")
+                + ". --restart trains again, --skip re-evaluates.")
         return json.loads((run_dir / "metrics.json").read_text())
     if cfg.mode == "restart" and d.main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
