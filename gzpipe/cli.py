@@ -5,16 +5,25 @@ Bad input raises ``GzpipeError``; ``main`` prints its one-line message and exits
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from gzpipe.errors import GzpipeError
+
+try:  # typer >= 0.20 vendors click; older releases use the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 app = typer.Typer(
     help="gzpipe: Galaxy Zoo 2 catalogue + images -> WebDataset shards -> fast loaders -> trained morphology models.",
@@ -127,6 +136,29 @@ def _print_shard_summary(m: dict, out_dir: Path) -> None:
     if m["rejected_by_reason"]:
         out.print("rejected: " + ", ".join(f"{k} {v}" for k, v in m["rejected_by_reason"].items())
                   + f" (each row with its reason in {out_dir / 'manifest.json'})")
+    if c.get("converted"):
+        out.print(f"converted: {c['converted']} greyscale/CMYK JPEGs stored as RGB (listed under `converted` in the manifest)")
+
+
+@app.command()
+def verify(
+    shards: Path = typer.Argument(..., help="Shard folder written by `gzpipe shard`."),
+    quick: bool = typer.Option(False, "--quick", help="Check presence, sizes and indexes only (no sha256 of the tars)."),
+) -> None:
+    """Check every shard against manifest.json (present, size, sha256, index). Exits 1 and names each damaged file
+    and the `gzpipe shard` command that rebuilds just those."""
+    from gzpipe.shard.verify import rebuild_command, verify_shards
+
+    checks = verify_shards(shards, quick)
+    bad = [c for c in checks if not c.ok]
+    for c in bad:
+        out.print(f"[bold red]damaged[/bold red] {shards / c.name}: {c.problem}", highlight=False)
+    if not bad:
+        out.print(f"{len(checks)} shards OK in {shards}" + (" (sizes and indexes; without --quick the sha256 too)" if quick else ""))
+        return
+    out.print(f"{len(bad)} of {len(checks)} shards damaged. Rebuild just those (the rest are reused) with:\n"
+              f"  {rebuild_command(shards)}", highlight=False, markup=False)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -353,15 +385,78 @@ def train(
     run_train(cfg)
 
 
-def main() -> None:
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's kill, `timeout`, `kill PID`) as an exception, so ``finally`` blocks run (temporary
+    files are removed, worker pools shut down) before the process exits; training handles it itself."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+# Errors of the file system that a user fixes outside gzpipe; anything else is a bug and keeps its traceback.
+_OS_FIXES = {
+    errno.ENOSPC: "free some space (or point --out at a bigger disk) and re-run the same command; finished outputs "
+                  "are intact and the run resumes",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and re-run the same command to resume",
+    errno.EFBIG: "the file is larger than this file system or ulimit allows",
+    errno.EROFS: "the file system is read-only; choose another --out",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.ENOTDIR: "a path given as a folder is a file",
+    errno.EISDIR: "a path given as a file is a folder",
+    errno.EEXIST: "a file stands where a folder is needed",
+}
+
+
+def _os_error_line(e: OSError) -> str | None:
+    fix = _OS_FIXES.get(e.errno)
+    if fix is None:
+        return None
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or e}{where}: {fix}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure a user can fix is one line on stderr and a non-zero exit (2 for bad input,
+    130 / 143 for SIGINT / SIGTERM, 1 for file-system errors), never a traceback."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
-        app()
-    except GzpipeError as e:
-        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click_exc.NoArgsIsHelpError as e:  # `gzpipe` / `gzpipe bench`: the help is the answer
+        out.print(e.ctx.get_help() if e.ctx else str(e), highlight=False, markup=False)
+        sys.exit(0)
+    except click_exc.UsageError as e:  # bad option values, unknown options or commands (click's multi-line box)
+        cmd = e.ctx.command_path if e.ctx else "gzpipe"
+        err.print(f"[bold red]error:[/bold red] {e.format_message()} (see `{cmd} --help`)", highlight=False,
+                  soft_wrap=True, markup=True)
         sys.exit(2)
+    except typer.Abort:
+        _interrupted("SIGINT", 130)
+    except GzpipeError as e:
+        err.print(f"[bold red]error:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
-        err.print("[bold red]interrupted[/bold red]: re-run the same command to resume", highlight=False)
-        sys.exit(130)
+        _interrupted("SIGINT", 130)
+    except Terminated:
+        _interrupted("SIGTERM", 143)
+    except OSError as e:
+        line = _os_error_line(e)
+        if line is None:
+            raise
+        err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(sig: str, code: int) -> None:
+    err.print(f"[bold red]interrupted[/bold red] by {sig}: finished outputs are kept; re-run the same command to "
+              "resume", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pandas as pd
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, write_json
+from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
 from gzpipe.labels import aligned, split_labels
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import BACKBONES
@@ -73,6 +73,7 @@ def run_ensemble(method: str, out: str | Path = "artifacts", backbones: list[str
     result["weights"] = w
     result["member_val_metrics"] = {b: {"accuracy": m["accuracy"], "mae": m["mae"]} for b, m in val_metrics.items()}
     run_dir = out / f"ensemble_{method}"
+    remove_stale_tmp(run_dir)
     for split in ("val", "test"):
         p = sum(w[b] * preds[split][b] for b in used)
         result[split] = compute_metrics(p, *labels[split])

@@ -2,7 +2,9 @@
 
 
 class GzpipeError(Exception):
-    """Bad input or configuration that the user can fix; the message says how."""
+    """Bad input or configuration that the user can fix; the message says how. The CLI exits with ``exit_code``."""
+
+    exit_code = 2
 
 
 class CatalogError(GzpipeError):

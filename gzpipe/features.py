@@ -21,7 +21,7 @@ import torch
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, sha256_file, write_json
+from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
 from gzpipe.loaders import create_loader
 from gzpipe.models import BACKBONES, create_model, resolve_name
 from gzpipe.progress import progress_bar
@@ -71,6 +71,7 @@ def run_features(cfg: FeaturesConfig) -> dict:
     tcfg = state["config"]
     shards = cfg.shards or tcfg["shards"]
     feat_dir = run_dir / "features"
+    remove_stale_tmp(feat_dir)
     meta_path = feat_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if meta.get("checkpoint_sha256") != digest or meta.get("dtype") != cfg.dtype or meta.get("shards") != str(shards):

@@ -6,8 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
+
+_TMP_PID = re.compile(r"\.tmp-(\d+)")
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -36,6 +39,25 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name (with the same suffix, for writers that pick a format by it, like XGBoost's
+    ``save_model``) that is fsync'ed and renamed to ``path`` on success and removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically, stable key order and indentation (so files diff cleanly)."""
     with atomic_open(path, "w") as f:
@@ -51,11 +73,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def remove_stale_tmp(folder: Path) -> int:
-    """Delete temporary files left by a killed run; returns how many were removed."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | Path, recursive: bool = False) -> int:
+    """Delete temporary files left by a killed run (``.NAME.tmp-PID`` whose process is gone); returns how many.
+    Temporary files of a live process (another rank, a concurrent stage) are left alone."""
     n = 0
+    folder = Path(folder)
     if folder.is_dir():
-        for p in folder.glob(".*.tmp-*"):
+        for p in (folder.rglob if recursive else folder.glob)(".*.tmp-*"):
+            m = _TMP_PID.search(p.name)
+            if m and int(m.group(1)) != os.getpid() and _alive(int(m.group(1))):
+                continue
             p.unlink(missing_ok=True)
             n += 1
     return n

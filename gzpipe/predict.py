@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
+from gzpipe.shard.images import ImageRejected, check_image
 from gzpipe.fileio import atomic_open
 from gzpipe.loaders.pil import decode_augment
 from gzpipe.loaders.contract import normalise_nhwc_uint8
@@ -96,8 +97,11 @@ class _Images(Dataset):
         it = self.items[i]
         try:
             data = self._read(it.path)
+            check_image(data, Path(it.path.split("::")[-1]).name)
             views = np.stack([decode_augment(data, a, self.size) for a in self.affines])
             return torch.from_numpy(views), it.id, ""
+        except ImageRejected as e:
+            return None, it.id, str(e)
         except Exception as e:  # noqa: BLE001 - any failure of one file becomes that row's error
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "cannot identify image file" in msg:

@@ -21,7 +21,7 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
 from gzpipe.features import features_path, iter_feature_batches
-from gzpipe.fileio import atomic_open, write_json
+from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import resolve_name
 
@@ -62,6 +62,7 @@ def run_boost(cfg: BoostConfig) -> dict:
         raise GzpipeError(f"unknown --engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}")
     cfg.backbone = resolve_name(cfg.backbone)
     run_dir = cfg.run_dir
+    remove_stale_tmp(run_dir, recursive=True)
     if (run_dir / COMPLETE).exists() and not cfg.force:
         print(f"{cfg.engine}_{cfg.backbone}: already trained ({run_dir}); skipping (--force retrains)", flush=True)
         return json.loads((run_dir / "metrics.json").read_text())

@@ -5,13 +5,13 @@ the CPU, with the reason logged. Models are saved as LightGBM text files."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from gzpipe import schema
 from gzpipe.features import read_features
+from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
 
@@ -70,9 +70,8 @@ def train(cfg, run_dir: Path):
             dval.set_weight(np.maximum(mva[:, j].astype(np.float64), 1e-12))  # all-zero weights would break the metric
             b = lgb.train(params, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
                           callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
-            tmp = models_dir / f".{j:02d}.tmp.txt"
-            b.save_model(str(tmp), num_iteration=b.best_iteration or None)
-            os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
+            with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:
+                b.save_model(str(tmp), num_iteration=b.best_iteration or None)
             boosters.append(b)
             best.append(int(b.best_iteration or b.current_iteration()))
         bar.advance(1)
@@ -109,9 +108,8 @@ def _train_dask(cfg, run_dir: Path):
                                         random_state=cfg.seed, verbose=-1, min_child_samples=5)
             reg.fit(x, y, sample_weight=w)
             b = reg.to_local().booster_
-            tmp = models_dir / f".{j:02d}.tmp.txt"
-            b.save_model(str(tmp))
-            os.replace(tmp, models_dir / f"{j:02d}_{name}.txt")
+            with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:
+                b.save_model(str(tmp))
             boosters.append(b)
 
     def predict(xx: np.ndarray) -> np.ndarray:

@@ -14,13 +14,13 @@ with ``colsample_bytree=0.25`` too). ``max_bin=64`` and ``colsample=0.25`` keep 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from gzpipe import schema
 from gzpipe.features import features_path, iter_feature_batches
+from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
 
@@ -119,9 +119,8 @@ def train(cfg, run_dir: Path):
     best = getattr(booster, "best_iteration", None)
     best = booster.num_boosted_rounds() - 1 if best is None else best
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "model.tmp.ubj"
-    booster.save_model(str(tmp))  # UBJSON: XGBoost's own format
-    os.replace(tmp, run_dir / "model.ubj")
+    with atomic_path(run_dir / "model.ubj") as tmp:
+        booster.save_model(str(tmp))  # UBJSON: XGBoost's own format
     booster.set_param({"device": "cpu"})  # predictions below run on host arrays
 
     def predict(x: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@ reader of one shard's samples that notices truncation."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tarfile
@@ -24,6 +26,7 @@ class ShardFile:
     index: Path
     samples: int
     bytes: int
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,41 @@ def split_shards(root: str | Path, split: str) -> SplitShards:
                 f"shard {p} is {'truncated' if size < s['bytes'] else 'larger than recorded'} ({size} bytes, manifest "
                 f"says {s['bytes']}); re-run `gzpipe shard` to rewrite it"
             )
-        files.append(ShardFile(p, root / s["index"], s["samples"], s["bytes"]))
+        files.append(ShardFile(p, root / s["index"], s["samples"], s["bytes"], s.get("sha256")))
     if not files:
         raise GzpipeError(f"split {split!r} has no samples in {root} (see counts.per_split in manifest.json)")
     return SplitShards(root, split, tuple(files), m)
 
 
+class _HashingReader(io.RawIOBase):
+    """Reads a file while hashing it, so a shard's sha256 is checked in the same pass that reads it (no second
+    read; sha256 runs at over 1 GB/s, far above the loader's byte rate)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b)
+        self.h.update(memoryview(b)[:n])
+        return n
+
+    def drain(self) -> str:
+        while block := self.f.read(1 << 20):
+            self.h.update(block)
+        return self.h.hexdigest()
+
+
 def iter_samples(shard: ShardFile) -> Iterator[dict]:
-    """Samples of one tar as dicts {key, jpg, targets, mask, id}; raises GzpipeError naming the file on damage."""
+    """Samples of one tar as dicts {key, jpg, targets, mask, id}; raises GzpipeError naming the file on damage:
+    truncation, a tar that does not parse, a sample count or a sha256 other than the manifest's (checked once the
+    whole shard has been read)."""
     count = 0
     current: dict | None = None
     try:
-        with tarfile.open(shard.path, mode="r|") as tar:
+        with open(shard.path, "rb") as raw, tarfile.open(fileobj=(reader := _HashingReader(raw)), mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -90,6 +116,10 @@ def iter_samples(shard: ShardFile) -> Iterator[dict]:
                         yield _finish(current)
                     current = {"key": key}
                 current[ext] = data
+            digest = reader.drain()
+        if shard.sha256 and digest != shard.sha256:
+            raise GzpipeError(f"shard {shard.path} has changed since it was written (its sha256 differs from the "
+                              "manifest's); `gzpipe verify` lists every damaged shard and how to rebuild them")
         if current is not None:
             count += 1
             yield _finish(current)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open
+from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.labels import aligned, split_labels
 from gzpipe.report import figures
 from gzpipe.report.collect import collect, dl_vs_gb
@@ -35,6 +35,7 @@ def run_report(out: str | Path = "artifacts") -> dict:
         raise GzpipeError(f"no finished model under {out}; run `gzpipe study` or the stages first")
     dest = out / "model_comparison"
     dest.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(dest)
     table = table.sort_values(["kind", "mae"], key=lambda s: s.map({"deep": 0, "xgboost": 1, "lightgbm": 2,
                                                                     "ensemble": 3}) if s.name == "kind" else s)
     with atomic_open(dest / "comparison_table.csv", "w") as f:

@@ -12,13 +12,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gzpipe import schema  # noqa: E402
+from gzpipe.fileio import atomic_open  # noqa: E402
 
 KIND_COLOURS = {"deep": "#1f77b4", "xgboost": "#ff7f0e", "lightgbm": "#2ca02c", "ensemble": "#9467bd"}
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -34,12 +34,104 @@ def _what_is(head: bytes) -> str:
         return "not a JPEG (no JPEG start marker)"
 
 
-def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = None, quality: int = 90) -> bytes:
-    """The bytes to store for one galaxy: the original JPEG, or a re-encoded baseline JPEG at ``resize`` px.
+MAX_PIXELS = 8192 * 8192  # GZ2 cut-outs are 424 x 424; anything this large is an error or a decompression bomb
+_READ_BLOCK = 1024  # how far past the bytes it needs the decoder may read (see _check_entropy)
 
-    ``verify="decode"`` decodes the image (at reduced DCT scale, so it is cheap) and so catches truncated and
-    corrupt entropy data; ``"header"`` checks the markers and header only (faster, for trusted inputs).
-    Raises ``ImageRejected`` with the reason.
+
+class _ReadTracker(io.BytesIO):
+    """A byte stream that remembers how far a decoder has read into it."""
+
+    furthest = 0
+
+    def read(self, n: int = -1) -> bytes:
+        out = super().read(n)
+        self.furthest = max(self.furthest, self.tell())
+        return out
+
+
+def _markers(data: bytes, name: str) -> int:
+    """Start and end-of-image markers; returns the end marker's offset."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        raise ImageRejected(f"{name} is {_what_is(data[:64])}, not a JPEG", "not_jpeg")
+    end = len(data.rstrip(b"\x00"))
+    eoi = data.rfind(b"\xff\xd9", 0, end)
+    if eoi < end - 2:
+        raise ImageRejected(f"{name} is a truncated JPEG (no end-of-image marker)", "truncated_jpeg")
+    return eoi
+
+
+def _open(data: bytes, name: str) -> tuple[Image.Image, _ReadTracker]:
+    """PIL's header parse (no pixel decoding), with decompression bombs and non-JPEGs turned into reasons."""
+    stream = _ReadTracker(data)
+    try:
+        im = Image.open(stream)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected(f"{name} is too large to decode safely ({e})", "too_large") from None
+    if im.format != "JPEG":
+        raise ImageRejected(f"{name} is a {im.format} file, not a JPEG", "not_jpeg")
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit "
+                            "(a decompression bomb, or not a galaxy cut-out)", "too_large")
+    im.decodermaxblock = _READ_BLOCK
+    return im, stream
+
+
+def _check_entropy(stream: _ReadTracker, eoi: int, name: str) -> None:
+    """libjpeg conceals corrupt Huffman data: it fills the rest of the image with grey and prints a warning that
+    Pillow drops. But it then stops reading early, while a sound image is read up to its end marker. So a decoder
+    that finished more than two read blocks before the end marker met corrupt data."""
+    if stream.furthest + 2 * _READ_BLOCK < eoi:
+        raise ImageRejected(f"{name} is a corrupt JPEG (the decoder finished at byte {stream.furthest} of {eoi}: "
+                            "corrupt entropy-coded data)", "corrupt_jpeg")
+
+
+def check_jpeg(data: bytes, name: str) -> None:
+    """All of ``load_jpeg``'s checks on JPEG bytes (markers, header, size limit, a 1/8-scale decode and the
+    entropy check); raises ``ImageRejected``. For `predict`, which reads files it did not shard."""
+    eoi = _markers(data, name)
+    _decode_small(data, eoi, name)
+
+
+def check_image(data: bytes, name: str) -> None:
+    """For `predict`, which also takes PNG / TIFF / WebP: JPEGs get every check; other formats the size limit."""
+    if data.startswith(b"\xff\xd8\xff"):
+        check_jpeg(data, name)
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected(f"{name} is too large to decode safely ({e})", "too_large") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ImageRejected(f"{name} is {_what_is(data[:64])}, not an image Pillow reads", "not_image") from None
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit", "too_large")
+
+
+def _decode_small(data: bytes, eoi: int, name: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PIL warns on some corrupt data: treat it as corrupt
+            im, stream = _open(data, name)
+            im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except ImageRejected:
+        raise
+    except (OSError, SyntaxError, ValueError, Warning) as e:
+        raise ImageRejected(f"{name} is a corrupt JPEG ({str(e).strip() or type(e).__name__})", "corrupt_jpeg") from None
+    _check_entropy(stream, eoi, name)
+
+
+def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = None,
+              quality: int = 90) -> tuple[bytes, str | None]:
+    """The bytes to store for one galaxy, and a note when they were converted: the original JPEG; a baseline RGB
+    re-encoding of a greyscale or CMYK one (so that every loader backend decodes 3 channels); or a re-encoding
+    at ``resize`` px.
+
+    ``verify="decode"`` decodes the image (at 1/8 DCT scale, so it is cheap) and so catches truncated and
+    corrupt entropy data; ``"header"`` checks the markers and header only (faster, for trusted inputs). Both
+    reject decompression bombs from the header. Raises ``ImageRejected`` with the reason.
     """
     path = Path(path)
     try:
@@ -48,30 +140,31 @@ def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = Non
         raise ImageRejected(f"image file not found: {path}", "missing_image") from None
     except OSError as e:
         raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
-    if not data.startswith(b"\xff\xd8\xff"):
-        raise ImageRejected(f"{path.name} is {_what_is(data[:64])}, not a JPEG", "not_jpeg")
-    if data.rstrip(b"\x00").rfind(b"\xff\xd9") < len(data.rstrip(b"\x00")) - 2:
-        raise ImageRejected(f"{path.name} is a truncated JPEG (no end-of-image marker)", "truncated_jpeg")
-    if resize is None and verify == "header":
-        return data  # markers checked above; no decoder involved (the fast path for trusted inputs)
+    eoi = _markers(data, path.name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # PIL warns on some corrupt data: treat it as corrupt
-            im = Image.open(io.BytesIO(data))
-            if im.format != "JPEG":
-                raise ImageRejected(f"{path.name} is a {im.format} file, not a JPEG", "not_jpeg")
+            im, stream = _open(data, path.name)
+            mode = im.mode
+            if resize is None and mode == "RGB":
+                if verify == "decode":
+                    _decode_small(data, eoi, path.name)
+                return data, None
             if resize is not None:
                 im.draft("RGB", (resize, resize))  # DCT scaling: decode no larger than needed
-                im = im.convert("RGB")
-                if im.size != (resize, resize):
-                    im = im.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
-                buf = io.BytesIO()
-                im.save(buf, format="JPEG", quality=quality, progressive=False, optimize=False)
-                return buf.getvalue()
-            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
+            rgb = im.convert("RGB")
+            _check_entropy(stream, eoi, path.name)
+            if resize is not None and rgb.size != (resize, resize):
+                rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
+            note = None if resize is not None or mode == "RGB" else f"{mode} JPEG stored as RGB"
+            return _encode(rgb, quality), note
     except ImageRejected:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as e:
+    except (OSError, SyntaxError, ValueError, Warning) as e:
         raise ImageRejected(f"{path.name} is a corrupt JPEG ({str(e).strip() or type(e).__name__})", "corrupt_jpeg") from None
-    return data
+
+
+def _encode(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, progressive=False, optimize=False)
+    return buf.getvalue()

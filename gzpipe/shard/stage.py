@@ -121,11 +121,11 @@ def run_shard(cfg: ShardConfig) -> dict:
     bad_rows = {r.row for r in rejected}
     good = [i for i in range(n_rows) if keep[i] and i not in bad_rows]
     jobs = _plan(table, good, cfg)
-    infos, image_rejections = _execute(jobs, out, cfg.workers)
+    infos, image_rejections, converted = _execute(jobs, out, cfg.workers)
     rejected += image_rejections
     rejected.sort(key=lambda r: r.row)
     _remove_stale_shards(out, {j.name for j in jobs})
-    manifest = _manifest(cfg, table, keep, infos, rejected)
+    manifest = _manifest(cfg, table, keep, infos, rejected, converted)
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
     return manifest
@@ -211,10 +211,11 @@ def _digest(job: _Job) -> str:
     return h.hexdigest()
 
 
-def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[_Rejection]]:
+def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[_Rejection], list[_Rejection]]:
     total = sum(len(j.rows) for j in jobs)
     infos: list[ShardInfo] = []
     rejections: list[_Rejection] = []
+    converted: list[_Rejection] = []
     workers = max(1, min(workers, len(jobs) or 1))
     with progress_bar("shard", total=total, unit="img") as bar:
         if workers == 1:
@@ -224,45 +225,54 @@ def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo]
             pool = ProcessPoolExecutor(workers)
             results = pool.map(_run_job, jobs, [out] * len(jobs))
         try:
-            for job, (info, rej) in zip(jobs, results):
+            for job, (info, rej, conv) in zip(jobs, results):
                 infos.append(info)
                 rejections += rej
+                converted += conv
                 bar.advance(len(job.rows))
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    return infos, rejections
+    return infos, rejections, converted
 
 
-def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection]]:
+def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection], list[_Rejection]]:
     """Write one shard, or reuse it when a previous run already finished it from the same plan."""
     done = out / DONE_DIR / f"{job.name}.json"
     tar = out / job.name
     if done.exists() and tar.exists() and tar.with_suffix(".idx").exists():
         try:
             rec = json.loads(done.read_text())
-            if rec["plan"] == job.plan_digest and rec["info"]["sha256"] == sha256_file(tar):
-                return ShardInfo(**rec["info"]), [_Rejection(**r) for r in rec["rejected"]]
+            if (rec["plan"] == job.plan_digest and rec["info"]["sha256"] == sha256_file(tar)
+                    and rec["index_sha256"] == sha256_file(tar.with_suffix(".idx"))):
+                return (ShardInfo(**rec["info"]), [_Rejection(**r) for r in rec["rejected"]],
+                        [_Rejection(**r) for r in rec["converted"]])
         except (ValueError, KeyError, TypeError):
             pass  # unreadable record: rebuild the shard
-    samples, rejected = [], []
+    samples, rejected, converted = [], [], []
     for i, row in enumerate(job.rows):
         try:
-            jpg = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
+            jpg, note = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
         except ImageRejected as e:
             rejected.append(_Rejection(row, job.meta[i]["id"], str(e), e.code))
             continue
+        meta = job.meta[i]
+        if note:
+            converted.append(_Rejection(row, meta["id"], note, "converted"))
+            meta = {**meta, "converted": note}
         samples.append((job.keys[i], {
             "jpg": jpg,
             "targets": job.targets[i].astype("<f4").tobytes(),
             "mask": job.masks[i].astype("u1").tobytes(),
-            "json": json.dumps(job.meta[i], sort_keys=True, separators=(",", ":")).encode(),
+            "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
         }))
     info = write_shard(tar, job.split, samples)
-    rec = {"plan": job.plan_digest, "info": asdict(info), "rejected": [asdict(r) for r in rejected]}
+    rec = {"plan": job.plan_digest, "info": asdict(info), "index_sha256": sha256_file(tar.with_suffix(".idx")),
+           "rejected": [asdict(r) for r in rejected],
+           "converted": [asdict(r) for r in converted]}
     with atomic_open(done, "w") as f:
         json.dump(rec, f)
-    return info, rejected
+    return info, rejected, converted
 
 
 def _remove_stale_shards(out: Path, planned: set[str]) -> None:
@@ -275,7 +285,7 @@ def _remove_stale_shards(out: Path, planned: set[str]) -> None:
 
 
 def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
-              rejected: list[_Rejection]) -> dict:
+              rejected: list[_Rejection], converted: list[_Rejection]) -> dict:
     written = sum(i.samples for i in infos)
     inputs = int(keep.sum())
     assert inputs == written + len(rejected), "every input row must be written or rejected"
@@ -301,11 +311,13 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
             "inputs": inputs,
             "written": written,
             "rejected": len(rejected),
+            "converted": len(converted),
             "per_split": per_split,
         },
         "rejected_by_reason": dict(sorted(Counter(r.code for r in rejected).items())),
         "shards": [asdict(i) for i in infos],
         "rejected": [{"row": r.row, "id": r.id, "reason": r.reason} for r in rejected],
+        "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
     }
 

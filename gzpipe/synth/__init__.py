@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gzpipe import schema
-from gzpipe.fileio import atomic_open
+from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.progress import progress_bar
 from gzpipe.synth.params import draw_params
 from gzpipe.synth.render import render
@@ -105,6 +105,7 @@ def synth(cfg: SynthConfig) -> dict:
         raise ValueError("--n must be at least 1")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out, recursive=True)
     rows, params = [], []
     workers = max(1, min(cfg.workers, os.cpu_count() or 1))
     chunk = max(1, min(64, cfg.n // (4 * workers) or 1))

@@ -13,6 +13,7 @@ from gzpipe.fileio import atomic_open
 
 LATEST = "latest_checkpoint.pth"
 PREVIOUS = "previous_checkpoint.pth"
+NEXT = "next_checkpoint.pth"  # a complete checkpoint between its write and its rename to LATEST
 BEST = "best_model.pth"
 
 
@@ -22,12 +23,15 @@ def save(path: Path, state: dict) -> None:
 
 
 def save_latest(folder: Path, state: dict) -> None:
-    """Keep the last good checkpoint as ``previous`` before replacing ``latest``."""
+    """Write the new checkpoint completely (as ``next``) first, then keep the last good one as ``previous`` and
+    rename the new one to ``latest``. A full disk or a kill at any point leaves at least one whole checkpoint:
+    ``next`` exists only complete, and ``load_latest`` looks at it first."""
     folder.mkdir(parents=True, exist_ok=True)
-    latest = folder / LATEST
+    latest, pending = folder / LATEST, folder / NEXT
+    save(pending, state)
     if latest.exists():
         os.replace(latest, folder / PREVIOUS)
-    save(latest, state)
+    os.replace(pending, latest)
 
 
 def load(path: Path, map_location="cpu") -> dict:
@@ -37,7 +41,7 @@ def load(path: Path, map_location="cpu") -> dict:
 def load_latest(folder: Path, map_location="cpu") -> dict | None:
     """The newest readable checkpoint, or None when there is none. Warns when falling back."""
     errors = []
-    for name in (LATEST, PREVIOUS):
+    for name in (NEXT, LATEST, PREVIOUS):
         p = folder / name
         if not p.exists():
             continue

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from gzpipe.fileio import atomic_open  # noqa: E402
+
 
 def training_curves(history: list[dict], best_epoch: int | None, title: str, path: Path) -> None:
     ep = [h["epoch"] for h in history]
@@ -29,8 +31,6 @@ def training_curves(history: list[dict], best_epoch: int | None, title: str, pat
     axes[0].legend()
     fig.suptitle(title + (f"  (best epoch {best_epoch}, dashed)" if best_epoch else ""))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)

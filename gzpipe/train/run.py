@@ -27,7 +27,7 @@ import torch
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, write_json
+from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
 from gzpipe.loaders import create_loader
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import BACKBONES, create_model
@@ -43,7 +43,11 @@ COMPLETE = "training_complete.txt"
 
 
 class Interrupted(GzpipeError):
-    """Stopped by SIGINT / SIGTERM after saving a checkpoint."""
+    """Stopped by SIGINT / SIGTERM after saving a checkpoint (exit status 130 / 143, as a shell reports them)."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 
 class _StopFlag:
@@ -112,6 +116,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict | None:
     cfg.head = cfg.head or default_head(manifest["target"]["kind"])
     if cfg.channels_last is None:
         cfg.channels_last = BACKBONES[cfg.backbone].channels_last(device.type)
+    if d.main:
+        remove_stale_tmp(run_dir, recursive=True)
     if cfg.mode == "skip":
         return _finish(cfg, d, device, history=None, skip=True)
     if cfg.mode == "resume" and (run_dir / COMPLETE).exists():
@@ -189,7 +195,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict | None:
             if stop.signal:
                 save_latest(es)
                 raise Interrupted(f"stopped by {stop.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
-                                  f"checkpoint saved in {ckpt_dir}; re-run the same command to resume")
+                                  f"checkpoint saved in {ckpt_dir}; re-run the same command to resume", stop.signal)
             loss_sum, count, samples, secs = ddp.sum_floats(d, es.loss_sum, es.count, es.samples, es.seconds)
             val = evaluate(net, val_loader, device, cfg.amp, cfg.loss, ddp.gather_eval(d))
             vm = compute_metrics(val.pred, val.target, val.mask)
