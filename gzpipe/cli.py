@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 from gzpipe.errors import GzpipeError
+from gzpipe.signals import Terminated, install_sigterm_handler
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
     from typer._click import exceptions as click_exc
@@ -385,15 +386,6 @@ def train(
     run_train(cfg)
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's kill, `timeout`, `kill PID`) as an exception, so ``finally`` blocks run (temporary
-    files are removed, worker pools shut down) before the process exits; training handles it itself."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 # Errors of the file system that a user fixes outside gzpipe; anything else is a bug and keeps its traceback.
 _OS_FIXES = {
     errno.ENOSPC: "free some space (or point --out at a bigger disk) and re-run the same command; finished outputs "
@@ -420,9 +412,11 @@ def _os_error_line(e: OSError) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure a user can fix is one line on stderr and a non-zero exit (2 for bad input,
     130 / 143 for SIGINT / SIGTERM, 1 for file-system errors), never a traceback."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    previous = install_sigterm_handler() if threading.current_thread() is threading.main_thread() else None
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
+        if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
+            _interrupted("SIGINT", 130)
         if isinstance(code, int) and code:
             sys.exit(code)
     except click_exc.NoArgsIsHelpError as e:  # `gzpipe` / `gzpipe bench`: the help is the answer
@@ -436,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _interrupted("SIGINT", 130)
     except GzpipeError as e:
-        err.print(f"[bold red]error:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
+        label = "interrupted" if e.exit_code in (130, 143) else "error"
+        err.print(f"[bold red]{label}:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
         _interrupted("SIGINT", 130)
@@ -449,7 +444,11 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     finally:
-        if previous is not None:
+        if previous is not None and argv is None:
+            # The work is done: a signal arriving while the interpreter shuts down has nothing left to stop.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif previous is not None:  # called from Python (tests): put the caller's handler back
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -24,13 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.shard.images import ImageRejected, check_image
 from gzpipe.fileio import atomic_open
-from gzpipe.loaders.pil import decode_augment
 from gzpipe.loaders.contract import normalise_nhwc_uint8
+from gzpipe.loaders.pil import decode_augment
 from gzpipe.loaders.presets import PRESETS
 from gzpipe.models import create_model
 from gzpipe.progress import progress_bar
+from gzpipe.shard.images import ImageRejected, check_image
+from gzpipe.signals import dataloader_worker_init
 from gzpipe.train import checkpoint as ckpt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -201,7 +202,7 @@ def run_predict(model_dir: str | Path, inputs: list[str | Path], out_csv: str | 
     for size in sorted(sizes):  # members trained at one size share the decoded views
         group = {k: v for k, v in nets.items() if v.image_size == size}
         dl = DataLoader(_Images(items, size, affines), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, pin_memory=dev.type == "cuda")
+                        collate_fn=_collate, worker_init_fn=dataloader_worker_init, pin_memory=dev.type == "cuda")
         start = 0  # the DataLoader keeps the input order: batch rows are items[start : start + len(ids)]
         with progress_bar(f"predict ({size} px)", total=len(items), unit="img") as bar:
             for views, ids, errs in dl:

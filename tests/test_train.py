@@ -99,7 +99,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(train_shards, tmp_pat
     time.sleep(0.4)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and "stopped by SIGTERM" in err and "re-run the same command to resume" in err
+    assert p.returncode == 143 and "stopped by SIGTERM" in err and "re-run the same command to resume" in err
     state = torch.load(tmp_path / "b/resnet50/checkpoints/latest_checkpoint.pth", weights_only=True)
     assert state["epoch"] == 1 and 0 < state["epoch_state"]["batches_done"] < 6
     subprocess.run(args + ["--out", str(tmp_path / "b")], check=True, capture_output=True, env=env)

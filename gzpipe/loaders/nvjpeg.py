@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from gzpipe.loaders.contract import Batch
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
 from gzpipe.loaders.stream import ShardStream, rebatch
+from gzpipe.signals import dataloader_worker_init
 
 
 def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> torch.Tensor:
@@ -60,6 +61,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
         raise RuntimeError("the nvjpeg backend decodes on a CUDA device; use --backend pil or dali on a CPU")
     ds = ShardStream(shards, _Raw(train), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
+                    worker_init_fn=dataloader_worker_init,
                     pin_memory=False, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     def batches(epoch: int):

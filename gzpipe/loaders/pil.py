@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine, pixel_matrix
 from gzpipe.loaders.stream import ShardStream, rebatch
+from gzpipe.signals import dataloader_worker_init
 
 # One OpenCV thread, set before any warp can start OpenCV's thread pool: a pool started in this process would not
 # survive fork(), and DataLoader workers forked after it deadlock in their first warp. Parallelism comes from the
@@ -65,6 +66,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
     on_gpu = device.type == "cuda"
     ds = ShardStream(shards, _Transform(image_size, train, normalise=not on_gpu), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed),
+                    worker_init_fn=dataloader_worker_init,
                     pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                     prefetch_factor=4 if workers > 0 else None)
 

@@ -29,6 +29,7 @@ from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
 from gzpipe.progress import progress_bar
+from gzpipe.signals import ignore_stop_signals
 from gzpipe.shard.images import VERIFY_MODES, ImageRejected, load_jpeg
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo, write_shard
@@ -222,7 +223,7 @@ def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo]
             results = map(_run_job, jobs, [out] * len(jobs))
             pool = None
         else:
-            pool = ProcessPoolExecutor(workers)
+            pool = ProcessPoolExecutor(workers, initializer=ignore_stop_signals)
             results = pool.map(_run_job, jobs, [out] * len(jobs))
         try:
             for job, (info, rej, conv) in zip(jobs, results):

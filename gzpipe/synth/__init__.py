@@ -21,6 +21,7 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.progress import progress_bar
+from gzpipe.signals import ignore_stop_signals
 from gzpipe.synth.params import draw_params
 from gzpipe.synth.render import render
 from gzpipe.synth.volunteers import vote_counts
@@ -115,7 +116,7 @@ def synth(cfg: SynthConfig) -> dict:
             results = (_galaxy(cfg.seed, i, cfg.quality, cfg.nan_rate) for i in jobs)
             pool = None
         else:
-            pool = ProcessPoolExecutor(workers)
+            pool = ProcessPoolExecutor(workers, initializer=ignore_stop_signals)
             results = pool.map(_galaxy, [cfg.seed] * cfg.n, jobs, [cfg.quality] * cfg.n, [cfg.nan_rate] * cfg.n,
                                chunksize=chunk)
         try:

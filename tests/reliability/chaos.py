@@ -1,0 +1,224 @@
+"""Fault injection for the reliability suite: run a `gzpipe` command in a subprocess, kill it at random points
+of its real work, and check what it leaves behind.
+
+A kill point is drawn uniformly over the command's working phase: the helper waits until a stage-specific sign of
+work appears (``started``), then sleeps a random share of how long that phase took in an uninterrupted run. The
+seed comes from ``GZPIPE_CHAOS_SEED`` (default 0), and each draw is printed so that a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ENV = {**os.environ, "GZPIPE_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
+SEED = int(os.environ.get("GZPIPE_CHAOS_SEED", "0"))
+
+
+def gzpipe(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gzpipe", *map(str, args)]
+
+
+def run_ok(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+    return r
+
+
+def cli_ready(pid: int) -> bool:
+    """True once the process catches SIGTERM (bit 15 of SigCgt in /proc/PID/status): gzpipe's main() is running
+    and every signal from here on is handled by gzpipe, not by the interpreter's start-up."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _wait_ready(p: subprocess.Popen, timeout: float = 120) -> float:
+    t0 = time.perf_counter()
+    while p.poll() is None and not cli_ready(p.pid):
+        if time.perf_counter() - t0 > timeout:
+            raise AssertionError("the command never started")
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+@dataclass
+class Timing:
+    """An uninterrupted run: seconds from gzpipe's main() starting to the process ending (``work``)."""
+
+    work: float
+
+
+def timed_run(cmd: list[str], timeout: float = 600) -> Timing:
+    """Run to completion; time the part after start-up (the part a kill point is drawn from)."""
+    errf = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=ENV)
+    ready = _wait_ready(p)
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError(f"{' '.join(cmd)} took over {timeout}s") from None
+    errf.seek(0)
+    err = errf.read()
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-3000:]}"
+    return Timing(max(time.perf_counter() - ready, 0.05))
+
+
+@dataclass
+class KillLog:
+    kills: list[float] = field(default_factory=list)  # seconds into the working phase
+    finished_early: int = 0
+    stderr: list[str] = field(default_factory=list)
+    returncodes: list[int] = field(default_factory=list)
+
+
+def kill_at_random_points(cmd: list[str], timing: Timing, kills: int, after_each: Callable[[], None] | None = None,
+                          sig: int = signal.SIGKILL, salt: str = "") -> KillLog:
+    """Start ``cmd`` up to ``kills`` times, each time sending ``sig`` to its process group at a random point of
+    its work, and call ``after_each`` (the leftovers check) after every stop. Draws are seeded by command and salt."""
+    rng = random.Random(f"{SEED}:{salt}:{' '.join(cmd[3:5])}")
+    log = KillLog()
+    for _ in range(kills):
+        delay = rng.uniform(0.0, 0.95) * timing.work
+        errf = tempfile.TemporaryFile("w+")
+        # its own process group, signalled as a whole: what a batch scheduler or Ctrl-C in a terminal does
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=ENV, start_new_session=True)
+        _wait_ready(p)
+        try:
+            p.wait(timeout=delay)
+            log.finished_early += 1  # the remaining work was shorter than the draw
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, sig)
+            log.kills.append(round(delay, 3))
+        p.wait(timeout=180)
+        errf.seek(0)
+        log.stderr.append(errf.read())
+        log.returncodes.append(p.returncode)
+        print(f"chaos seed {SEED} {cmd[3]}: signal {sig} after {delay:.3f}s of {timing.work:.2f}s work "
+              f"({'stopped' if p.returncode != 0 else 'finished first'})", flush=True)
+        if after_each is not None:
+            after_each()
+    return log
+
+
+# ---- what a run leaves behind --------------------------------------------------------------------------------
+
+def _check_tar(p: Path) -> None:
+    with tarfile.open(p) as t:
+        for m in t:
+            if m.isfile():
+                t.extractfile(m).read()
+
+
+def _check_idx(p: Path) -> None:
+    lines = p.read_text().splitlines()
+    version, n = lines[0].split()
+    assert version == "v1.2" and int(n) == len(lines) - 1, p
+
+
+def _check_parquet(p: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.read_table(p)
+
+
+def _check_pth(p: Path) -> None:
+    import torch
+
+    torch.load(p, map_location="cpu", weights_only=True)
+
+
+def _check_png(p: Path) -> None:
+    from PIL import Image
+
+    with Image.open(p) as im:
+        im.load()
+
+
+def _check_model_txt(p: Path) -> None:
+    if p.parent.name == "models":  # LightGBM's text format
+        import lightgbm as lgb
+
+        lgb.Booster(model_file=str(p))
+    else:
+        assert p.read_text().strip(), p
+
+
+def _check_ubj(p: Path) -> None:
+    import xgboost as xgb
+
+    xgb.Booster(model_file=str(p))
+
+
+def _check_csv(p: Path) -> None:
+    import pandas as pd
+
+    pd.read_csv(p)
+
+
+CHECKS = {".tar": _check_tar, ".idx": _check_idx, ".json": lambda p: json.loads(p.read_text()),
+          ".parquet": _check_parquet, ".pth": _check_pth, ".png": _check_png, ".jpg": _check_png,
+          ".txt": _check_model_txt, ".ubj": _check_ubj, ".csv": _check_csv,
+          ".html": lambda p: p.read_text().rstrip().endswith("</html>")}
+
+
+def final_files(root: Path) -> list[Path]:
+    """Files under their final names: not dot-files (temporaries are ``.NAME.tmp-PID``)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                          p.relative_to(root).parts))
+
+
+def assert_no_half_written_files(root: Path) -> int:
+    """Every file under a final name opens and reads completely with its own reader; returns how many."""
+    files = final_files(root) if root.exists() else []
+    for p in files:
+        check = CHECKS.get(p.suffix)
+        assert check is not None, f"no completeness check for {p}"
+        try:
+            ok = check(p)
+        except Exception as e:  # noqa: BLE001
+            raise AssertionError(f"half-written or corrupt file under its final name: {p} ({type(e).__name__}: {e})")
+        assert ok is not False, f"half-written file under its final name: {p}"
+    return len(files)
+
+
+def temporaries(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(".*.tmp-*")) if root.exists() else []
+
+
+def digests(root: Path, skip: Callable[[Path], bool] = lambda p: False) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in final_files(root) if not skip(p)}
+
+
+# ---- the commands under test -----------------------------------------------------------------------------------
+
+def shard_cmd(release: Path, out: Path, *extra: str) -> list[str]:
+    return gzpipe("shard", "--catalog", release / "gz2_hart16.csv", "--mapping", release / "gz2_filename_mapping.csv",
+                  "--images", release / "images", "--out", out, "--shard-size", "8", "--val", "0.2", "--test", "0.2",
+                  *extra)
+
+
+TRAIN_FLAGS = ("--epochs", "3", "--image-size", "32", "--batch-size", "4", "--workers", "1", "--device", "cpu",
+               "--warmup-epochs", "1", "--backend", "pil", "--checkpoint-minutes", "0")
+
+
+def train_cmd(shards: Path, out: Path, backbone: str = "resnet50") -> list[str]:
+    return gzpipe("train", "--backbone", backbone, "--shards", shards, "--out", out, *TRAIN_FLAGS)
