@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -412,6 +413,7 @@ def _os_error_line(e: OSError) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure a user can fix is one line on stderr and a non-zero exit (2 for bad input,
     130 / 143 for SIGINT / SIGTERM, 1 for file-system errors), never a traceback."""
+    warnings.showwarning = _one_line_warning
     previous = install_sigterm_handler() if threading.current_thread() is threading.main_thread() else None
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
@@ -450,6 +452,11 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         elif previous is not None:  # called from Python (tests): put the caller's handler back
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a checkpoint fallback, a skipped setting) as one line on stderr, without source locations."""
+    err.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _interrupted(sig: str, code: int) -> None:

@@ -82,3 +82,13 @@ def train_shards(synth_release, tmp_path_factory) -> Path:
     run_shard(ShardConfig(catalog=synth_release / "gz2_hart16.csv", mapping=synth_release / "gz2_filename_mapping.csv",
                           images=synth_release / "images", out=out, shard_size=8, val=0.2, test=0.2, resize=40))
     return out
+
+
+@pytest.fixture(scope="session")
+def chaos_release(tmp_path_factory) -> Path:
+    """160 synthetic galaxies (a couple of seconds of `gzpipe shard` work at shard size 8)."""
+    from gzpipe.synth import SynthConfig, synth
+
+    out = tmp_path_factory.mktemp("chaos_release")
+    synth(SynthConfig(out=out, n=160, seed=3, workers=2))
+    return out

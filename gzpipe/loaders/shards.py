@@ -113,7 +113,7 @@ def iter_samples(shard: ShardFile) -> Iterator[dict]:
                 if current is None or current["key"] != key:
                     if current is not None:
                         count += 1
-                        yield _finish(current)
+                        yield _finish(current, shard.path)
                     current = {"key": key}
                 current[ext] = data
             digest = reader.drain()
@@ -122,7 +122,7 @@ def iter_samples(shard: ShardFile) -> Iterator[dict]:
                               "manifest's); `gzpipe verify` lists every damaged shard and how to rebuild them")
         if current is not None:
             count += 1
-            yield _finish(current)
+            yield _finish(current, shard.path)
     except (tarfile.TarError, OSError, EOFError, KeyError, ValueError) as e:
         raise GzpipeError(f"shard {shard.path} is truncated or corrupt ({type(e).__name__}: {e}); "
                           "re-run `gzpipe shard` to rewrite it") from None
@@ -131,10 +131,11 @@ def iter_samples(shard: ShardFile) -> Iterator[dict]:
                           "re-run `gzpipe shard` to rewrite it")
 
 
-def _finish(s: dict) -> dict:
+def _finish(s: dict, shard: Path) -> dict:
     meta = json.loads(s["json"]) if "json" in s else {"id": s["key"]}
     return {
         "key": s["key"],
+        "shard": shard.name,
         "id": str(meta["id"]),
         "jpg": s["jpg"],
         "targets": np.frombuffer(s["targets"], dtype="<f4").copy(),

@@ -16,6 +16,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gzpipe.loaders.presets import epoch_rng
+from gzpipe.errors import GzpipeError
 from gzpipe.loaders.shards import SplitShards, iter_samples
 
 
@@ -54,13 +55,37 @@ class ShardStream(IterableDataset):
             stream = shuffle(stream)
         # stream: whatever the backend's transform returns (decoded+augmented images, or raw JPEG bytes)
         for s in stream:
-            yield self.transform(s, rng)
+            try:
+                out = self.transform(s, rng)
+            except Exception as e:  # noqa: BLE001 - any decoding failure: name the sample and its shard
+                raise GzpipeError(f"sample {s['key']} in shard {s['shard']} cannot be decoded ({type(e).__name__}: "
+                                  f"{e}); the shard was damaged after it was written: `gzpipe verify` lists every "
+                                  "damaged shard and how to rebuild them") from None
+            yield out
+
+
+def _unwrapped(batches: Iterator[tuple]) -> Iterator[tuple]:
+    """A GzpipeError raised in a DataLoader worker reaches the main process with the worker's traceback in its
+    message; keep only gzpipe's own one-line message."""
+    it = iter(batches)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        except GzpipeError as e:
+            msg = str(e)
+            if msg.startswith("Caught ") and "GzpipeError: " in msg:
+                raise GzpipeError(msg.rsplit("GzpipeError: ", 1)[1].strip()) from None
+            raise
+        yield b
 
 
 def rebatch(batches: Iterator[tuple], batch_size: int, drop_last: bool) -> Iterator[tuple]:
     """Collated batches from several workers -> batches of exactly ``batch_size`` (the last may be short unless
     ``drop_last``). Each worker's final batch is partial; merging them here loses at most one batch per epoch
     instead of one per worker. Fields are tensors (concatenated) or lists (extended)."""
+    batches = _unwrapped(batches)
     pending: list[tuple] = []
     have = 0
     for b in batches:
