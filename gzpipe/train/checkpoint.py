@@ -19,7 +19,12 @@ BEST = "best_model.pth"
 
 def save(path: Path, state: dict) -> None:
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch's zip writer hides a failed write (a full disk) behind its own error
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def save_latest(folder: Path, state: dict) -> None:

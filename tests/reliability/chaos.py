@@ -222,3 +222,50 @@ TRAIN_FLAGS = ("--epochs", "3", "--image-size", "32", "--batch-size", "4", "--wo
 
 def train_cmd(shards: Path, out: Path, backbone: str = "resnet50") -> list[str]:
     return gzpipe("train", "--backbone", backbone, "--shards", shards, "--out", out, *TRAIN_FLAGS)
+
+
+# ---- a full disk, injected -------------------------------------------------------------------------------------
+
+class FullDisk:
+    """Files opened by gzpipe's atomic writer raise ENOSPC once ``budget`` bytes have been written in total."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+
+    def open(self, path, mode="r", *a, **kw):
+        import errno
+
+        f = open(path, mode, *a, **kw)
+        disk = self
+
+        class Limited:
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def write(self, data):
+                disk.budget -= len(data)
+                if disk.budget < 0:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+                return f.write(data)
+
+        return Limited()
+
+
+def full_disk_cmd(budget: int, *args: str) -> list[str]:
+    """`gzpipe ARGS` in a subprocess whose atomic writes hit a full disk after ``budget`` bytes."""
+    return [sys.executable, str(Path(__file__)), "--full-disk", str(budget), *map(str, args)]
+
+
+if __name__ == "__main__":  # python chaos.py --full-disk BYTES gzpipe-args...
+    from gzpipe import fileio
+    from gzpipe.cli import main
+
+    assert sys.argv[1] == "--full-disk"
+    fileio.open = FullDisk(int(sys.argv[2])).open
+    main(sys.argv[3:])
