@@ -149,7 +149,8 @@ def _from_hart16(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     missing_id = (ids == "") & (reject == "")
     reject[missing_id] = "empty asset_id"
 
-    values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    values, not_numbers = _numeric(df, cols)
+    reject = reject.where(reject != "", not_numbers)
     reached = _reached_tasks(df)
     table = _assemble(ids, values, reached, reject, cols)
     for m in METADATA:
@@ -182,9 +183,10 @@ def _reached_tasks(df: pd.DataFrame) -> np.ndarray:
 def _from_kaggle(df: pd.DataFrame, name: Path) -> pd.DataFrame:
     _require(df, ["GalaxyID", *schema.KAGGLE_COLUMNS], name)
     ids = _norm_id(df["GalaxyID"])
-    raw = df[list(schema.KAGGLE_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    raw, not_numbers = _numeric(df, list(schema.KAGGLE_COLUMNS))
     reject = pd.Series("", index=df.index, dtype=object)
     reject[ids == ""] = "empty GalaxyID"
+    reject = reject.where(reject != "", not_numbers)
     bad = _range_reasons(raw, list(schema.KAGGLE_COLUMNS))
     reject = reject.where(reject != "", bad)
     cond, mask = schema.kaggle_to_targets(np.clip(raw, 0.0, 1.0))
@@ -201,6 +203,19 @@ def _from_kaggle(df: pd.DataFrame, name: Path) -> pd.DataFrame:
 
 
 # --- shared ----------------------------------------------------------------------------------------------------
+
+
+def _numeric(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, pd.Series]:
+    """The columns as float64 (empty / NA cells are NaN: masked targets) and, per row, the first cell that holds
+    something other than a number (a reason to reject the row rather than silently mask it)."""
+    raw = df[cols]
+    values = raw.apply(pd.to_numeric, errors="coerce")
+    junk = (values.isna() & raw.notna()).to_numpy()
+    reasons = np.full(len(df), "", dtype=object)
+    for r in np.flatnonzero(junk.any(axis=1)):
+        j = int(np.flatnonzero(junk[r])[0])
+        reasons[r] = f"{cols[j]} = {str(raw.iat[r, j])[:40]!r} is not a number"
+    return values.to_numpy(dtype=np.float64), pd.Series(reasons, index=df.index)
 
 
 def _range_reasons(values: np.ndarray, cols: list[str]) -> pd.Series:
