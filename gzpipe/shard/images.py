@@ -35,7 +35,7 @@ def _what_is(head: bytes) -> str:
 
 
 MAX_PIXELS = 8192 * 8192  # GZ2 cut-outs are 424 x 424; anything this large is an error or a decompression bomb
-_READ_BLOCK = 1024  # how far past the bytes it needs the decoder may read (see _check_entropy)
+_READ_BLOCK = 256  # how far past the bytes it needs the decoder may read (see _check_entropy)
 
 
 class _ReadTracker(io.BytesIO):
