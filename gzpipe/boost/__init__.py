@@ -60,6 +60,13 @@ def run_dir_for(out: str | Path, engine: str, backbone: str) -> Path:
 def run_boost(cfg: BoostConfig) -> dict:
     if cfg.engine not in ENGINES:
         raise GzpipeError(f"unknown --engine {cfg.engine!r}; choose one of {', '.join(ENGINES)}")
+    if not cfg.learning_rate > 0:
+        raise GzpipeError("--learning-rate must be positive")
+    if cfg.multi_strategy not in ("one_output_per_tree", "multi_output_tree"):
+        raise GzpipeError(f"unknown --multi-strategy {cfg.multi_strategy!r}; choose one_output_per_tree or "
+                          "multi_output_tree")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise GzpipeError(f"unknown --device {cfg.device!r}; choose auto, cpu or cuda")
     cfg.backbone = resolve_name(cfg.backbone)
     run_dir = cfg.run_dir
     remove_stale_tmp(run_dir, recursive=True)

@@ -120,5 +120,7 @@ def validate(cfg: TrainConfig) -> None:
         bad("--device must be auto, cpu or cuda")
     if cfg.weights and cfg.pretrained:
         bad("give either --weights PATH or --pretrained, not both")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        bad(f"--out {cfg.out} is a file; give a folder for the runs")
     if not (Path(cfg.shards) / "manifest.json").exists():
         bad(f"no manifest.json in {cfg.shards}: pass --shards with a folder written by `gzpipe shard`")
