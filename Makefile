@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all test-gpu bench clean
+.PHONY: setup demo test test-slow test-all test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The slow tests (the reliability suite's SIGINT runs and whole-study kills, DDP, the demo-sized study):
+# CI runs them after `make test` when its time budget allows.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m "slow and not gpu"
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import socket
+import stat
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from gzpipe.errors import GzpipeError
+from gzpipe.fileio import tmp_path_for
 from gzpipe.progress import progress_bar
 
 
@@ -157,14 +159,15 @@ def _finish(part: Path, final: Path, md5: str | None) -> Path:
 
 def unpack_images(zip_path: Path, out_dir: Path) -> dict:
     """Extract the JPEGs flat into ``out_dir``: skip ``__MACOSX/`` and ``._*`` entries and non-JPEGs, refuse
-    entries whose path escapes the destination, and report what was skipped. Resumable: files already extracted
+    entries whose path escapes the destination and symbolic links, and report what was skipped. Resumable: files already extracted
     with the right size are kept."""
     mark = out_dir / UNPACKED_MARK
     if mark.exists():
         print(f"{out_dir}: already unpacked, skipped", flush=True)
         return {"skipped": "already unpacked"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {"extracted": 0, "kept": 0, "macos_metadata": 0, "not_jpeg": 0, "refused_unsafe_path": 0}
+    counts = {"extracted": 0, "kept": 0, "macos_metadata": 0, "not_jpeg": 0, "refused_unsafe_path": 0,
+              "refused_symlink": 0}
     refused = []
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -187,6 +190,10 @@ def unpack_images(zip_path: Path, out_dir: Path) -> dict:
                 counts["refused_unsafe_path"] += 1
                 refused.append(name)
                 continue
+            if stat.S_ISLNK(info.external_attr >> 16):  # a link could point anywhere: never create one
+                counts["refused_symlink"] += 1
+                refused.append(name)
+                continue
             if pp.suffix.lower() not in (".jpg", ".jpeg"):
                 counts["not_jpeg"] += 1
                 continue
@@ -194,10 +201,10 @@ def unpack_images(zip_path: Path, out_dir: Path) -> dict:
             if target.exists() and target.stat().st_size == info.file_size:
                 counts["kept"] += 1
                 continue
-            tmp = target.with_name(f".{target.name}.tmp")
+            tmp = tmp_path_for(target)  # no fsync per file (240,000 of them); the done-mark is written last
             with zf.open(info) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # replaces a planted link at the target, never follows it
             counts["extracted"] += 1
     mark.write_text("complete\n")
     skipped = {k: v for k, v in counts.items() if k not in ("extracted", "kept") and v}
