@@ -74,13 +74,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie (killed, not yet reaped: common in containers whose init does
+    not reap orphans) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_tmp(folder: str | Path, recursive: bool = False) -> int:
