@@ -28,7 +28,7 @@ def _check_stops(log, code: int) -> None:
         assert "re-run the same command to resume" in err.strip().splitlines()[-1], err[-2000:]
 
 
-@pytest.mark.parametrize("name", SIGNALS)
+@pytest.mark.parametrize("name", BOTH)
 def test_shard_stops_cleanly(chaos_release, tmp_path, name):
     sig, code = SIGNALS[name]
     out = tmp_path / "shards"
