@@ -28,7 +28,10 @@ def _check_stops(log, code: int) -> None:
         assert "re-run the same command to resume" in err.strip().splitlines()[-1], err[-2000:]
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", [
+    pytest.param("SIGINT", marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=False, reason="known rare flake: exit status -2 after the interrupted message (tests/reliability/README.md)")]),
+    "SIGTERM"])
 def test_shard_stops_cleanly(chaos_release, tmp_path, name):
     sig, code = SIGNALS[name]
     out = tmp_path / "shards"
