@@ -1,31 +1,20 @@
 """The `gzpipe` command line. Each command parses its options into a config and calls one stage function.
 
-Bad input raises ``GzpipeError``; ``main`` prints its one-line message and exits 2, never a traceback.
+Bad input raises ``GzpipeError``; ``gzpipe.exits`` turns it (and signals, usage and disk errors) into one line.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import signal
-import sys
-import threading
-import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape as rich_escape
 
 from gzpipe.errors import GzpipeError
-from gzpipe.signals import Terminated, install_sigterm_handler
-
-try:  # typer >= 0.20 vendors click; older releases use the click package
-    from typer._click import exceptions as click_exc
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc
+from gzpipe.exits import run_app
 
 app = typer.Typer(
     help="gzpipe: Galaxy Zoo 2 catalogue + images -> WebDataset shards -> fast loaders -> trained morphology models.",
@@ -35,7 +24,6 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print JSON rows (one object per line).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-err = Console(stderr=True)
 out = Console(soft_wrap=True)  # one summary line stays one line in logs and pipes
 
 
@@ -387,82 +375,9 @@ def train(
     run_train(cfg)
 
 
-# Errors of the file system that a user fixes outside gzpipe; anything else is a bug and keeps its traceback.
-_OS_FIXES = {
-    errno.ENOSPC: "free some space (or point --out at a bigger disk) and re-run the same command; finished outputs "
-                  "are intact and the run resumes",
-    errno.EDQUOT: "the disk quota is exhausted; free some space and re-run the same command to resume",
-    errno.EFBIG: "the file is larger than this file system or ulimit allows",
-    errno.EROFS: "the file system is read-only; choose another --out",
-    errno.EACCES: "check the permissions, or choose another path",
-    errno.EPERM: "check the permissions, or choose another path",
-    errno.ENOTDIR: "a path given as a folder is a file",
-    errno.EISDIR: "a path given as a file is a folder",
-    errno.EEXIST: "a file stands where a folder is needed",
-}
-
-
-def _os_error_line(e: OSError) -> str | None:
-    fix = _OS_FIXES.get(e.errno)
-    if fix is None:
-        return None
-    where = f" ({e.filename})" if e.filename else ""
-    return f"{e.strerror or e}{where}: {fix}"
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every failure a user can fix is one line on stderr and a non-zero exit (2 for bad input,
-    130 / 143 for SIGINT / SIGTERM, 1 for file-system errors), never a traceback."""
-    warnings.showwarning = _one_line_warning
-    previous = install_sigterm_handler() if threading.current_thread() is threading.main_thread() else None
-    try:
-        code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
-        if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-            _interrupted("SIGINT", 130)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except click_exc.NoArgsIsHelpError as e:  # `gzpipe` / `gzpipe bench`: the help is the answer
-        out.print(e.ctx.get_help() if e.ctx else str(e), highlight=False, markup=False)
-        sys.exit(0)
-    except click_exc.UsageError as e:  # bad option values, unknown options or commands (click's multi-line box)
-        cmd = e.ctx.command_path if e.ctx else "gzpipe"
-        err.print(f"[bold red]error:[/bold red] {e.format_message()} (see `{cmd} --help`)", highlight=False,
-                  soft_wrap=True, markup=True)
-        sys.exit(2)
-    except typer.Abort:
-        _interrupted("SIGINT", 130)
-    except GzpipeError as e:
-        label = "interrupted" if e.exit_code in (130, 143) else "error"
-        err.print(f"[bold red]{label}:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
-        _interrupted("SIGINT", 130)
-    except Terminated:
-        _interrupted("SIGTERM", 143)
-    except OSError as e:
-        line = _os_error_line(e)
-        if line is None:
-            raise
-        err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    finally:
-        if previous is not None and argv is None:
-            # The work is done: a signal arriving while the interpreter shuts down has nothing left to stop.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        elif previous is not None:  # called from Python (tests): put the caller's handler back
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (a checkpoint fallback, a skipped setting) as one line on stderr, without source locations."""
-    err.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False, soft_wrap=True)
-
-
-def _interrupted(sig: str, code: int) -> None:
-    err.print(f"[bold red]interrupted[/bold red] by {sig}: finished outputs are kept; re-run the same command to "
-              "resume", highlight=False, soft_wrap=True)
-    sys.exit(code)
+    """Entry point: runs the command; every failure a user can fix ends as one line (see ``gzpipe.exits``)."""
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -60,6 +62,20 @@ def _markers(data: bytes, name: str) -> int:
     return eoi
 
 
+@contextlib.contextmanager
+def _corrupt_as_rejection(name: str) -> Iterator[None]:
+    """Decoding inside: PIL's warnings on corrupt data count as errors, and any decoder error becomes a
+    ``corrupt_jpeg`` rejection (other rejections pass through)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+    except ImageRejected:
+        raise
+    except (OSError, SyntaxError, ValueError, Warning) as e:
+        raise ImageRejected(f"{name} is a corrupt JPEG ({str(e).strip() or type(e).__name__})", "corrupt_jpeg") from None
+
+
 def _open(data: bytes, name: str) -> tuple[Image.Image, _ReadTracker]:
     """PIL's header parse (no pixel decoding), with decompression bombs and non-JPEGs turned into reasons."""
     stream = _ReadTracker(data)
@@ -110,16 +126,10 @@ def check_image(data: bytes, name: str) -> None:
 
 
 def _decode_small(data: bytes, eoi: int, name: str) -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # PIL warns on some corrupt data: treat it as corrupt
-            im, stream = _open(data, name)
-            im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-    except ImageRejected:
-        raise
-    except (OSError, SyntaxError, ValueError, Warning) as e:
-        raise ImageRejected(f"{name} is a corrupt JPEG ({str(e).strip() or type(e).__name__})", "corrupt_jpeg") from None
+    with _corrupt_as_rejection(name):
+        im, stream = _open(data, name)
+        im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+        im.load()
     _check_entropy(stream, eoi, name)
 
 
@@ -141,27 +151,23 @@ def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = Non
     except OSError as e:
         raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
     eoi = _markers(data, path.name)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # PIL warns on some corrupt data: treat it as corrupt
-            im, stream = _open(data, path.name)
-            mode = im.mode
-            if resize is None and mode == "RGB":
-                if verify == "decode":
-                    _decode_small(data, eoi, path.name)
-                return data, None
-            if resize is not None:
-                im.draft("RGB", (resize, resize))  # DCT scaling: decode no larger than needed
-            rgb = im.convert("RGB")
-            _check_entropy(stream, eoi, path.name)
-            if resize is not None and rgb.size != (resize, resize):
-                rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
-            note = None if resize is not None or mode == "RGB" else f"{mode} JPEG stored as RGB"
-            return _encode(rgb, quality), note
-    except ImageRejected:
-        raise
-    except (OSError, SyntaxError, ValueError, Warning) as e:
-        raise ImageRejected(f"{path.name} is a corrupt JPEG ({str(e).strip() or type(e).__name__})", "corrupt_jpeg") from None
+    with _corrupt_as_rejection(path.name):
+        im, stream = _open(data, path.name)
+        mode = im.mode
+        if resize is None and mode == "RGB":
+            if verify == "decode":  # at 1/8 scale: every Huffman code is still decoded
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+                _check_entropy(stream, eoi, path.name)
+            return data, None
+        if resize is not None:
+            im.draft("RGB", (resize, resize))  # DCT scaling: decode no larger than needed
+        rgb = im.convert("RGB")
+        _check_entropy(stream, eoi, path.name)
+        if resize is not None and rgb.size != (resize, resize):
+            rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
+        note = None if resize is not None or mode == "RGB" else f"{mode} JPEG stored as RGB"
+        return _encode(rgb, quality), note
 
 
 def _encode(im: Image.Image, quality: int) -> bytes:

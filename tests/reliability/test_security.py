@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import stat
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 

@@ -81,19 +81,18 @@ def test_features_and_boost_stop_cleanly(train_shards, tmp_path, name):
     shutil.copytree(out, ref)
     feats = lambda o: gzpipe("features", "--backbone", "resnet50", "--out", o, "--batch-size", "2",  # noqa: E731
                              "--workers", "1", "--backend", "pil", "--device", "cpu")
-    timing = timed_run(feats(ref))
-    log = kill_at_random_points(feats(out), timing, kills=2, sig=sig,
-                                salt=name, after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
-    _check_stops(log, code)
-    run_ok(feats(out))
-    assert digests(out / "resnet50/features") == digests(ref / "resnet50/features")
-
+    _stop_resume_compare(feats, ref, out, "resnet50/features", sig, code, name)
     boost = lambda o: gzpipe("boost", "--engine", "lightgbm", "--backbone", "resnet50", "--out", o,  # noqa: E731
                              "--rounds", "150", "--early-stopping", "150", "--device", "cpu")
-    timing = timed_run(boost(ref))
-    log = kill_at_random_points(boost(out), timing, kills=2, sig=sig,
-                                salt=name, after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
+    _stop_resume_compare(boost, ref, out, "lightgbm_resnet50", sig, code, name,
+                         skip=lambda p: p.name in ("metrics.json", "config.json"))  # timings and the out path
+
+
+def _stop_resume_compare(cmd_for, ref, out, folder: str, sig, code: int, name: str, skip=lambda p: False) -> None:
+    """Run ``cmd_for(ref)`` whole, stop ``cmd_for(out)`` twice with ``sig``, finish it, and compare ``folder``."""
+    timing = timed_run(cmd_for(ref))
+    log = kill_at_random_points(cmd_for(out), timing, kills=2, sig=sig, salt=name,
+                                after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
     _check_stops(log, code)
-    run_ok(boost(out))
-    skip = lambda p: p.name in ("metrics.json", "config.json")  # noqa: E731 - timings and the out path
-    assert digests(out / "lightgbm_resnet50", skip) == digests(ref / "lightgbm_resnet50", skip)
+    run_ok(cmd_for(out))
+    assert digests(out / folder, skip) == digests(ref / folder, skip)
