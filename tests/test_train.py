@@ -183,6 +183,30 @@ def test_masked_loss_ignores_masked_entries():
     assert loss.item() == 0  # a NaN target under mask 0 cannot poison the loss
 
 
+class _DeadWorkerLoader:
+    """Yields one batch, then fails as torch does when a DataLoader worker has exited."""
+
+    def __iter__(self):
+        from gzpipe.loaders.contract import Batch
+        yield Batch(torch.rand(2, 3, 8, 8), torch.rand(2, 30), torch.ones(2, 30, dtype=torch.bool), ["a", "b"])
+        raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
+
+
+class _Stop:
+    def __init__(self, signal):
+        self.signal = signal
+
+
+def test_dead_worker_after_a_stop_signal_ends_evaluation_quietly_but_is_an_error_otherwise():
+    """A group SIGTERM makes the DataLoader workers exit; when the main process has the stop request, that is the
+    end of loading (the run saves a checkpoint), not a crash. Without one, a dead worker is still an error."""
+    from gzpipe.train.loop import LogitsModel, evaluate
+    net = LogitsModel(create_model("resnet50", "sigmoid"))
+    assert evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse", stop=_Stop("SIGTERM")) is None
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse", stop=_Stop(None))
+
+
 def test_ddp_two_cpu_processes(train_shards, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "gzpipe",

@@ -85,40 +85,41 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
     t0 = time.perf_counter() - state.seconds
     with progress_bar(f"epoch {epoch + 1}", total=max_batches, unit="batch") as bar:
         bar.advance(state.batches_done)
-        for i, batch in enumerate(loader):
-            if i >= max_batches:
-                break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
-            if i < state.batches_done:
-                continue  # replay: the loader yields the same batches for this (seed, epoch)
-            pred, logits = _forward(model, batch.images, autocast)
-            loss, n = masked_loss(pred, logits, batch.targets, batch.mask, cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            # .item() is a CPU-GPU sync point; once per step is the price of a live loss in the progress bar
-            lv, nv = float(loss.detach().item()), float(n.item())
-            state.loss_sum += lv * nv
-            state.count += nv
-            state.samples += len(batch)
-            state.batches_done = i + 1
-            bar.advance(1)
-            bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
-            if stop.signal:
-                break
-            if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
-                state.seconds = time.perf_counter() - t0
-                checkpoint_fn(state)
-                last_ckpt = time.monotonic()
+        with _stop_ends_loading(stop):
+            for i, batch in enumerate(loader):
+                if i >= max_batches:
+                    break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
+                if i < state.batches_done:
+                    continue  # replay: the loader yields the same batches for this (seed, epoch)
+                pred, logits = _forward(model, batch.images, autocast)
+                loss, n = masked_loss(pred, logits, batch.targets, batch.mask, cfg.loss)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                # .item() is a CPU-GPU sync point; once per step is the price of a live loss in the progress bar
+                lv, nv = float(loss.detach().item()), float(n.item())
+                state.loss_sum += lv * nv
+                state.count += nv
+                state.samples += len(batch)
+                state.batches_done = i + 1
+                bar.advance(1)
+                bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
+                if stop.signal:
+                    break
+                if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    state.seconds = time.perf_counter() - t0
+                    checkpoint_fn(state)
+                    last_ckpt = time.monotonic()
     state.seconds = time.perf_counter() - t0
     return state
 
@@ -132,21 +133,37 @@ def _forward(model, x, autocast):
     return core.activate(logits.float()), logits
 
 
+@contextlib.contextmanager
+def _stop_ends_loading(stop):
+    """A signal to the whole process group (a terminal, a batch scheduler) reaches the DataLoader workers too: on
+    SIGTERM they exit at once, and the main process may notice a dead worker before its next check of
+    ``stop.signal``. Once a stop has been asked for, that is the expected end of loading, not an error."""
+    try:
+        yield
+    except RuntimeError as e:
+        if stop is None or stop.signal is None or "exited unexpectedly" not in str(e):
+            raise
+
+
 @torch.inference_mode()
-def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None) -> EvalResult:
+def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None, stop=None) -> EvalResult | None:
+    """Predictions and loss over ``loader``; None when ``stop.signal`` was set while it ran."""
     model.eval()
     autocast = amp_context(device, amp)
     ids, preds, targets, masks = [], [], [], []
     # Evaluate through the unwrapped module: DDP's forward broadcasts buffers (a collective), and a rank with
     # fewer (or no) evaluation batches would leave the others waiting in it forever.
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    for batch in loader:
-        with autocast():
-            logits = core(batch.images)
-        preds.append(core.activate(logits.float()).cpu())
-        targets.append(batch.targets.cpu())
-        masks.append(batch.mask.cpu())
-        ids += batch.ids
+    with _stop_ends_loading(stop):
+        for batch in loader:
+            with autocast():
+                logits = core(batch.images)
+            preds.append(core.activate(logits.float()).cpu())
+            targets.append(batch.targets.cpu())
+            masks.append(batch.mask.cpu())
+            ids += batch.ids
+    if stop is not None and stop.signal is not None:
+        return None
     pred = torch.cat(preds).numpy() if preds else np.zeros((0, 30), np.float32)
     target = torch.cat(targets).numpy() if targets else np.zeros((0, 30), np.float32)
     mask = torch.cat(masks).numpy() if masks else np.zeros((0, 30), bool)

@@ -197,7 +197,11 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict | None:
                 raise Interrupted(f"stopped by {stop.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
                                   f"checkpoint saved in {ckpt_dir}; re-run the same command to resume", stop.signal)
             loss_sum, count, samples, secs = ddp.sum_floats(d, es.loss_sum, es.count, es.samples, es.seconds)
-            val = evaluate(net, val_loader, device, cfg.amp, cfg.loss, ddp.gather_eval(d))
+            val = evaluate(net, val_loader, device, cfg.amp, cfg.loss, ddp.gather_eval(d), stop)
+            if val is None:  # stopped while validating: the epoch's training is saved, its validation re-runs
+                save_latest(es)
+                raise Interrupted(f"stopped by {stop.signal} while validating epoch {epoch + 1}; checkpoint saved in "
+                                  f"{ckpt_dir}; re-run the same command to resume", stop.signal)
             vm = compute_metrics(val.pred, val.target, val.mask)
             epoch += 1
             improved = val.loss < early["best"] - cfg.min_delta
