@@ -1,6 +1,7 @@
 """How a `gzpipe` command ends: every failure a user can fix is one line on stderr and a non-zero exit, never a
-traceback: 2 for bad input and usage errors, 1 for file-system errors (a full disk), 130 / 143 for SIGINT / SIGTERM
-(after ``finally`` blocks have removed temporaries). Warnings are one line too."""
+traceback: 2 for bad input and usage errors, 1 for file-system errors (a full disk), 143 for SIGTERM, and for SIGINT
+death by SIGINT (which a shell shows as 130), always after ``finally`` blocks have removed temporaries. Warnings are
+one line too."""
 
 from __future__ import annotations
 
@@ -51,14 +52,17 @@ def _os_error_line(e: OSError) -> str | None:
 
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     """Entry point: every failure a user can fix is one line on stderr and a non-zero exit (2 for bad input,
-    130 / 143 for SIGINT / SIGTERM, 1 for file-system errors), never a traceback."""
+    1 for file-system errors), never a traceback. SIGTERM exits 143. SIGINT ends the process by SIGINT (a shell
+    shows 130) when run from the command line (``argv`` None), and exits 130 when called from Python."""
     warnings.showwarning = _one_line_warning
+    cli = argv is None
     previous = install_sigterm_handler() if threading.current_thread() is threading.main_thread() else None
+    stopped_by = None
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
         if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-            _interrupted("SIGINT", 130)
-        if isinstance(code, int) and code:
+            stopped_by = _interrupted("SIGINT")
+        elif isinstance(code, int) and code:
             sys.exit(code)
     except click_exc.NoArgsIsHelpError as e:  # `gzpipe` / `gzpipe bench`: the help is the answer
         out.print(e.ctx.get_help() if e.ctx else str(e), highlight=False, markup=False)
@@ -69,28 +73,63 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
                   soft_wrap=True, markup=True)
         sys.exit(2)
     except typer.Abort:
-        _interrupted("SIGINT", 130)
+        stopped_by = _interrupted("SIGINT")
     except GzpipeError as e:
-        label = "interrupted" if e.exit_code in (130, 143) else "error"
-        err.print(f"[bold red]{label}:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        stop = {130: "SIGINT", 143: "SIGTERM"}.get(e.exit_code)
+        err.print(f"[bold red]{'interrupted' if stop else 'error'}:[/bold red] {rich_escape(str(e))}",
+                  highlight=False, soft_wrap=True)
+        if stop is None:
+            sys.exit(e.exit_code)
+        stopped_by = stop
     except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
-        _interrupted("SIGINT", 130)
+        stopped_by = _interrupted("SIGINT")
     except Terminated:
-        _interrupted("SIGTERM", 143)
-    except OSError as e:
-        line = _os_error_line(e)
-        if line is None:
+        stopped_by = _interrupted("SIGTERM")
+    except Exception as e:
+        stopped_by = _signal_behind(e)
+        line = _os_error_line(e) if isinstance(e, OSError) and stopped_by is None else None
+        if stopped_by is None and line is None:
             raise
-        err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        if stopped_by is not None:
+            _interrupted(stopped_by)
+        else:
+            err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
     finally:
-        if previous is not None and argv is None:
+        if previous is not None and cli:
             # The work is done: a signal arriving while the interpreter shuts down has nothing left to stop.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         elif previous is not None:  # called from Python (tests): put the caller's handler back
             signal.signal(signal.SIGTERM, previous)
+    if stopped_by == "SIGINT" and cli:
+        # End as an interrupted program should: killed by SIGINT, after Python's normal shutdown. CPython does that
+        # for a KeyboardInterrupt that leaves the main module (and, in 3.11, for one that merely passed through
+        # exec() of a string, e.g. a dataclass being created by a lazy import: exit 130 was not reliable anyway).
+        # A shell shows 130 either way, but stops a loop around gzpipe only for this one.
+        sys.excepthook = _quiet_keyboard_interrupt
+        raise KeyboardInterrupt
+    if stopped_by is not None:
+        sys.exit(130 if stopped_by == "SIGINT" else 143)
+
+
+def _signal_behind(e: BaseException) -> str | None:
+    """"SIGINT" / "SIGTERM" when ``e`` was caused by an interrupt that library code wrapped in another error (Python
+    3.11 turns a KeyboardInterrupt inside a descriptor's ``__set_name__`` into RuntimeError, e.g. during an import)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return "SIGINT"
+        if isinstance(e, Terminated):
+            return "SIGTERM"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _quiet_keyboard_interrupt(exc_type, exc, tb) -> None:
+    if not issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -98,7 +137,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     err.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False, soft_wrap=True)
 
 
-def _interrupted(sig: str, code: int) -> None:
+def _interrupted(sig: str) -> str:
     err.print(f"[bold red]interrupted[/bold red] by {sig}: finished outputs are kept; re-run the same command to "
               "resume", highlight=False, soft_wrap=True)
-    sys.exit(code)
+    return sig

@@ -17,7 +17,6 @@ import json
 import math
 import re
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
 from gzpipe.progress import progress_bar
-from gzpipe.signals import ignore_stop_signals
+from gzpipe.signals import worker_map
 from gzpipe.shard.images import VERIFY_MODES, ImageRejected, load_jpeg
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo, write_shard
@@ -218,22 +217,13 @@ def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo]
     rejections: list[_Rejection] = []
     converted: list[_Rejection] = []
     workers = max(1, min(workers, len(jobs) or 1))
-    with progress_bar("shard", total=total, unit="img") as bar:
-        if workers == 1:
-            results = map(_run_job, jobs, [out] * len(jobs))
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(workers, initializer=ignore_stop_signals)
-            results = pool.map(_run_job, jobs, [out] * len(jobs))
-        try:
-            for job, (info, rej, conv) in zip(jobs, results):
-                infos.append(info)
-                rejections += rej
-                converted += conv
-                bar.advance(len(job.rows))
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    with progress_bar("shard", total=total, unit="img") as bar, \
+            worker_map(_run_job, jobs, [out] * len(jobs), workers=workers) as results:
+        for job, (info, rej, conv) in zip(jobs, results):
+            infos.append(info)
+            rejections += rej
+            converted += conv
+            bar.advance(len(job.rows))
     return infos, rejections, converted
 
 

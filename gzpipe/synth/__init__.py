@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.progress import progress_bar
-from gzpipe.signals import ignore_stop_signals
+from gzpipe.signals import worker_map
 from gzpipe.synth.params import draw_params
 from gzpipe.synth.render import render
 from gzpipe.synth.volunteers import vote_counts
@@ -111,24 +110,15 @@ def synth(cfg: SynthConfig) -> dict:
     workers = max(1, min(cfg.workers, os.cpu_count() or 1))
     chunk = max(1, min(64, cfg.n // (4 * workers) or 1))
     jobs = range(cfg.n)
-    with progress_bar("synth", total=cfg.n, unit="galaxies") as bar:
-        if workers == 1:
-            results = (_galaxy(cfg.seed, i, cfg.quality, cfg.nan_rate) for i in jobs)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(workers, initializer=ignore_stop_signals)
-            results = pool.map(_galaxy, [cfg.seed] * cfg.n, jobs, [cfg.quality] * cfg.n, [cfg.nan_rate] * cfg.n,
-                               chunksize=chunk)
-        try:
-            for i, (jpeg, row, par) in enumerate(results):
-                with atomic_open(out / "images" / f"{ASSET_BASE + i}.jpg") as f:
-                    f.write(jpeg)
-                rows.append(row)
-                params.append(par)
-                bar.advance(1)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    with progress_bar("synth", total=cfg.n, unit="galaxies") as bar, \
+            worker_map(_galaxy, [cfg.seed] * cfg.n, jobs, [cfg.quality] * cfg.n, [cfg.nan_rate] * cfg.n,
+                       workers=workers, chunksize=chunk) as results:
+        for i, (jpeg, row, par) in enumerate(results):
+            with atomic_open(out / "images" / f"{ASSET_BASE + i}.jpg") as f:
+                f.write(jpeg)
+            rows.append(row)
+            params.append(par)
+            bar.advance(1)
     hart = pd.DataFrame(rows)
     mapping = pd.DataFrame(
         {"objid": hart["dr7objid"], "sample": hart["sample"], "asset_id": [ASSET_BASE + i for i in range(cfg.n)]}
