@@ -123,7 +123,7 @@ def _signal_behind(e: BaseException) -> str | None:
             return "SIGINT"
         if isinstance(e, Terminated):
             return "SIGTERM"
-        e = e.__cause__ or e.__context__
+        e = e.__cause__  # not __context__: an error in cleanup code during an interrupt is a bug to show
     return None
 
 
