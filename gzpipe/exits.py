@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 from gzpipe.errors import GzpipeError
-from gzpipe.signals import Terminated, install_sigterm_handler
+from gzpipe.signals import Terminated, install_stop_handlers
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
     from typer._click import exceptions as click_exc
@@ -56,7 +56,8 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     shows 130) when run from the command line (``argv`` None), and exits 130 when called from Python."""
     warnings.showwarning = _one_line_warning
     cli = argv is None
-    previous = install_sigterm_handler() if threading.current_thread() is threading.main_thread() else None
+    # From the command line, gzpipe takes SIGINT too; called from Python it leaves SIGINT to the caller.
+    previous = install_stop_handlers(sigint=cli) if threading.current_thread() is threading.main_thread() else None
     stopped_by = None
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
@@ -100,8 +101,9 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
             # The work is done: a signal arriving while the interpreter shuts down has nothing left to stop.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        elif previous is not None:  # called from Python (tests): put the caller's handler back
-            signal.signal(signal.SIGTERM, previous)
+        elif previous is not None:  # called from Python (tests): put the caller's handlers back
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if stopped_by == "SIGINT" and cli:
         # End as an interrupted program should: killed by SIGINT, after Python's normal shutdown. CPython does that
         # for a KeyboardInterrupt that leaves the main module (and, in 3.11, for one that merely passed through

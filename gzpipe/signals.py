@@ -24,13 +24,34 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread (a BaseException, like KeyboardInterrupt, so broad handlers let it by)."""
 
 
-def _raise_terminated(signum, frame):
+def _stop(signum, frame):
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` in the main thread, but never inside an import:
+    an exception raised while a C++ extension initialises (torch, through pybind11) aborts the process with
+    "terminate called after throwing ... KeyboardInterrupt" (seen in 1 of 40 Ctrl-Cs to `features`). There the
+    signal is sent again 50 ms later, until the import is done; imports take a second or two at most."""
+    if _in_import(frame):
+        retry = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated()
 
 
-def install_sigterm_handler():
-    """Make SIGTERM raise ``Terminated`` in the main thread; returns the previous handler."""
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+def _in_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def install_stop_handlers(sigint: bool = True) -> dict:
+    """Make SIGTERM (and SIGINT, unless ``sigint`` is False) stop the main thread with an exception, held back
+    during imports; returns the previous handlers, to put back with ``signal.signal``."""
+    sigs = (signal.SIGINT, signal.SIGTERM) if sigint else (signal.SIGTERM,)
+    return {sig: signal.signal(sig, _stop) for sig in sigs}
 
 
 def _pool_worker_init(parent: int) -> None:

@@ -208,3 +208,31 @@ def test_pool_workers_die_with_a_parent_killed_by_sigkill(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)  # whatever is left of its process group
         except ProcessLookupError:
             pass
+
+
+_INTERRUPTED_IMPORT = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from gzpipe.signals import install_stop_handlers, Terminated
+
+install_stop_handlers()
+try:
+    import slow_module  # sends itself the signal, then takes 0.3 s more to finish importing
+    time.sleep(5)
+    print("not stopped")
+except (KeyboardInterrupt, Terminated) as e:
+    print(type(e).__name__, "after import:", "slow_module" in sys.modules and sys.modules["slow_module"].done)
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_waits_for_the_import_it_lands_in(tmp_path, name):
+    """An exception raised while torch initialises (pybind11) aborted `features` with "terminate called after
+    throwing ... KeyboardInterrupt": a stop signal is held until the import in progress has finished."""
+    (tmp_path / "slow_module.py").write_text(
+        f"import os, signal, time\ndone = False\nos.kill(os.getpid(), signal.{name})\n"
+        "for _ in range(30):\n    time.sleep(0.01)\ndone = True\n")
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    expected = "KeyboardInterrupt" if name == "SIGINT" else "Terminated"
+    assert r.stdout.strip() == f"{expected} after import: True", r.stdout + r.stderr
