@@ -88,12 +88,12 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
         stopped_by = _interrupted("SIGTERM")
     except Exception as e:
         stopped_by = _signal_behind(e)
-        line = _os_error_line(e) if isinstance(e, OSError) and stopped_by is None else None
-        if stopped_by is None and line is None:
-            raise
         if stopped_by is not None:
             _interrupted(stopped_by)
         else:
+            line = _os_error_line(e) if isinstance(e, OSError) else None
+            if line is None:
+                raise
             err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
             sys.exit(1)
     finally:
@@ -118,9 +118,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
 def _signal_behind(e: BaseException) -> str | None:
     """"SIGINT" / "SIGTERM" when ``e`` was caused by an interrupt that library code wrapped in another error (Python
     3.11 turns a KeyboardInterrupt inside a descriptor's ``__set_name__`` into RuntimeError, e.g. during an import)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    while e is not None:
         if isinstance(e, KeyboardInterrupt):
             return "SIGINT"
         if isinstance(e, Terminated):

@@ -1,9 +1,10 @@
 """Stopping on SIGINT / SIGTERM without losing data.
 
 The CLI turns SIGTERM into ``Terminated`` (like Ctrl-C's ``KeyboardInterrupt``), so ``finally`` blocks run:
-temporary files are removed and worker pools shut down before the process exits. Pool workers ignore both
-signals (a terminal or a batch scheduler signals the whole process group): the parent alone decides, lets each
-worker finish the file it is writing, and prints one message instead of a traceback per worker.
+temporary files are removed and worker pools shut down before the process exits. Neither is raised inside an
+import, nor while a worker pool starts or shuts down: there the signal is held back until it is safe. Pool
+workers ignore both signals (a terminal or a batch scheduler signals the whole process group): the parent alone
+decides, lets each worker finish the file it is writing, and prints one message instead of a traceback per worker.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def deferred_stop_signals() -> Iterator[None]:
     An interrupt landing in between leaves workers that the pool's ``shutdown`` does not know about, and the
     interpreter's exit then waits for them forever (seen about once in 100 Ctrl-Cs to ``shard``); a worker forked
     before its initializer runs would also raise KeyboardInterrupt itself. The same hang follows an interrupt of
-    the pool's ``shutdown``. A signal that arrives here is re-sent
-    to this process when the block ends, to the handlers that were in place before."""
+    the pool's ``shutdown``. A signal that arrives here is re-sent to this process when the block ends, to the
+    handlers that were in place before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
