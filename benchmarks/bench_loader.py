@@ -19,7 +19,7 @@ from common import SAMPLE, emit  # noqa: E402
 
 import torch  # noqa: E402
 
-from gzpipe.bench.loader import run  # noqa: E402
+from gzpipe.bench.loader import LoaderBenchConfig, run  # noqa: E402
 from gzpipe.shard import ShardConfig, run_shard  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main() -> None:
             run_shard(ShardConfig(catalog=catalog, images=images, mapping=mapping, out=out, resize=resize,
                                   shard_size=100, workers=2))
             for i, be in enumerate(backends):
-                rows = run(out, be, args.image_size, args.batch_size, args.workers, args.passes,
-                           references=(i == 0))
+                rows = run(LoaderBenchConfig(str(out), be, args.image_size, args.batch_size, args.workers, args.passes,
+                                             references=(i == 0)))
                 for r in rows:
                     emit(r)
     finally:

@@ -83,21 +83,57 @@ def mask_array(table: pd.DataFrame) -> np.ndarray:
 # --- reading -------------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+DELIMITERS = (",", "\t", ";", "|")
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The delimiter of a text table, from its header line: the most frequent of ``DELIMITERS`` (comma when none)."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            header = f.readline(1 << 20)
+    except (OSError, EOFError):
+        return ","
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 0 else ","
+
+
+def read_table(path: str | Path, dtype=None) -> pd.DataFrame:
+    """A catalogue file as a DataFrame: Parquet, or delimited text (comma, tab, semicolon or bar, found from the
+    header; ``.gz`` too). ``dtype`` as pandas takes it (for text; Parquet keeps its own types)."""
     path = Path(path)
     if not path.exists():
         raise CatalogError(f"catalogue not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, low_memory=False)
-    except pd.errors.EmptyDataError:
-        raise CatalogError(f"{path}: the catalogue is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CatalogError(f"{path}: cannot read it as CSV: {first}") from None
+    if path.is_dir():
+        raise CatalogError(f"{path} is a folder; give the catalogue file")
+    if path.suffix.lower() == ".parquet":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+            raise CatalogError(f"{path}: cannot read it as Parquet ({type(e).__name__})") from None
+        if dtype is str:
+            df = df.astype(str).where(df.notna(), None)
+    else:
+        sep = sniff_delimiter(path)
+        try:
+            df = pd.read_csv(path, sep=sep, dtype=dtype, low_memory=False)
+        except pd.errors.EmptyDataError:
+            raise CatalogError(f"{path}: the catalogue is empty (no header, no rows)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            what = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}[sep]
+            raise CatalogError(f"{path}: cannot read it as {what}-separated text: {first[:200]}") from None
     if len(df) == 0:
         raise CatalogError(f"{path}: the catalogue has a header but no rows")
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return read_table(path, dtype={c: str for c in _ID_COLUMNS})
 
 
 def _norm_id(s: pd.Series) -> pd.Series:
@@ -107,7 +143,8 @@ def _norm_id(s: pd.Series) -> pd.Series:
 
 
 def _show(cols: list[str], n: int = 6) -> str:
-    head = ", ".join(cols[:n])
+    """A short excerpt of column names (a header read with the wrong delimiter is one very long name)."""
+    head = ", ".join(c if len(c) <= 40 else c[:37] + "..." for c in cols[:n])
     return head + (f" and {len(cols) - n} more" if len(cols) > n else "")
 
 

@@ -1,47 +1,87 @@
-"""The `gzpipe` command line. Each command parses its options into a config and calls one stage function.
+"""The `gzpipe` command line. Each command parses its options into a config object and calls one stage function.
 
-Bad input raises ``GzpipeError``; ``gzpipe.exits`` turns it (and signals, usage and disk errors) into one line.
+Bad input raises ``GzpipeError``; ``gzpipe.exits`` turns it (and signals, usage and disk errors) into one line. Names
+of backbones, loader backends, engines and ensemble methods come from their registries (plug-ins included, see
+``gzpipe.plugins``), which import nothing heavy, so `--help` is quick.
 """
 
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.console import Console
 
+from gzpipe.boost.registry import ENGINES
+from gzpipe.ensemble.methods import METHODS
 from gzpipe.errors import GzpipeError
 from gzpipe.exits import run_app
+from gzpipe.loaders.registry import BACKENDS
+from gzpipe.models.registry import BACKBONES
+from gzpipe.plugins import load_plugins
+
+try:
+    load_plugins()  # before the options are built: plug-ins' names are valid choices too
+except GzpipeError as _plugin_error:  # reported when a command runs (below), as a one-line error
+    PLUGIN_ERROR: GzpipeError | None = _plugin_error
+else:
+    PLUGIN_ERROR = None
 
 app = typer.Typer(
-    help="gzpipe: Galaxy Zoo 2 catalogue + images -> WebDataset shards -> fast loaders -> trained morphology models.",
+    help="gzpipe: Galaxy Zoo 2 catalogue and images -> WebDataset shards -> fast loaders -> trained morphology "
+         "models. Every command has --help; `gzpipe study` runs them all.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: readable at 80 columns, choices listed in full
 )
-bench_app = typer.Typer(help="Benchmarks that print JSON rows (one object per line).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print JSON rows (one object per line).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 out = Console(soft_wrap=True)  # one summary line stays one line in logs and pipes
 
 
-class Format(str, Enum):
-    auto = "auto"
-    hart16 = "hart16"
-    kaggle = "kaggle"
+@app.callback()
+def _main() -> None:
+    if PLUGIN_ERROR is not None:
+        raise PLUGIN_ERROR
 
 
-class Target(str, Enum):
-    debiased = "debiased"
-    weighted_fraction = "weighted_fraction"
-    fraction = "fraction"
+def _device_option(value):
+    """Checked where it is parsed, so the error names the flag (the stages' own check names the setting)."""
+    from gzpipe.device import check_device_name
+
+    if value is not None:
+        try:
+            check_device_name(value, "")
+        except GzpipeError as e:
+            raise typer.BadParameter(str(e).strip()) from None
+    return value
 
 
-class Verify(str, Enum):
-    decode = "decode"
-    header = "header"
+def _positive(value):
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+def _choices(*names: str):
+    return Literal.__getitem__(tuple(names))
+
+
+Backend = _choices("auto", *BACKENDS)
+Engine = _choices(*ENGINES)
+Method = _choices(*METHODS)
+Device = str  # auto, cpu, cuda or cuda:N - checked by gzpipe.device
+Format = Literal["auto", "hart16", "kaggle", "zoobot"]
+Target = Literal["debiased", "weighted_fraction", "fraction"]
+Verify = Literal["decode", "header"]
+Amp = Literal["bf16", "fp16", "off"]
+TtaKind = Literal["dihedral", "rotate"]
+BACKBONE_NAMES = ", ".join(BACKBONES)
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
 
 
 @app.command()
@@ -55,17 +95,17 @@ def info() -> None:
 
 @app.command()
 def synth(
-    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write images/, gz2_hart16.csv, gz2_filename_mapping.csv into."),
-    n: int = typer.Option(1000, "--n", min=1, help="Number of galaxies."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives the same bytes."),
-    quality: int = typer.Option(90, min=1, max=100, help="JPEG quality of the 424x424 images."),
-    workers: int = typer.Option(1, min=1, help="Processes rendering in parallel (output does not depend on it)."),
+    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write images/, gz2_hart16.csv and "
+                                                             "gz2_filename_mapping.csv into."),
+    n: int = typer.Option(1000, "--n", min=1, metavar="N", help="Number of galaxies."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed: the same seed gives the same bytes."),
+    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality of the 424 x 424 images."),
+    workers: int = typer.Option(1, min=1, metavar="N", help="Processes rendering in parallel (the output does not "
+                                                            "depend on it)."),
 ) -> None:
-    """Render a synthetic GZ2 release (images + Hart16 table + filename mapping) from physical galaxy models."""
+    """Render a synthetic GZ2 release (images, Hart16 table, filename mapping) from physical galaxy models."""
     from gzpipe.synth import SynthConfig, synth as run
 
-    if n < 1:
-        raise GzpipeError("--n must be at least 1")
     summary = run(SynthConfig(out=out_dir, n=n, seed=seed, quality=quality, workers=workers))
     out.print(f"wrote {summary['galaxies']} galaxies to {summary['out']}")
     out.print(f"next: gzpipe shard --catalog {summary['catalog']} --mapping {summary['mapping']} "
@@ -74,45 +114,62 @@ def synth(
 
 @app.command()
 def download(
-    dest: Path = typer.Option(Path("data/gz2"), help="Folder for the release files (and images/ unpacked)."),
-    what: str = typer.Option("labels,mapping,images", help="Comma list of: labels (gz2_hart16.csv.gz), mapping, images (3.4 GB zip)."),
-    base_url: Optional[str] = typer.Option(None, help="A mirror serving the files under their release names."),
-    checksums: Optional[Path] = typer.Option(None, help="File of '<md5>  <file name>' lines (for a mirror's files)."),
-    timeout: float = typer.Option(60.0, min=0.1, help="Network timeout in seconds."),
+    dest: Path = typer.Option(Path("data/gz2"), metavar="DIR", help="Folder for the release files (and images/ "
+                                                                    "unpacked)."),
+    what: str = typer.Option("labels,mapping,images", metavar="LIST", help="Comma list of: labels "
+                             "(gz2_hart16.csv.gz), mapping, images (the 3.4 GB zip)."),
+    base_url: Optional[str] = typer.Option(None, metavar="URL", help="A mirror serving the files under their "
+                                                                     "release names."),
+    checksums: Optional[Path] = typer.Option(None, metavar="FILE", help="File of '<md5>  <file name>' lines (for a "
+                                                                        "mirror's files)."),
+    timeout: float = typer.Option(60.0, min=0.1, metavar="SECONDS", help="Network timeout."),
 ) -> None:
-    """Fetch the GZ2 release (Hart16 table, filename mapping, image zip) with resume, checksum checks and a safe
-    unzip. Afterwards: gzpipe shard --catalog DEST/gz2_hart16.csv.gz --mapping DEST/gz2_filename_mapping.csv --images DEST/images"""
-    from gzpipe.download import run_download
+    """Fetch the GZ2 release (Hart16 table, filename mapping, image zip), resumable, with checksum checks and a
+    safe unzip."""
+    from gzpipe.download import DownloadConfig, run_download
 
-    run_download(dest, [w.strip() for w in what.split(",") if w.strip()], base_url, checksums, timeout)
+    run_download(DownloadConfig(str(dest), tuple(w.strip() for w in what.split(",") if w.strip()), base_url,
+                                str(checksums) if checksums else None, timeout))
     out.print(f"next: gzpipe shard --catalog {dest}/gz2_hart16.csv.gz --mapping {dest}/gz2_filename_mapping.csv "
               f"--images {dest}/images --out SHARDS")
 
 
 @app.command()
 def shard(
-    catalog: Path = typer.Option(..., help="Labels CSV: gz2_hart16.csv[.gz], a CSV with asset_id + Hart16 columns, or Kaggle training_solutions."),
-    images: Path = typer.Option(..., help="Folder of <id>.jpg images (asset_id for Hart16, GalaxyID for Kaggle)."),
-    out_dir: Path = typer.Option(..., "--out", help="Output folder for the tars, .idx files and manifest.json."),
-    mapping: Optional[Path] = typer.Option(None, help="gz2_filename_mapping.csv (needed when the catalogue has dr7objid but no asset_id)."),
-    format: Format = typer.Option(Format.auto, "--format", help="Catalogue format; auto tells them apart by their columns."),
-    target: Target = typer.Option(Target.debiased, help="Hart16 column family to train on."),
-    fraction: float = typer.Option(1.0, min=0.0, max=1.0, help="Keep this share of galaxies (by id hash: a larger fraction keeps a superset)."),
-    val: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of galaxies in the validation split."),
-    test: float = typer.Option(0.1, min=0.0, max=1.0, help="Share of galaxies in the test split."),
-    seed: int = typer.Option(42, help="Seed of the split, subsample and write-order hashes."),
-    resize: Optional[int] = typer.Option(None, min=8, max=4096, help="Re-encode images at this size (px, square) instead of storing the originals."),
-    quality: int = typer.Option(90, min=1, max=100, help="JPEG quality when --resize re-encodes."),
-    shard_size: int = typer.Option(1000, min=1, help="Samples per tar shard."),
-    workers: int = typer.Option(1, min=1, help="Processes packing shards in parallel."),
-    verify: Verify = typer.Option(Verify.decode, help="decode: decode each JPEG (catches corrupt data); header: check markers only (faster)."),
+    catalog: Path = typer.Option(..., metavar="FILE", help="Labels: gz2_hart16.csv[.gz], a CSV with asset_id and "
+                                 "Hart16 columns, Kaggle's training_solutions, or a galaxy-datasets (Zoobot) "
+                                 "catalogue (CSV or Parquet)."),
+    images: Path = typer.Option(..., metavar="DIR", help="Folder of the images (<asset_id>.jpg for Hart16, "
+                                "<GalaxyID>.jpg for Kaggle; file_loc paths of a Zoobot catalogue are relative "
+                                "to it)."),
+    out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for the tars, their .idx files and "
+                                                                   "manifest.json."),
+    mapping: Optional[Path] = typer.Option(None, metavar="FILE", help="gz2_filename_mapping.csv (needed when the "
+                                           "catalogue has dr7objid but no asset_id)."),
+    format: Format = typer.Option("auto", "--format", help="Catalogue format; auto tells them apart by their "
+                                                          "columns."),
+    target: Target = typer.Option("debiased", help="Hart16 column family to train on."),
+    fraction: float = typer.Option(1.0, min=0.0, max=1.0, metavar="F", help="Keep this share of galaxies (by id "
+                                   "hash: a larger fraction keeps a superset)."),
+    val: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the validation split."),
+    test: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the test split."),
+    seed: int = typer.Option(42, metavar="N", help="Seed of the split, subsample and write-order hashes."),
+    resize: Optional[int] = typer.Option(None, min=8, max=4096, metavar="PX", help="Re-encode images at this size "
+                                         "(square) instead of storing the originals."),
+    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality when --resize re-encodes."),
+    shard_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per tar shard."),
+    workers: int = typer.Option(1, min=1, metavar="N", help="Processes packing shards in parallel."),
+    verify: Verify = typer.Option("decode", help="decode: decode each JPEG (catches corrupt data); header: check "
+                                                 "markers only (faster)."),
+    max_rejected: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Fail (exit 2, the manifest still "
+                                       "written) when more than this share of the rows is rejected."),
 ) -> None:
     """Pack a catalogue and its images into WebDataset tar shards with DALI indexes and a manifest."""
     from gzpipe.shard import ShardConfig, run_shard
 
-    cfg = ShardConfig(catalog=catalog, images=images, out=out_dir, mapping=mapping, format=format.value,
-                      target=target.value, fraction=fraction, val=val, test=test, seed=seed, resize=resize,
-                      quality=quality, shard_size=shard_size, workers=workers, verify=verify.value)
+    cfg = ShardConfig(catalog=catalog, images=images, out=out_dir, mapping=mapping, format=format, target=target,
+                      fraction=fraction, val=val, test=test, seed=seed, resize=resize, quality=quality,
+                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected)
     m = run_shard(cfg)
     _print_shard_summary(m, out_dir)
 
@@ -127,16 +184,18 @@ def _print_shard_summary(m: dict, out_dir: Path) -> None:
         out.print("rejected: " + ", ".join(f"{k} {v}" for k, v in m["rejected_by_reason"].items())
                   + f" (each row with its reason in {out_dir / 'manifest.json'})")
     if c.get("converted"):
-        out.print(f"converted: {c['converted']} greyscale/CMYK JPEGs stored as RGB (listed under `converted` in the manifest)")
+        out.print(f"converted: {c['converted']} greyscale/CMYK JPEGs stored as RGB (listed under `converted` in the "
+                  "manifest)")
 
 
 @app.command()
 def verify(
-    shards: Path = typer.Argument(..., help="Shard folder written by `gzpipe shard`."),
-    quick: bool = typer.Option(False, "--quick", help="Check presence, sizes and indexes only (no sha256 of the tars)."),
+    shards: Path = typer.Argument(..., metavar="SHARDS", help="Shard folder written by `gzpipe shard`."),
+    quick: bool = typer.Option(False, "--quick", help="Check presence, sizes and indexes only (no sha256 of the "
+                                                      "tars)."),
 ) -> None:
-    """Check every shard against manifest.json (present, size, sha256, index). Exits 1 and names each damaged file
-    and the `gzpipe shard` command that rebuilds just those."""
+    """Check every shard against manifest.json (present, size, sha256, index, samples). Exits 1 and names each
+    damaged file and the `gzpipe shard` command that rebuilds just those."""
     from gzpipe.shard.verify import rebuild_command, verify_shards
 
     checks = verify_shards(shards, quick)
@@ -144,7 +203,10 @@ def verify(
     for c in bad:
         out.print(f"[bold red]damaged[/bold red] {shards / c.name}: {c.problem}", highlight=False)
     if not bad:
-        out.print(f"{len(checks)} shards OK in {shards}" + (" (sizes and indexes; without --quick the sha256 too)" if quick else ""))
+        empty = sum(1 for c in checks if c.samples == 0)
+        out.print(f"{len(checks)} shards OK in {shards}" + (" (sizes and indexes; without --quick the sha256 too)"
+                                                             if quick else "")
+                  + (f"; {empty} of them hold no samples" if empty else ""))
         return
     out.print(f"{len(bad)} of {len(checks)} shards damaged. Rebuild just those (the rest are reused) with:\n"
               f"  {rebuild_command(shards)}", highlight=False, markup=False)
@@ -152,210 +214,46 @@ def verify(
 
 
 @app.command()
-def features(
-    backbone: str = typer.Option(..., help="Backbone whose best checkpoint extracts the features."),
-    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder holding <backbone>/."),
-    shards: Optional[Path] = typer.Option(None, help="Shards to read [the ones the backbone was trained on]."),
-    backend: str = typer.Option("auto", help="Loader backend: auto, dali, nvjpeg or pil."),
-    batch_size: int = typer.Option(128, min=1, help="Batch size for inference."),
-    workers: int = typer.Option(2, min=0, help="Loader workers."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("float16", help="Storage type of the features: float16 (half the disk) or float32."),
-    force: bool = typer.Option(False, help="Re-extract even when up to date."),
-) -> None:
-    """Write each split's penultimate features (with ids, targets, mask) to <out>/<backbone>/features/<split>.parquet,
-    in chunks; skipped when up to date with the checkpoint."""
-    from gzpipe.features import FeaturesConfig, run_features
-
-    run_features(FeaturesConfig(backbone=backbone, out=str(out_dir), shards=str(shards) if shards else None,
-                                backend=backend, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                                force=force))
-
-
-@app.command()
-def boost(
-    engine: str = typer.Option(..., help="xgboost or lightgbm."),
-    backbone: str = typer.Option(..., help="Backbone whose cached features to train on."),
-    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder."),
-    rounds: int = typer.Option(200, min=1, help="Maximum boosting rounds (trees per target)."),
-    early_stopping: int = typer.Option(20, min=1, help="Stop after this many rounds without a better validation RMSE."),
-    learning_rate: float = typer.Option(0.1, min=0.0, help="Shrinkage."),
-    max_depth: int = typer.Option(6, min=1, help="XGBoost tree depth."),
-    num_leaves: int = typer.Option(31, min=2, help="LightGBM leaves per tree."),
-    max_bin: int = typer.Option(64, min=2, help="Histogram bins per feature (64 is ~2-4x faster than 256 here)."),
-    colsample: float = typer.Option(0.25, min=0.01, max=1.0, help="Share of features sampled per tree."),
-    multi_strategy: str = typer.Option("one_output_per_tree", help="XGBoost: one_output_per_tree (faster, measured) or multi_output_tree."),
-    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
-    force: bool = typer.Option(False, help="Retrain a finished booster."),
-    dask_scheduler: Optional[str] = typer.Option(None, help="Train with xgboost.dask / lightgbm.dask on this existing Dask scheduler (tcp://host:port)."),
-) -> None:
-    """Gradient-boosted trees on a backbone's cached features, predicting the 30 targets (early-stopped on val,
-    evaluated on test). Output: <out>/<engine>_<backbone>/."""
-    from gzpipe.boost import BoostConfig, run_boost
-
-    run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
-                          early_stopping=early_stopping, learning_rate=learning_rate, max_depth=max_depth,
-                          num_leaves=num_leaves, max_bin=max_bin, colsample=colsample, multi_strategy=multi_strategy,
-                          device=device, force=force, dask_scheduler=dask_scheduler))
-
-
-@app.command()
-def ensemble(
-    method: str = typer.Option(..., help="equal, accuracy (weights ~ val accuracy) or inverse_mae (weights ~ 1/val MAE)."),
-    out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder."),
-    backbones: Optional[str] = typer.Option(None, help="Comma list of backbones [every finished one]."),
-) -> None:
-    """Weighted mean of the backbones' predictions; weights from the validation split, evaluated on test."""
-    from gzpipe.ensemble import run_ensemble
-
-    run_ensemble(method, out_dir, backbones.split(",") if backbones else None)
-
-
-@app.command()
-def report(out_dir: Path = typer.Option(Path("artifacts"), "--out", help="Artifacts folder.")) -> None:
-    """Comparison tables, figures and a self-contained report.html in <out>/model_comparison/."""
-    from gzpipe.report import run_report
-
-    run_report(out_dir)
-
-
-@app.command()
-def predict(
-    images: list[Path] = typer.Argument(..., help="Image files, folders of images, or tar shards."),
-    model: Path = typer.Option(..., help="A trained model folder: artifacts/<backbone>, artifacts/<engine>_<backbone> or artifacts/ensemble_<method>."),
-    out_csv: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV to write: id, error, 30 fractions [, cumulative]."),
-    tta: int = typer.Option(1, min=1, help="Test-time augmentation: average this many rotated / flipped views."),
-    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle-style cumulative fractions (Class1.1 ...)."),
-    batch_size: int = typer.Option(32, min=1, help="Images per batch."),
-    workers: int = typer.Option(2, min=0, help="Decoding worker processes."),
-    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
-) -> None:
-    """Predict the 30 GZ2 vote fractions for new galaxy images with any trained model. Unreadable files get a row
-    with the reason in the `error` column; the rest go on."""
-    from gzpipe.predict import run_predict
-
-    run_predict(model, images, out_csv, tta, cumulative, batch_size, workers, device)
-
-
-@app.command()
-def study(
-    preset: Optional[str] = typer.Option(None, help="demo (synthetic, CPU, ~10 min), real (../shared sample) or full (original hyperparameters, GPU)."),
-    config: Optional[Path] = typer.Option(None, help="YAML: preset + overrides of data / shard / train / boost / backbones / engines / methods / out."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Artifacts folder [from the preset]."),
-) -> None:
-    """Run the whole 18-model study, skipping finished steps and resuming interrupted ones."""
-    from gzpipe.study import resolve_study, run_study
-
-    cfg = resolve_study(preset, config, out_dir)
-    run_study(cfg)
-    from gzpipe.report.collect import collect
-
-    table, _ = collect(Path(cfg["out"]))
-    _print_summary(table)
-
-
-def _print_summary(table) -> None:
-    from rich.table import Table
-
-    t = Table(title="gzpipe study: test split")
-    for col in ("model", "kind", "accuracy", "MAE", "RMSE"):
-        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
-    for _, r in table.sort_values("mae").iterrows():
-        t.add_row(r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['mae']:.4f}", f"{r['rmse']:.4f}")
-    out.print(t)
-
-
-@app.command()
-def demo(out_dir: Optional[str] = typer.Option(None, "--out", help="Artifacts folder [artifacts].")) -> None:
-    """Same as `gzpipe study --preset demo`."""
-    study(preset="demo", config=None, out_dir=out_dir)
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    dali = "dali"
-    nvjpeg = "nvjpeg"
-    pil = "pil"
-
-
-@bench_app.command("loader")
-def bench_loader(
-    shards: Path = typer.Option(..., help="Shard folder written by `gzpipe shard`."),
-    backend: Backend = typer.Option(Backend.auto, help="Loader backend to measure."),
-    image_size: int = typer.Option(224, min=16, help="Output size in pixels."),
-    batch_size: int = typer.Option(64, min=1, help="Batch size."),
-    workers: int = typer.Option(2, min=0, help="Loader workers (DALI threads); the baseline uses the same number."),
-    passes: int = typer.Option(3, min=1, help="Timed passes over the split (after one warm-up); the median is reported."),
-    split: str = typer.Option("train", help="Split to read (train mode augmentation is used)."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda; default: cuda when available."),
-    references: bool = typer.Option(True, help="Also measure the notebook baseline and the decode ceiling."),
-) -> None:
-    """Loader throughput (images/s, median of passes) with the notebook baseline and the JPEG decode ceiling
-    measured on the same galaxies in the same run. Prints one JSON object per line."""
-    from gzpipe.bench.loader import run
-
-    for row in run(shards, backend.value, image_size, batch_size, workers, passes, split, device, references):
-        print(json.dumps(row), flush=True)
-
-
-@bench_app.command("train")
-def bench_train(
-    backbone: str = typer.Option(..., help="Backbone name (see `gzpipe train --help`)."),
-    image_size: int = typer.Option(224, min=16, help="Input size in pixels."),
-    batch_size: int = typer.Option(64, min=1, help="Batch size."),
-    shards: Optional[Path] = typer.Option(None, help="Shard folder: also measure with the real loader (data stall)."),
-    backend: Backend = typer.Option(Backend.auto, help="Loader backend for the loader row."),
-    workers: int = typer.Option(2, min=0, help="Loader workers."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda; default: cuda when available."),
-    amp: str = typer.Option("bf16", help="CUDA precision: bf16, fp16 or off (the CPU runs fp32)."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format [per-backbone default]."),
-    steps: int = typer.Option(10, min=1, help="Optimizer steps per timed window."),
-    warmup: int = typer.Option(3, min=0, help="Untimed steps first."),
-    repeats: int = typer.Option(3, min=1, help="Timed windows; the median is reported."),
-) -> None:
-    """Training throughput (images/s): with data already on the device (the model's ceiling) and, with --shards,
-    fed by the real loader, so the data-stall share shows. Prints JSON rows with peak memory."""
-    from gzpipe.bench.train import run
-
-    for row in run(backbone, image_size, batch_size, shards, backend.value, workers, device, amp, channels_last,
-                   steps, warmup, repeats):
-        print(json.dumps(row), flush=True)
-
-
-class Mode(str, Enum):
-    resume = "resume"
-    restart = "restart"
-    skip = "skip"
-
-
-@app.command()
 def train(
-    backbone: str = typer.Option(..., help="resnet50, efficientnet_v2_s, convnext_base, swin_v2_s or regnety_8gf."),
-    shards: Path = typer.Option(..., help="Shard folder written by `gzpipe shard`."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder; the run goes to OUT/<backbone>/ [artifacts]."),
-    config: Optional[Path] = typer.Option(None, help="JSON file of options (same names as the flags, underscores); flags win."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Maximum epochs [250]."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Batch size per process [32]."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate of AdamW [3e-4]."),
-    weight_decay: Optional[float] = typer.Option(None, min=0.0, help="AdamW weight decay [0.05]."),
-    warmup_epochs: Optional[float] = typer.Option(None, min=0.0, help="Linear warm-up length before the cosine decay [3]."),
-    patience: Optional[int] = typer.Option(None, min=1, help="Early stopping: epochs without a better validation loss [12]."),
-    image_size: Optional[int] = typer.Option(None, min=16, help="Input size in pixels [224]."),
-    backend: Optional[str] = typer.Option(None, help="Loader backend: auto, dali, nvjpeg or pil [auto]."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Loader workers [2]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda [auto]."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Seed of weights init, shuffling and augmentation [42]."),
-    amp: Optional[str] = typer.Option(None, help="CUDA precision: bf16, fp16 (with a GradScaler) or off [bf16]; the CPU always runs fp32."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format [per-backbone default]."),
-    head: Optional[str] = typer.Option(None, help="sigmoid or softmax (per task) [sigmoid for debiased targets, else softmax]."),
-    loss: Optional[str] = typer.Option(None, help="mse or bce (soft targets), over valid entries only [mse]."),
+    backbone: str = typer.Option(..., metavar="NAME", help=f"One of {BACKBONE_NAMES}."),
+    shards: Path = typer.Option(..., metavar="DIR", help="Shard folder written by `gzpipe shard`."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder; the run goes to "
+                                                                              "OUT/<backbone>/ [artifacts]."),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="JSON file of options (the flags' names with "
+                                                                     "underscores); flags win."),
+    epochs: Optional[int] = typer.Option(None, min=1, metavar="N", help="Maximum epochs [250]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, metavar="N", help="Batch size per process [32]."),
+    lr: Optional[float] = typer.Option(None, metavar="X", callback=_positive, help="Peak learning rate of AdamW "
+                                                                                   "[3e-4]."),
+    weight_decay: Optional[float] = typer.Option(None, min=0.0, metavar="X", help="AdamW weight decay [0.05]."),
+    warmup_epochs: Optional[float] = typer.Option(None, min=0.0, metavar="X", help="Linear warm-up before the cosine "
+                                                                                   "decay, in epochs [3]."),
+    patience: Optional[int] = typer.Option(None, min=1, metavar="N", help="Early stopping: epochs without a better "
+                                                                          "validation loss [12]."),
+    image_size: Optional[int] = typer.Option(None, min=16, metavar="PX", help="Input size [224]."),
+    backend: Optional[Backend] = typer.Option(None, help="Loader backend [auto]."),
+    workers: Optional[int] = typer.Option(None, min=0, metavar="N", help="Loader workers [2]."),
+    device: Optional[Device] = typer.Option(None, metavar="DEVICE", callback=_device_option, help=DEVICE_HELP + " [auto]"),
+    seed: Optional[int] = typer.Option(None, min=0, metavar="N", help="Seed of weights, shuffling and "
+                                                                      "augmentation [42]."),
+    amp: Optional[Amp] = typer.Option(None, help="CUDA precision (fp16 uses a GradScaler); the CPU always runs "
+                                                 "fp32 [bf16]."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="Memory format [the backbone's default]."),
+    head: Optional[Literal["sigmoid", "softmax"]] = typer.Option(None, help="Output activation; softmax is per "
+                                                                            "task [sigmoid for debiased targets]."),
+    loss: Optional[Literal["mse", "bce"]] = typer.Option(None, help="Loss over valid entries only [mse]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    weights: Optional[Path] = typer.Option(None, help="Local torchvision state dict to start from (its ImageNet head is ignored)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from torchvision's ImageNet weights (needs internet)."),
+    weights: Optional[Path] = typer.Option(None, metavar="FILE", help="Local state dict to start from (its "
+                                                                      "ImageNet head is ignored)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from torchvision's ImageNet "
+                                                                         "weights (needs internet)."),
     restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints."),
-    skip: bool = typer.Option(False, "--skip", help="Only load the finished model and evaluate it."),
-    checkpoint_minutes: Optional[float] = typer.Option(None, min=0.0, help="Also checkpoint within an epoch at most this often [5]."),
-    stop_after: Optional[int] = typer.Option(None, min=1, help="Exit (resumably) after this many epochs in this invocation, e.g. for time-limited jobs."),
+    skip: bool = typer.Option(False, "--skip", help="Only evaluate the finished model, as it was trained."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, min=0.0, metavar="MIN", help="Also checkpoint within "
+                                                       "an epoch at most this often [5]."),
+    stop_after: Optional[int] = typer.Option(None, min=1, metavar="N", help="Exit (resumably) after this many "
+                                             "epochs in this invocation, e.g. for time-limited jobs."),
 ) -> None:
     """Train one backbone to regress the 30 GZ2 vote fractions. Without flags an unfinished run resumes from its
     latest checkpoint and a finished one is skipped. Under `torchrun --nproc_per_node=N -m gzpipe train ...` it
@@ -373,6 +271,233 @@ def train(
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)
     run_train(cfg)
+
+
+@app.command()
+def features(
+    backbone: str = typer.Option(..., metavar="NAME", help="Backbone whose best checkpoint extracts the features."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder holding "
+                                                                                 "<backbone>/."),
+    shards: Optional[Path] = typer.Option(None, metavar="DIR", help="Shards to read [the ones the backbone was "
+                                                                    "trained on]."),
+    backend: Backend = typer.Option("auto", help="Loader backend."),
+    batch_size: int = typer.Option(128, min=1, metavar="N", help="Batch size for inference."),
+    workers: int = typer.Option(2, min=0, metavar="N", help="Loader workers."),
+    device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    dtype: Literal["float16", "float32"] = typer.Option("float16", help="Storage type (float16 takes half the "
+                                                                        "disk)."),
+    force: bool = typer.Option(False, help="Re-extract even when up to date."),
+) -> None:
+    """Write each split's penultimate features (with ids, targets, mask) to <out>/<backbone>/features/<split>.parquet,
+    in chunks; skipped when up to date with the checkpoint and the shards."""
+    from gzpipe.features import FeaturesConfig, run_features
+
+    run_features(FeaturesConfig(backbone=backbone, out=str(out_dir), shards=str(shards) if shards else None,
+                                backend=backend, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                                force=force))
+
+
+def _key_values(pairs: list[str]) -> dict:
+    """``--param key=value`` pairs, values read as JSON where they parse (numbers, true/false), else strings."""
+    out_ = {}
+    for p in pairs:
+        if "=" not in p:
+            raise GzpipeError(f"--param {p!r}: write it as KEY=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out_[k.strip()] = json.loads(v)
+        except ValueError:
+            out_[k.strip()] = v
+    return out_
+
+
+@app.command()
+def boost(
+    engine: Engine = typer.Option(..., help="Boosting engine."),
+    backbone: str = typer.Option(..., metavar="NAME", help="Backbone whose cached features to train on."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder."),
+    rounds: int = typer.Option(200, min=1, metavar="N", help="Maximum boosting rounds (trees per target)."),
+    early_stopping: int = typer.Option(20, min=1, metavar="N", help="Stop after this many rounds without a better "
+                                                                    "validation RMSE."),
+    learning_rate: float = typer.Option(0.1, metavar="X", callback=_positive, help="Shrinkage."),
+    max_bin: int = typer.Option(64, min=2, metavar="N", help="Histogram bins per feature (64 is 2-4x faster than "
+                                                             "256 here)."),
+    colsample: float = typer.Option(0.25, min=0.01, max=1.0, metavar="F", help="Share of features sampled per "
+                                                                               "tree."),
+    max_depth: Optional[int] = typer.Option(None, min=1, metavar="N", help="XGBoost tree depth [6]."),
+    num_leaves: Optional[int] = typer.Option(None, min=2, metavar="N", help="LightGBM leaves per tree [31]."),
+    multi_strategy: Optional[Literal["one_output_per_tree", "multi_output_tree"]] = typer.Option(
+        None, help="XGBoost's multi-output trees [one_output_per_tree: faster, measured]."),
+    param: list[str] = typer.Option([], "--param", metavar="KEY=VALUE", help="Any other parameter of the engine "
+                                    "(repeatable), e.g. --param min_data_in_leaf=20."),
+    device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    force: bool = typer.Option(False, help="Retrain a finished booster."),
+    dask_scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Train with xgboost.dask / "
+                                                 "lightgbm.dask on this running Dask scheduler (tcp://host:port)."),
+) -> None:
+    """Gradient-boosted trees on a backbone's cached features, predicting the 30 targets (early-stopped on val,
+    evaluated on test). Output: <out>/<engine>_<backbone>/."""
+    from gzpipe.boost import BoostConfig, run_boost
+
+    params = {k: v for k, v in (("max_depth", max_depth), ("num_leaves", num_leaves),
+                                ("multi_strategy", multi_strategy)) if v is not None}
+    params.update(_key_values(param))
+    run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
+                          early_stopping=early_stopping, learning_rate=learning_rate, max_bin=max_bin,
+                          colsample=colsample, device=device, force=force, dask_scheduler=dask_scheduler,
+                          params=params))
+
+
+@app.command()
+def ensemble(
+    method: Method = typer.Option(..., help="equal; accuracy (weights ~ val accuracy); inverse_mae (weights ~ 1 / val "
+                                            "MAE)."),
+    out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder."),
+    backbones: Optional[str] = typer.Option(None, metavar="LIST", help="Comma list of backbones [every finished "
+                                                                       "one]."),
+) -> None:
+    """Weighted mean of the backbones' predictions; weights from the validation split, evaluated on test."""
+    from gzpipe.ensemble import EnsembleConfig, run_ensemble
+
+    run_ensemble(EnsembleConfig(method=method, out=str(out_dir), backbones=backbones))
+
+
+@app.command()
+def report(out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder.")) -> None:
+    """Comparison tables, figures and a self-contained report.html in <out>/model_comparison/."""
+    from gzpipe.report import run_report
+
+    run_report(out_dir)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., metavar="INPUTS...", help="Image files, folders, tar files, shard "
+                                        "folders, or catalogues (.csv / .parquet with an id and an image path "
+                                        "column, e.g. galaxy-datasets' id_str and file_loc)."),
+    model: Path = typer.Option(..., metavar="DIR", help="A finished model: artifacts/<backbone>, "
+                               "artifacts/<engine>_<backbone> or artifacts/ensemble_<method>."),
+    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Output .parquet or .csv "
+                                            "[predictions.csv; predictions.parquet beyond 5,000 rows]."),
+    tta: int = typer.Option(1, min=1, metavar="N", help="Test-time augmentation: average N views."),
+    tta_kind: TtaKind = typer.Option("dihedral", help="dihedral: exact rotations by 90 degrees and mirrors (up to "
+                                                      "8); rotate: N evenly spaced angles."),
+    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle-style cumulative fractions "
+                                                                "(Class1.1 ...)."),
+    batch_size: int = typer.Option(32, min=1, metavar="N", help="Images per batch."),
+    workers: int = typer.Option(2, min=0, metavar="N", help="Decoding worker processes."),
+    device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    backend: Backend = typer.Option("auto", help="Loader backend (dali reads shard folders only)."),
+    part_size: int = typer.Option(10_000, min=1, metavar="N", help="Images per part: each part is saved when done, "
+                                                                   "so a killed run resumes."),
+    images: Optional[Path] = typer.Option(None, metavar="DIR", help="Folder that a catalogue's relative image paths "
+                                                                    "start from [the catalogue's folder]."),
+    id_column: Optional[str] = typer.Option(None, metavar="NAME", help="A catalogue's id column [id_str, id, "
+                                                                       "asset_id, ...]."),
+    path_column: Optional[str] = typer.Option(None, metavar="NAME", help="A catalogue's image path column "
+                                                                         "[file_loc, path, ...]."),
+) -> None:
+    """Predict the 30 GZ2 vote fractions for new galaxy images with any finished model. Unreadable files get a row
+    with the reason in the `error` column; the rest go on. Under `torchrun` the processes share the work."""
+    from gzpipe.predict import PredictConfig, run_predict
+
+    run_predict(PredictConfig(model=str(model), inputs=[str(p) for p in inputs],
+                              out=str(out_file) if out_file else None, tta=tta, tta_kind=tta_kind,
+                              cumulative=cumulative, batch_size=batch_size, workers=workers, device=device,
+                              backend=backend, part_size=part_size, images=str(images) if images else None,
+                              id_column=id_column, path_column=path_column))
+
+
+@app.command()
+def study(
+    preset: Optional[Literal["demo", "real", "full"]] = typer.Option(
+        None, help="demo: synthetic, CPU, ~10 min; real: the 800-galaxy sample ($GZPIPE_SHARED); full: the original "
+                   "hyperparameters, for a GPU."),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="YAML: a preset and overrides of data, shard, "
+                                          "train, boost, backbones, engines, methods, out."),
+    out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),
+    force: Optional[str] = typer.Option(None, metavar="STAGES", help="Re-do these stages even where finished: a "
+                                        "comma list of synth, shard, train, features, boost, ensemble, report, or "
+                                        "all."),
+    restart: bool = typer.Option(False, "--restart", help="Same as --force all: everything from scratch."),
+) -> None:
+    """Run the whole model comparison, skipping what is finished and current, re-doing what is out of date and
+    resuming what was interrupted. The resolved configuration is saved as <out>/study_config.yaml."""
+    from gzpipe.report.collect import collect
+    from gzpipe.study import STAGES, parse_stages, resolve_study, run_study
+
+    stages = set(STAGES) if restart else parse_stages(force)
+    cfg = resolve_study(preset, config, out_dir)
+    run_study(cfg, stages)
+    table, _, _ = collect(Path(cfg.out))
+    _print_summary(table)
+
+
+def _print_summary(table) -> None:
+    from rich.table import Table
+
+    t = Table(title="gzpipe study: test split")
+    for col in ("model", "kind", "accuracy", "MAE", "RMSE"):
+        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for _, r in table.sort_values("mae").iterrows():
+        t.add_row(r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['mae']:.4f}", f"{r['rmse']:.4f}")
+    out.print(t)
+
+
+@app.command()
+def demo(out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder "
+                                                                                  "[artifacts].")) -> None:
+    """Same as `gzpipe study --preset demo`."""
+    study(preset="demo", config=None, out_dir=out_dir, force=None, restart=False)
+
+
+@bench_app.command("loader")
+def bench_loader(
+    shards: Path = typer.Option(..., metavar="DIR", help="Shard folder written by `gzpipe shard`."),
+    backend: Backend = typer.Option("auto", help="Loader backend to measure."),
+    image_size: int = typer.Option(224, min=16, metavar="PX", help="Output size."),
+    batch_size: int = typer.Option(64, min=1, metavar="N", help="Batch size."),
+    workers: int = typer.Option(2, min=0, metavar="N", help="Loader workers (DALI threads); the baseline uses the "
+                                                            "same number."),
+    passes: int = typer.Option(3, min=1, metavar="N", help="Timed passes over the split (after one warm-up); the "
+                                                           "median is reported."),
+    split: Literal["train", "val", "test"] = typer.Option("train", help="Split to read (with train augmentation)."),
+    device: Optional[Device] = typer.Option(None, metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    references: bool = typer.Option(True, help="Also measure the notebook baseline and the decode ceiling."),
+) -> None:
+    """Loader throughput (images/s, median of passes) with the notebook baseline and the JPEG decode ceiling
+    measured on the same galaxies in the same run. Prints one JSON object per line."""
+    from gzpipe.bench.loader import LoaderBenchConfig, run
+
+    for row in run(LoaderBenchConfig(str(shards), backend, image_size, batch_size, workers, passes, split, device,
+                                     references)):
+        print(json.dumps(row), flush=True)
+
+
+@bench_app.command("train")
+def bench_train(
+    backbone: str = typer.Option(..., metavar="NAME", help=f"One of {BACKBONE_NAMES}."),
+    image_size: int = typer.Option(224, min=16, metavar="PX", help="Input size."),
+    batch_size: int = typer.Option(64, min=1, metavar="N", help="Batch size."),
+    shards: Optional[Path] = typer.Option(None, metavar="DIR", help="Shard folder: also measure with the real "
+                                                                    "loader (data stall)."),
+    backend: Backend = typer.Option("auto", help="Loader backend for the loader row."),
+    workers: int = typer.Option(2, min=0, metavar="N", help="Loader workers."),
+    device: Optional[Device] = typer.Option(None, metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    amp: Amp = typer.Option("bf16", help="CUDA precision (the CPU runs fp32)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format "
+                                                 "[the backbone's default]."),
+    steps: int = typer.Option(10, min=1, metavar="N", help="Optimizer steps per timed window."),
+    warmup: int = typer.Option(3, min=0, metavar="N", help="Untimed steps first."),
+    repeats: int = typer.Option(3, min=1, metavar="N", help="Timed windows; the median is reported."),
+) -> None:
+    """Training throughput (images/s): with data already on the device (the model's ceiling) and, with --shards,
+    fed by the real loader, so the data-stall share shows. Prints JSON rows with peak memory."""
+    from gzpipe.bench.train import TrainBenchConfig, run
+
+    for row in run(TrainBenchConfig(backbone, image_size, batch_size, str(shards) if shards else None, backend,
+                                    workers, device, amp, channels_last, steps, warmup, repeats)):
+        print(json.dumps(row), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import tmp_path_for
 from gzpipe.progress import progress_bar
+from gzpipe.stopping import STOP
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,21 @@ def read_checksums(path: Path) -> dict[str, str]:
     return out
 
 
-def run_download(dest: str | Path, what: list[str], base_url: str | None = None,
-                 checksums: Path | None = None, timeout: float = 60.0, unpack: bool = True) -> dict:
-    dest = Path(dest)
+@dataclass
+class DownloadConfig:
+    dest: str = "data/gz2"
+    what: tuple[str, ...] = ("labels", "mapping", "images")
+    base_url: str | None = None
+    checksums: str | None = None
+    timeout: float = 60.0
+    unpack: bool = True
+
+
+def run_download(cfg: DownloadConfig) -> dict:
+    dest, what, base_url, timeout = Path(cfg.dest), list(cfg.what), cfg.base_url, cfg.timeout
+    checksums = Path(cfg.checksums) if cfg.checksums else None
+    if dest.exists() and not dest.is_dir():
+        raise GzpipeError(f"--dest {dest} is a file; give a folder for the release")
     dest.mkdir(parents=True, exist_ok=True)
     unknown = [w for w in what if w not in RELEASE]
     if unknown:
@@ -76,7 +89,7 @@ def run_download(dest: str | Path, what: list[str], base_url: str | None = None,
         md5 = sums.get(f.name, f.md5)  # --checksums wins; a mirror of the official files has the official MD5
         path = fetch(url, dest / f.name, md5, timeout, f.approx_bytes)
         report[key] = str(path)
-    if "images" in what and unpack:
+    if "images" in what and cfg.unpack:
         report["unpacked"] = unpack_images(dest / RELEASE["images"].name, dest / "images")
     return report
 
@@ -127,6 +140,7 @@ def fetch(url: str, final: Path, md5: str | None, timeout: float = 60.0, approx_
             with open(part, mode) as out, progress_bar(final.name, total=total or None, unit="B") as bar:
                 bar.advance(have)
                 while True:
+                    STOP.check()  # the .part keeps what arrived; the next run resumes from it
                     block = resp.read(CHUNK)
                     if not block:
                         break
@@ -178,6 +192,7 @@ def unpack_images(zip_path: Path, out_dir: Path) -> dict:
         if shutil.disk_usage(out_dir).free < needed:
             raise GzpipeError(f"not enough disk space to unpack {zip_path.name}: {needed / 1e9:.2f} GB needed")
         for info in zf.infolist():
+            STOP.check()  # every file is written whole (atomically); the next run skips the finished ones
             bar.advance(1)
             name = info.filename
             pp = PurePosixPath(name.replace("\\", "/"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import signal
 import sys
-import threading
 import warnings
 
 import typer
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 from gzpipe.errors import GzpipeError
-from gzpipe.signals import Terminated, install_stop_handlers
+from gzpipe.stopping import EXIT_CODES, STOP, Stopped, install, restore
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
     from typer._click import exceptions as click_exc
@@ -56,8 +55,9 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
     shows 130) when run from the command line (``argv`` None), and exits 130 when called from Python."""
     warnings.showwarning = _one_line_warning
     cli = argv is None
+    STOP.reset()
     # From the command line, gzpipe takes SIGINT too; called from Python it leaves SIGINT to the caller.
-    previous = install_stop_handlers(sigint=cli) if threading.current_thread() is threading.main_thread() else None
+    previous = install(sigint=cli)
     stopped_by = None
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit status of --help and typer.Exit
@@ -65,27 +65,29 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
             stopped_by = _interrupted("SIGINT")
         elif isinstance(code, int) and code:
             sys.exit(code)
+        elif STOP.signal is not None:  # asked to stop after the last safe point: the work is done, say so
+            stopped_by = _interrupted(STOP.signal, finished=True)
     except click_exc.NoArgsIsHelpError as e:  # `gzpipe` / `gzpipe bench`: the help is the answer
         out.print(e.ctx.get_help() if e.ctx else str(e), highlight=False, markup=False)
         sys.exit(0)
     except click_exc.UsageError as e:  # bad option values, unknown options or commands (click's multi-line box)
         cmd = e.ctx.command_path if e.ctx else "gzpipe"
-        err.print(f"[bold red]error:[/bold red] {e.format_message()} (see `{cmd} --help`)", highlight=False,
-                  soft_wrap=True, markup=True)
+        err.print(f"[bold red]error:[/bold red] {rich_escape(_usage_message(e))} (see `{cmd} --help`)",
+                  highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
     except typer.Abort:
         stopped_by = _interrupted("SIGINT")
+    except Stopped as e:  # a stage stopped at a safe point; its message says what it kept
+        if e.message:
+            err.print(f"[bold red]interrupted:[/bold red] {rich_escape(e.message)}", highlight=False, soft_wrap=True)
+            stopped_by = e.signal_name
+        else:
+            stopped_by = _interrupted(e.signal_name)
     except GzpipeError as e:
-        stop = {130: "SIGINT", 143: "SIGTERM"}.get(e.exit_code)
-        err.print(f"[bold red]{'interrupted' if stop else 'error'}:[/bold red] {rich_escape(str(e))}",
-                  highlight=False, soft_wrap=True)
-        if stop is None:
-            sys.exit(e.exit_code)
-        stopped_by = stop
-    except KeyboardInterrupt:  # a second Ctrl-C during training, or any stage without its own handler
+        err.print(f"[bold red]error:[/bold red] {rich_escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Python's own Ctrl-C (when called from Python, SIGINT is the caller's)
         stopped_by = _interrupted("SIGINT")
-    except Terminated:
-        stopped_by = _interrupted("SIGTERM")
     except Exception as e:
         stopped_by = _signal_behind(e)
         if stopped_by is not None:
@@ -97,32 +99,35 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
             err.print(f"[bold red]error:[/bold red] {rich_escape(line)}", highlight=False, soft_wrap=True)
             sys.exit(1)
     finally:
-        if previous is not None and cli:
+        if cli:
             # The work is done: a signal arriving while the interpreter shuts down has nothing left to stop.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        elif previous is not None:  # called from Python (tests): put the caller's handlers back
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        else:  # called from Python (tests): put the caller's handlers back
+            restore(previous)
     if stopped_by == "SIGINT" and cli:
-        # End as an interrupted program should: killed by SIGINT, after Python's normal shutdown. CPython does that
-        # for a KeyboardInterrupt that leaves the main module (and, in 3.11, for one that merely passed through
-        # exec() of a string, e.g. a dataclass being created by a lazy import: exit 130 was not reliable anyway).
-        # A shell shows 130 either way, but stops a loop around gzpipe only for this one.
+        # End as an interrupted program should: killed by SIGINT, after Python's normal shutdown (which CPython does
+        # for a KeyboardInterrupt that leaves the main module). A shell shows 130 either way, but stops a loop around
+        # gzpipe only for this one.
         sys.excepthook = _quiet_keyboard_interrupt
         raise KeyboardInterrupt
     if stopped_by is not None:
-        sys.exit(130 if stopped_by == "SIGINT" else 143)
+        sys.exit(EXIT_CODES[stopped_by])
+
+
+def _usage_message(e) -> str:
+    """click's message without pydantic-style internals (``Value error, ...``)."""
+    return e.format_message().replace("Value error, ", "")
 
 
 def _signal_behind(e: BaseException) -> str | None:
-    """"SIGINT" / "SIGTERM" when ``e`` was caused by an interrupt that library code wrapped in another error (Python
-    3.11 turns a KeyboardInterrupt inside a descriptor's ``__set_name__`` into RuntimeError, e.g. during an import)."""
+    """"SIGINT" when ``e`` was caused by a KeyboardInterrupt that library code wrapped in another error (Python 3.11
+    turns one inside a descriptor's ``__set_name__`` into RuntimeError, e.g. during an import)."""
     while e is not None:
+        if isinstance(e, Stopped):
+            return e.signal_name
         if isinstance(e, KeyboardInterrupt):
             return "SIGINT"
-        if isinstance(e, Terminated):
-            return "SIGTERM"
         e = e.__cause__  # not __context__: an error in cleanup code during an interrupt is a bug to show
     return None
 
@@ -137,7 +142,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     err.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False, soft_wrap=True)
 
 
-def _interrupted(sig: str) -> str:
-    err.print(f"[bold red]interrupted[/bold red] by {sig}: finished outputs are kept; re-run the same command to "
-              "resume", highlight=False, soft_wrap=True)
+def _interrupted(sig: str, finished: bool = False) -> str:
+    what = "as it finished: outputs are complete" if finished else ": finished outputs are kept"
+    err.print(f"[bold red]interrupted[/bold red] by {sig}{what}; re-run the same command to resume",
+              highlight=False, soft_wrap=True)
     return sig

@@ -19,14 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gzpipe import schema
+from gzpipe import runs, schema
+from gzpipe.device import check_device_name, resolve_device
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
-from gzpipe.loaders import create_loader
-from gzpipe.models import BACKBONES, create_model, resolve_name
+from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
+from gzpipe.loaders import check_backend_name, create_loader
+from gzpipe.manifest import manifest_digest
+from gzpipe.models import BACKBONES, resolve_name
 from gzpipe.progress import progress_bar
-from gzpipe.train import checkpoint as ckpt
-from gzpipe.train.loop import amp_context
+from gzpipe.stopping import STOP, ends_loading
 
 SPLITS = ("train", "val", "test")
 DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
@@ -61,62 +62,66 @@ def schema_for(width: int, dtype: str) -> pa.Schema:
 def run_features(cfg: FeaturesConfig) -> dict:
     name = resolve_name(cfg.backbone)
     if cfg.dtype not in DTYPES:
-        raise GzpipeError(f"--dtype must be one of {', '.join(DTYPES)}")
-    run_dir = Path(cfg.out) / name
-    best = run_dir / "checkpoints" / ckpt.BEST
+        raise GzpipeError(f"dtype must be one of {', '.join(DTYPES)}")
+    check_device_name(cfg.device)
+    check_backend_name(cfg.backend)
+    run_dir = runs.backbone_dir(cfg.out, name)
+    best = runs.best_checkpoint(run_dir)
     if not best.exists():
         raise GzpipeError(f"no trained model at {best}; run `gzpipe train --backbone {name}` first")
-    digest = sha256_file(best)
-    state = ckpt.load(best)
-    tcfg = state["config"]
+    digest = runs.digest(best)
+    tcfg = runs.trained_config(run_dir)
     shards = cfg.shards or tcfg["shards"]
-    feat_dir = run_dir / "features"
+    feat_dir = runs.features_dir(run_dir)
     remove_stale_tmp(feat_dir)
     meta_path = feat_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("checkpoint_sha256") != digest or meta.get("dtype") != cfg.dtype or meta.get("shards") != str(shards):
-        meta = {"checkpoint_sha256": digest, "dtype": cfg.dtype, "shards": str(shards), "backbone": name,
-                "width": BACKBONES[name].features, "image_size": tcfg["image_size"], "splits": {}}
+    shards_digest = manifest_digest(shards)
+    if (meta.get("checkpoint_sha256") != digest or meta.get("dtype") != cfg.dtype or meta.get("shards") != str(shards)
+            or meta.get("shards_manifest_sha256") != shards_digest):
+        meta = {"checkpoint_sha256": digest, "dtype": cfg.dtype, "shards": str(shards),
+                "shards_manifest_sha256": shards_digest, "backbone": name, "width": BACKBONES[name].features,
+                "image_size": tcfg["image_size"], "splits": {}}
     todo = [s for s in SPLITS if cfg.force or s not in meta["splits"] or not (feat_dir / f"{s}.parquet").exists()]
     if not todo:
         print(f"{name}: features up to date with {best.name} ({feat_dir})", flush=True)
         return meta
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    model = create_model(name, tcfg["head"])
-    model.load_state_dict(state["model"])
-    model.eval().to(device)
-    if BACKBONES[name].channels_last(device.type):
-        model = model.to(memory_format=torch.channels_last)
-    autocast = amp_context(device, cfg.amp)
+    trained = runs.load_trained(run_dir, resolve_device(cfg.device), amp=cfg.amp)
     np_dtype, _ = DTYPES[cfg.dtype]
     width = BACKBONES[name].features
     for split in todo:
-        loader = create_loader(shards, split, cfg.backend, tcfg["image_size"], cfg.batch_size, train=False,
-                               device=device, workers=cfg.workers, seed=tcfg["seed"])
+        loader = create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size, train=False,
+                               device=trained.device, workers=cfg.workers, seed=tcfg["seed"])
         rows = 0
         path = feat_dir / f"{split}.parquet"
-        with atomic_open(path, "wb") as f, progress_bar(f"features {name} {split}", total=len(loader), unit="batch") as bar:
-            writer = pq.ParquetWriter(f, schema_for(width, cfg.dtype))
-            with torch.inference_mode():
+        # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error
+        with atomic_open(path, "wb") as f, progress_bar(f"features {name} {split}", total=len(loader), unit="batch") \
+                as bar, pq.ParquetWriter(f, schema_for(width, cfg.dtype)) as writer:
+            with ends_loading():
                 for batch in loader:
-                    with autocast():
-                        feats = model.features(batch.images)
-                    x = feats.float().cpu().numpy().astype(np_dtype)
-                    y = batch.targets.cpu().numpy().astype(np.float32)
-                    m = batch.mask.cpu().numpy()
-                    cols = [pa.array(batch.ids, pa.string())]
-                    cols += [pa.array(x[:, j]) for j in range(width)]
-                    cols += [pa.array(y[:, j]) for j in range(schema.N_TARGETS)]
-                    cols += [pa.array(m[:, j]) for j in range(schema.N_TARGETS)]
-                    writer.write_table(pa.Table.from_arrays(cols, schema=writer.schema))
+                    STOP.check()  # the partial file is removed; finished splits are kept
+                    feats, _ = trained.features_and_predictions(batch.images)
+                    writer.write_table(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
+                                              batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
                     rows += len(batch)
                     bar.advance(1)
-            writer.close()
-        meta["splits"][split] = {"rows": rows, "file": path.name}
+        meta["splits"][split] = {"rows": rows, "file": path.name, "sha256": runs.digest(path)}
         write_json(meta_path, meta)
         print(f"{name}: {split} features {rows} x {width} ({cfg.dtype}) -> {path}", flush=True)
     return meta
+
+
+def _table(ids: list[str], x: np.ndarray, y: np.ndarray, m: np.ndarray, schema: pa.Schema) -> pa.Table:
+    cols = [pa.array(ids, pa.string())]
+    cols += [pa.array(x[:, j]) for j in range(x.shape[1])]
+    cols += [pa.array(y[:, j].astype(np.float32)) for j in range(y.shape[1])]
+    cols += [pa.array(m[:, j].astype(bool)) for j in range(m.shape[1])]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def features_meta(out: str | Path, backbone: str) -> Path:
+    """The features' ``meta.json``: its digest names the checkpoint, the shards and each split's file."""
+    return runs.features_dir(runs.backbone_dir(out, resolve_name(backbone))) / "meta.json"
 
 
 def read_features(out: str | Path, backbone: str, split: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +137,7 @@ def read_features(out: str | Path, backbone: str, split: str) -> tuple[list[str]
 
 
 def features_path(out: str | Path, backbone: str, split: str) -> Path:
-    p = Path(out) / resolve_name(backbone) / "features" / f"{split}.parquet"
+    p = runs.features_dir(runs.backbone_dir(out, resolve_name(backbone))) / f"{split}.parquet"
     if not p.exists():
         raise GzpipeError(f"{p} not found; run `gzpipe features --backbone {backbone}` first")
     return p

@@ -9,7 +9,7 @@ import pandas as pd
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.shard.stage import LABELS
+from gzpipe.manifest import LABELS
 
 MASK_COLUMNS = [f"mask:{n}" for n in schema.TARGET_NAMES]
 

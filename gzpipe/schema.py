@@ -112,14 +112,6 @@ def target_columns(kind: str) -> list[str]:
     return [f"{n}_{kind}" for n in TARGET_NAMES]
 
 
-def task_of(target: str) -> str:
-    """The task name of a full target name."""
-    for t in TASKS:
-        if target in t.columns:
-            return t.name
-    raise KeyError(f"{target!r} is not one of the 30 gzpipe targets")
-
-
 def conditional_to_cumulative(conditional: np.ndarray) -> np.ndarray:
     """Multiply conditional (Hart16) fractions down the tree into cumulative (Kaggle-style) ones.
 

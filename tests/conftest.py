@@ -13,6 +13,13 @@ SAMPLE = SHARED / "data" / "gz2_sample"
 KAGGLE = SHARED / "data" / "kaggle_cosmic_compendium"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that read the real GZ2 images in ../shared carry the `real` marker (`-m "not real"` leaves them out)."""
+    for item in items:
+        if "real_sample" in getattr(item, "fixturenames", ()) or "real" in item.name:
+            item.add_marker(pytest.mark.real)
+
+
 @pytest.fixture(scope="session")
 def synth_release(tmp_path_factory) -> Path:
     from gzpipe.synth import SynthConfig, synth

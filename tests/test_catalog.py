@@ -96,7 +96,7 @@ def test_kaggle_format(tmp_path):
     ("asset_id,foo\n1,2\n", "missing 30 column"),
     ("GalaxyID,Class1.1\n1,0.5\n", "missing 36 column"),
     ("a,b\n1,2\n", "cannot tell the format"),
-    ('x,"y\n1,2\n', "cannot read it as CSV"),
+    ('x,"y\n1,2\n', "cannot read it as comma-separated text"),
 ])
 def test_bad_catalogues_raise_one_readable_error(tmp_path, content, match):
     p = tmp_path / "bad.csv"

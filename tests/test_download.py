@@ -11,9 +11,13 @@ import pandas as pd
 import pytest
 
 from gzpipe import schema
-from gzpipe.download import RELEASE, run_download
+from gzpipe.download import RELEASE, DownloadConfig, run_download
 from gzpipe.errors import GzpipeError
 from gzpipe.shard import ShardConfig, run_shard
+
+
+def _dl(dest, what, url=None, sums=None, timeout=60.0):
+    return run_download(DownloadConfig(str(dest), tuple(what), url, str(sums) if sums else None, timeout))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -90,7 +94,7 @@ def test_download_unpack_and_shard_end_to_end(server, synth_release, tmp_path):
     _, url = server
     _Handler.files = _fixtures(synth_release)
     dest = tmp_path / "gz2"
-    rep = run_download(dest, ["labels", "mapping", "images"], url, _sums(tmp_path, _Handler.files), timeout=10)
+    rep = _dl(dest, ["labels", "mapping", "images"], url, _sums(tmp_path, _Handler.files), timeout=10)
     for n, b in _Handler.files.items():
         assert (dest / n).read_bytes() == b
     assert not list(dest.glob("*.part"))
@@ -99,7 +103,7 @@ def test_download_unpack_and_shard_end_to_end(server, synth_release, tmp_path):
     assert sorted(p.name for p in (dest / "images").glob("*.jpg")) == [f"{100000 + i}.jpg" for i in range(6)]
     assert not (tmp_path / "evil.jpg").exists() and not any(tmp_path.rglob("evil.jpg"))
     hits = len(_Handler.log)
-    run_download(dest, ["labels", "mapping", "images"], url, _sums(tmp_path, _Handler.files), timeout=10)
+    _dl(dest, ["labels", "mapping", "images"], url, _sums(tmp_path, _Handler.files), timeout=10)
     assert len(_Handler.log) == hits  # complete files are skipped without a request
     m = run_shard(ShardConfig(catalog=dest / "gz2_hart16.csv.gz", mapping=dest / "gz2_filename_mapping.csv",
                               images=dest / "images", out=tmp_path / "shards", shard_size=4))
@@ -112,13 +116,13 @@ def test_dropped_connection_leaves_a_part_and_resumes_with_range(server, synth_r
     sums = _sums(tmp_path, _Handler.files)
     _Handler.mode = "drop"
     with pytest.raises(GzpipeError, match="stopped at .* re-run the same command to resume"):
-        run_download(tmp_path, ["images"], url, sums, timeout=10)
+        _dl(tmp_path, ["images"], url, sums, timeout=10)
     part = tmp_path / "images_gz2.zip.part"
     assert part.exists() and 0 < part.stat().st_size < len(_Handler.files["images_gz2.zip"])
     assert not (tmp_path / "images_gz2.zip").exists()  # never a partial file under the final name
     had = part.stat().st_size
     _Handler.mode = "ok"
-    run_download(tmp_path, ["images"], url, sums, timeout=10)
+    _dl(tmp_path, ["images"], url, sums, timeout=10)
     assert _Handler.log[-1][1] == f"bytes={had}-"  # resumed where the part ended
     assert (tmp_path / "images_gz2.zip").read_bytes() == _Handler.files["images_gz2.zip"]
 
@@ -129,7 +133,7 @@ def test_server_ignoring_range_restarts_cleanly(server, synth_release, tmp_path)
     data = _Handler.files["gz2_filename_mapping.csv"]
     (tmp_path / "gz2_filename_mapping.csv.part").write_bytes(data[:10])
     _Handler.mode = "ignore_range"
-    run_download(tmp_path, ["mapping"], url, _sums(tmp_path, _Handler.files), timeout=10)
+    _dl(tmp_path, ["mapping"], url, _sums(tmp_path, _Handler.files), timeout=10)
     assert (tmp_path / "gz2_filename_mapping.csv").read_bytes() == data
 
 
@@ -139,7 +143,7 @@ def test_checksum_mismatch_is_an_error_and_no_final_file(server, synth_release, 
     bad = tmp_path / "md5.txt"
     bad.write_text(f"{'0' * 32}  gz2_filename_mapping.csv\n")
     with pytest.raises(GzpipeError, match="checksum mismatch"):
-        run_download(tmp_path, ["mapping"], url, bad, timeout=10)
+        _dl(tmp_path, ["mapping"], url, bad, timeout=10)
     assert not (tmp_path / "gz2_filename_mapping.csv").exists()
 
 
@@ -147,7 +151,7 @@ def test_404_and_refused_connections_are_clear(server, tmp_path):
     _, url = server
     _Handler.files = {}
     with pytest.raises(GzpipeError, match="HTTP 404"):
-        run_download(tmp_path, ["mapping"], url, timeout=5)
+        _dl(tmp_path, ["mapping"], url, timeout=5)
     import socket
 
     s = socket.socket()
@@ -155,7 +159,7 @@ def test_404_and_refused_connections_are_clear(server, tmp_path):
     port = s.getsockname()[1]
     s.close()  # nothing listens here now
     with pytest.raises(GzpipeError, match="cannot reach"):
-        run_download(tmp_path, ["mapping"], f"http://127.0.0.1:{port}", timeout=5)
+        _dl(tmp_path, ["mapping"], f"http://127.0.0.1:{port}", timeout=5)
     with pytest.raises(GzpipeError, match="unknown --what"):
-        run_download(tmp_path, ["everything"], url)
+        _dl(tmp_path, ["everything"], url)
     assert RELEASE["images"].md5 == "bc647032d31e50c798770cf4430525c7"

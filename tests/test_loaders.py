@@ -10,7 +10,7 @@ from gzpipe.errors import GzpipeError
 from gzpipe.loaders import create_loader, resolve_backend
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
 from gzpipe.loaders.shards import iter_samples, split_shards
-from gzpipe.shard import read_manifest
+from gzpipe.manifest import read_manifest
 
 CPU_BACKENDS = ["pil", "dali"]  # dali runs as a CPU-only pipeline here; nvjpeg needs CUDA (tests marked gpu)
 CUDA = torch.cuda.is_available()

@@ -7,10 +7,14 @@ import pytest
 from conftest import KAGGLE, SAMPLE
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.predict import run_predict
-from gzpipe.shard import read_manifest
+from gzpipe.predict import PredictConfig, run_predict as _run_predict
+from gzpipe.manifest import read_manifest
 from gzpipe.train.config import resolve
 from gzpipe.train.run import run_train
+
+
+def run_predict(model, inputs, out, **kw) -> pd.DataFrame:
+    return _run_predict(PredictConfig(model=str(model), inputs=[str(i) for i in inputs], out=str(out), **kw)).frame()
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +60,26 @@ def test_real_images_with_a_corrupt_file_in_the_batch(model, tmp_path):
     cum = good[list(schema.KAGGLE_TARGET_COLUMNS)].to_numpy()
     np.testing.assert_allclose(cum, schema.conditional_to_cumulative(v), atol=1e-5)
     back = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
-    assert list(back.columns[:3]) == ["id", "error", "t01_smooth_or_features_a01_smooth"]
+    assert list(back.columns[:4]) == ["id", "path", "error", "t01_smooth_or_features_a01_smooth"]
 
 
 def test_tta_averages_several_views(model, train_shards, tmp_path):
     tars = [train_shards / s["name"] for s in read_manifest(train_shards)["shards"] if s["split"] == "val"]
     one = run_predict(model, tars, tmp_path / "a.csv", workers=0).set_index("id")
-    four = run_predict(model, tars, tmp_path / "b.csv", tta=4, workers=0).set_index("id")
+    four = run_predict(model, tars, tmp_path / "b.csv", tta=4, tta_kind="rotate", workers=0).set_index("id")
     diff = np.abs(one[list(schema.TARGET_NAMES)].to_numpy() - four.loc[one.index, list(schema.TARGET_NAMES)].to_numpy())
     assert 0 < diff.mean() < 0.1  # different views, same galaxy
 
 
 def test_boosters_and_ensembles_predict_through_their_backbones(model, tmp_path):
     from gzpipe.boost import BoostConfig, run_boost
-    from gzpipe.ensemble import run_ensemble
+    from gzpipe.ensemble import EnsembleConfig, run_ensemble
     from gzpipe.features import FeaturesConfig, run_features
 
     out = model.parent
     run_features(FeaturesConfig("resnet50", out=str(out), workers=1))
     run_boost(BoostConfig(engine="xgboost", backbone="resnet50", out=str(out), rounds=10, early_stopping=3))
-    run_ensemble("equal", out)
+    run_ensemble(EnsembleConfig(method="equal", out=str(out)))
     img = next(iter(sorted((model.parent.parent).glob("**/*.jpg"))), None)
     tars = sorted(model.parent.parent.glob("**/test-*.tar"))
     src = tars[0] if tars else img

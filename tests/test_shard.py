@@ -15,7 +15,8 @@ from PIL import Image
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.shard import ShardConfig, read_manifest, run_shard
+from gzpipe.manifest import read_manifest
+from gzpipe.shard import ShardConfig, run_shard
 
 
 def _cfg(rel, out, **kw):
@@ -130,7 +131,10 @@ def bad_release(synth_release, tmp_path):
 
 
 def test_bad_rows_rejected_with_reasons_and_accounted(bad_release, tmp_path):
-    m = run_shard(_cfg(bad_release, tmp_path / "o"))
+    with pytest.raises(GzpipeError, match=r"38% of the rows were rejected .*more than --max-rejected 0.1"):
+        run_shard(_cfg(bad_release, tmp_path / "strict"))
+    assert (tmp_path / "strict/manifest.json").exists()  # written for inspection all the same
+    m = run_shard(_cfg(bad_release, tmp_path / "o", max_rejected=0.5))
     c = m["counts"]
     assert c["inputs"] == 21 and c["inputs"] == c["written"] + c["rejected"]
     assert c["rejected"] == 8 and c["written"] == 13
@@ -148,7 +152,7 @@ def test_bad_rows_rejected_with_reasons_and_accounted(bad_release, tmp_path):
 
 
 def test_bad_config_is_a_clear_error(synth_release, tmp_path):
-    with pytest.raises(GzpipeError, match="--val"):
+    with pytest.raises(GzpipeError, match=r"val \(0.6\) and test \(0.5\) must be in"):
         run_shard(_cfg(synth_release, tmp_path / "x", val=0.6, test=0.5))
     with pytest.raises(GzpipeError, match="image folder not found"):
         run_shard(ShardConfig(catalog=synth_release / "gz2_hart16.csv", images=tmp_path / "nope", out=tmp_path / "y"))

@@ -10,13 +10,27 @@ import pytest
 
 from gzpipe import schema
 from gzpipe.boost import BoostConfig, run_boost
-from gzpipe.ensemble import run_ensemble, weights_for
+from gzpipe.ensemble import EnsembleConfig, run_ensemble as _run_ensemble, weights_for
 from gzpipe.errors import GzpipeError
 from gzpipe.features import FeaturesConfig, read_features, run_features, schema_for
 from gzpipe.labels import split_labels
 from gzpipe.metrics import compute_metrics
 from gzpipe.train.config import resolve
 from gzpipe.train.run import run_train
+
+
+def run_ensemble(method, out, backbones=None):
+    return _run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=backbones))
+
+
+@pytest.fixture
+def fakenet():
+    """A registered 16-feature backbone named fakenet (the boosters only read its features)."""
+    from gzpipe.models import BackboneSpec, register, unregister
+
+    register(BackboneSpec("fakenet", None, "fc", 16, build=lambda: None))
+    yield "fakenet"
+    unregister("fakenet")
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +83,18 @@ def _fake_features(out: Path, rng, n=(160, 60, 60), width=16):
         (out / "fakenet" / "features").mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_arrays(cols, schema=schema_for(width, "float16")),
                        out / "fakenet/features" / f"{split}.parquet")
+    (out / "fakenet/features/meta.json").write_text(json.dumps({"backbone": "fakenet", "width": width}))
+    (out / "fakenet/checkpoints").mkdir(exist_ok=True)
+    (out / "fakenet/checkpoints/best_model.pth").write_bytes(b"a stand-in checkpoint")
 
 
 @pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
-def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engine, monkeypatch):
-    import gzpipe.boost as boost_mod
-    import gzpipe.features as feat_mod
-
+def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engine, fakenet):
     _fake_features(tmp_path, np.random.default_rng(0))
-    monkeypatch.setattr(boost_mod, "resolve_name", lambda n: n)
-    monkeypatch.setattr(feat_mod, "resolve_name", lambda n: n)
     m = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), rounds=60, early_stopping=10,
                               max_bin=32, colsample=1.0, device="cpu"))
     d = tmp_path / f"{engine}_fakenet"
+    assert m["device"] == "cpu" and m["device_reason"]
     pred = pd.read_parquet(d / "test_predictions.parquet")
     p = pred[list(schema.TARGET_NAMES)].to_numpy()
     assert p.min() >= 0 and p.max() <= 1 and len(pred) == 60
@@ -108,6 +121,7 @@ def _fake_backbone(out: Path, name: str, shards: Path, noise: float, rng, test_n
     (out / name).mkdir(parents=True)
     (out / name / "config.json").write_text(json.dumps({"shards": str(shards)}))
     (out / name / "training_complete.txt").write_text("done\n")
+    (out / name / "metrics.json").write_text(json.dumps({}))
     for split in ("val", "test"):
         lab = split_labels(shards, split)
         y = lab[list(schema.TARGET_NAMES)].to_numpy()
@@ -165,6 +179,7 @@ def test_report_with_18_models(train_shards, tmp_path):
             shutil.copy(tmp_path / b / "test_predictions.parquet", d / "test_predictions.parquet")
             (d / "metrics.json").write_text(json.dumps({"test": met, "val": met, "train_time_s": 3.0,
                                                         "best_iteration": 9, "test_predict_rows_per_s": 1e4}))
+            (d / "config.json").write_text(json.dumps({"engine": engine, "backbone": b}))
             (d / "boost_complete.txt").write_text("done\n")
     for method in ("equal", "accuracy", "inverse_mae"):
         run_ensemble(method, tmp_path)
@@ -200,6 +215,7 @@ backbones: [resnet50]
 """)
     cfg = resolve_study(None, cfg_file)
     rep = run_study(cfg)
+    assert (tmp_path / "art/study_config.yaml").exists()
     assert rep["models"] == 6  # 1 backbone + 2 boosters + 3 ensembles
     table = pd.read_csv(tmp_path / "art/model_comparison/comparison_table.csv")
     assert set(table["name"]) == {"resnet50", "xgboost_resnet50", "lightgbm_resnet50", "ensemble_equal",
@@ -214,15 +230,10 @@ backbones: [resnet50]
 
 
 @pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
-def test_boost_on_a_two_worker_dask_cluster(tmp_path, engine, monkeypatch):
+def test_boost_on_a_two_worker_dask_cluster(tmp_path, engine, fakenet):
     from distributed import LocalCluster
 
-    import gzpipe.boost as boost_mod
-    import gzpipe.features as feat_mod
-
     _fake_features(tmp_path, np.random.default_rng(0))
-    monkeypatch.setattr(boost_mod, "resolve_name", lambda n: n)
-    monkeypatch.setattr(feat_mod, "resolve_name", lambda n: n)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       host="127.0.0.1") as cluster:  # loopback only
         m = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), rounds=25, early_stopping=5,

@@ -134,7 +134,7 @@ def test_config_file_and_flag_precedence(train_shards, tmp_path):
     assert cfg.backbone == "regnety_8gf" and cfg.lr == 1e-3 and cfg.epochs == 5 and cfg.patience == 3
     assert cfg.batch_size == 32  # from the per-backbone table
     f.write_text(json.dumps({"learning_rate": 1}))
-    with pytest.raises(GzpipeError, match="unknown keys: learning_rate"):
+    with pytest.raises(GzpipeError, match="unknown key 'learning_rate'; valid keys: .*lr"):
         resolve("resnet50", str(train_shards), f)
     with pytest.raises(GzpipeError, match="choose one of resnet50, efficientnet_v2_s, convnext_base, swin_v2_s, regnety_8gf"):
         resolve_name("vgg16")
@@ -192,19 +192,19 @@ class _DeadWorkerLoader:
         raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
 
 
-class _Stop:
-    def __init__(self, signal):
-        self.signal = signal
-
-
 def test_dead_worker_after_a_stop_signal_ends_evaluation_quietly_but_is_an_error_otherwise():
     """A group SIGTERM makes the DataLoader workers exit; when the main process has the stop request, that is the
     end of loading (the run saves a checkpoint), not a crash. Without one, a dead worker is still an error."""
+    from gzpipe.stopping import STOP
     from gzpipe.train.loop import LogitsModel, evaluate
     net = LogitsModel(create_model("resnet50", "sigmoid"))
-    assert evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse", stop=_Stop("SIGTERM")) is None
+    STOP.request("SIGTERM")
+    try:
+        assert evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse") is None
+    finally:
+        STOP.reset()
     with pytest.raises(RuntimeError, match="exited unexpectedly"):
-        evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse", stop=_Stop(None))
+        evaluate(net, _DeadWorkerLoader(), torch.device("cpu"), False, "mse")
 
 
 def test_ddp_two_cpu_processes(train_shards, tmp_path):
@@ -244,4 +244,4 @@ def test_real_sample_shards_and_trains_a_step(real_sample, tmp_path):
     r = run_train(_cfg(tmp_path / "shards", tmp_path / "art", epochs=1))
     assert r["epochs_run"] == 1 and 0 < r["test"]["mae"] < 0.6
     cfg = resolve_study("real", None)  # the preset points at the same sample
-    assert Path(cfg["data"]["catalog"]).name == "labels_manifest_800.csv"
+    assert Path(cfg.data.catalog).name == "labels_manifest_800.csv" and Path(cfg.data.catalog).exists()

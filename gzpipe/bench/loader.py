@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,9 +95,22 @@ def bench_decode_ceiling(jpgs: list[bytes], workers: int, passes: int) -> dict:
             "passes": [round(r * w, 1) for r in rates]}
 
 
-def run(shards: Path, backend: str = "pil", image_size: int = 224, batch_size: int = 64, workers: int = 2,
-        passes: int = 3, split: str = "train", device: str | None = None, references: bool = True) -> list[dict]:
-    shards = Path(shards)
+@dataclass
+class LoaderBenchConfig:
+    shards: str
+    backend: str = "pil"
+    image_size: int = 224
+    batch_size: int = 64
+    workers: int = 2
+    passes: int = 3
+    split: str = "train"
+    device: str | None = None
+    references: bool = True
+
+
+def run(cfg: LoaderBenchConfig) -> list[dict]:
+    shards, backend, image_size, batch_size = Path(cfg.shards), cfg.backend, cfg.image_size, cfg.batch_size
+    workers, passes, split, device, references = cfg.workers, cfg.passes, cfg.split, cfg.device, cfg.references
     sp = split_shards(shards, split)
     m = sp.manifest
     base = {"image_size": image_size, "batch_size": batch_size, "workers": workers, "split": split,

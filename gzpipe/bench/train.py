@@ -13,14 +13,15 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from gzpipe.bench.machine import describe
 from gzpipe.loaders import create_loader
 from gzpipe.models import BACKBONES, create_model, resolve_name
-from gzpipe.train.loop import LogitsModel, amp_context, masked_loss
+from gzpipe.device import precision as amp_context, resolve_device
+from gzpipe.train.loop import LogitsModel, masked_loss
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -29,11 +30,28 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(backbone: str, image_size: int = 224, batch_size: int = 64, shards: Path | None = None, backend: str = "auto",
-        workers: int = 2, device: str | None = None, amp: str = "bf16", channels_last: bool | None = None,
-        steps: int = 10, warmup: int = 3, repeats: int = 3) -> list[dict]:
+@dataclass
+class TrainBenchConfig:
+    backbone: str
+    image_size: int = 224
+    batch_size: int = 64
+    shards: str | None = None
+    backend: str = "auto"
+    workers: int = 2
+    device: str | None = None
+    amp: str = "bf16"
+    channels_last: bool | None = None
+    steps: int = 10
+    warmup: int = 3
+    repeats: int = 3
+
+
+def run(cfg: TrainBenchConfig) -> list[dict]:
+    backbone, image_size, batch_size, shards, backend = cfg.backbone, cfg.image_size, cfg.batch_size, cfg.shards, cfg.backend
+    workers, device, amp, channels_last = cfg.workers, cfg.device, cfg.amp, cfg.channels_last
+    steps, warmup, repeats = cfg.steps, cfg.warmup, cfg.repeats
     name = resolve_name(backbone)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device or "auto")
     cl = BACKBONES[name].channels_last(dev.type) if channels_last is None else channels_last
     net = LogitsModel(create_model(name)).to(dev)
     if cl:

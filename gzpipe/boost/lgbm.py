@@ -1,62 +1,95 @@
 """LightGBM engine: one booster per target (LightGBM has no multi-output), each early-stopped on val. Masked
 entries get weight 0 for that target only. The feature matrix is binned once and shared by the 30 boosters
-(label and weight swapped per target). GPU (the registry wheel's OpenCL ``gpu`` learner) where it works, else
-the CPU, with the reason logged. Models are saved as LightGBM text files."""
+(label and weight swapped per target). A CUDA build's ``cuda`` learner where one is installed and a GPU is there,
+else the registry wheel's OpenCL ``gpu`` learner where it works, else the CPU, with the reason logged. Models are
+saved as LightGBM text files."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gzpipe import schema
+from gzpipe.device import cuda_available
+from gzpipe.errors import GzpipeError
 from gzpipe.features import read_features
 from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
+from gzpipe.stopping import STOP
+
+MODELS = "models"
 
 
-def _pick_device(cfg, lgb) -> tuple[str, str]:
+@dataclass
+class Params:
+    """LightGBM's own parameters (the common ones are BoostConfig's)."""
+
+    num_leaves: int = 31
+    min_data_in_leaf: int = 5
+
+    def validate(self) -> None:
+        if self.num_leaves < 2:
+            raise GzpipeError(f"num_leaves must be at least 2, got {self.num_leaves}")
+        if self.min_data_in_leaf < 1:
+            raise GzpipeError(f"min_data_in_leaf must be at least 1, got {self.min_data_in_leaf}")
+
+
+def _learner_works(lgb, device_type: str) -> tuple[bool, str]:
+    """Try a learner on a tiny problem before relying on it (builds without it raise at once)."""
+    try:
+        x = np.random.default_rng(0).random((64, 4))
+        lgb.train({"device_type": device_type, "verbose": -1, "num_leaves": 4}, lgb.Dataset(x, x[:, 0]), 1)
+        return True, ""
+    except Exception as e:  # noqa: BLE001 - any failure means: not usable here
+        return False, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def pick_device(cfg) -> tuple[str, str]:
+    import lightgbm as lgb
+
     if cfg.device == "cpu":
         return "cpu", "asked for the CPU"
-    try:
-        import torch
-
-        if not torch.cuda.is_available() and cfg.device == "auto":
-            return "cpu", "no GPU here"
-    except ImportError:
-        pass
-    try:  # the registry wheel has the OpenCL learner; try it on a tiny problem before relying on it
-        x = np.random.default_rng(0).random((64, 4))
-        lgb.train({"device_type": "gpu", "verbose": -1, "num_leaves": 4}, lgb.Dataset(x, x[:, 0]), 1)
-        return "gpu", "OpenCL gpu learner works"
-    except Exception as e:  # noqa: BLE001 - any failure means: use the CPU
-        return "cpu", f"gpu learner unusable ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    if not cuda_available():
+        if cfg.device.startswith("cuda"):
+            raise GzpipeError(f"device {cfg.device!r} asked for, but no CUDA device is usable here; use cpu (or auto)")
+        return "cpu", "no GPU here"
+    ok, why_cuda = _learner_works(lgb, "cuda")
+    if ok:
+        return "cuda", "CUDA learner of a CUDA build"
+    ok, why_gpu = _learner_works(lgb, "gpu")
+    if ok:
+        return "gpu", "OpenCL gpu learner (this build has no CUDA learner; see the README for the CUDA build)"
+    return "cpu", f"no GPU learner in this LightGBM build (cuda: {why_cuda}; gpu: {why_gpu})"
 
 
-def train(cfg, run_dir: Path):
+def train(cfg, params: Params, run_dir: Path):
     import lightgbm as lgb
 
     if cfg.dask_scheduler:
-        return _train_dask(cfg, run_dir)
-    device, why = _pick_device(cfg, lgb)
-    print(f"lightgbm_{cfg.backbone}: device {device} ({why})", flush=True)
+        return _train_dask(cfg, params, run_dir)
     _, xtr, ytr, mtr = read_features(cfg.out, cfg.backbone, "train")
     _, xva, yva, mva = read_features(cfg.out, cfg.backbone, "val")
-    params = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
-              "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": device, "verbose": -1,
-              "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or cpu_count(),
-              "min_data_in_leaf": 5}
-    ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params["min_data_in_leaf"], "feature_pre_filter": False,
+    p = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": params.num_leaves,
+         "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": cfg.device, "verbose": -1,
+         "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or cpu_count(),
+         "min_data_in_leaf": params.min_data_in_leaf}
+    ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params.min_data_in_leaf, "feature_pre_filter": False,
                  "verbose": -1}
-    params.update(ds_params)
+    p.update(ds_params)
     dtrain = lgb.Dataset(xtr, label=np.nan_to_num(ytr[:, 0]), weight=mtr[:, 0].astype(np.float64),
                          params=ds_params, free_raw_data=False).construct()
     dval = lgb.Dataset(xva, label=np.nan_to_num(yva[:, 0]), weight=mva[:, 0].astype(np.float64), reference=dtrain,
                        params=ds_params, free_raw_data=False).construct()
-    models_dir = run_dir / "models"
+    models_dir = run_dir / MODELS
     models_dir.mkdir(parents=True, exist_ok=True)
     boosters, best = [], []
+
+    def stop_check(env) -> None:  # a safe point after every tree: nothing of this target is written yet
+        STOP.check()
+
     with progress_bar(f"lightgbm_{cfg.backbone}", total=schema.N_TARGETS, unit="targets") as bar:
         for j, name in enumerate(schema.TARGET_NAMES):
             bar.advance(1 if j else 0)
@@ -68,23 +101,35 @@ def train(cfg, run_dir: Path):
             dtrain.set_weight(mtr[:, j].astype(np.float64))
             dval.set_label(np.nan_to_num(yva[:, j]))
             dval.set_weight(np.maximum(mva[:, j].astype(np.float64), 1e-12))  # all-zero weights would break the metric
-            b = lgb.train(params, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
-                          callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+            b = lgb.train(p, dtrain, num_boost_round=cfg.rounds, valid_sets=[dval],
+                          callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False), stop_check])
             with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:
                 b.save_model(str(tmp), num_iteration=b.best_iteration or None)
             boosters.append(b)
             best.append(int(b.best_iteration or b.current_iteration()))
         bar.advance(1)
+    return _predictor(boosters, best), {"best_iterations": best, "trees": int(sum(best)), "model_dir": MODELS}
 
+
+def _predictor(boosters: list, best: list[int]):
     def predict(x: np.ndarray) -> np.ndarray:
         cols = [np.full(len(x), 0.5) if b is None else b.predict(x, num_iteration=it or None)
                 for b, it in zip(boosters, best)]
         return np.column_stack(cols)
 
-    return predict, {"device": device, "device_reason": why, "best_iterations": best, "model_dir": "models"}
+    return predict
 
 
-def _train_dask(cfg, run_dir: Path):
+def load(run_dir: Path, config: dict, metrics: dict):
+    import lightgbm as lgb
+
+    files = sorted((Path(run_dir) / metrics.get("model_dir", MODELS)).glob("[0-9][0-9]_*.txt"))
+    by_index = {int(f.name[:2]): lgb.Booster(model_file=str(f)) for f in files}
+    boosters = [by_index.get(j) for j in range(schema.N_TARGETS)]
+    return _predictor(boosters, [0] * schema.N_TARGETS)  # files were saved at their best iteration
+
+
+def _train_dask(cfg, params: Params, run_dir: Path):
     """``lightgbm.dask``: one distributed regressor per target on an existing cluster; masked rows get
     sample weight 0 for that target. No early stopping here (lightgbm.dask has none); ``rounds`` trees each."""
     import dask.dataframe as dd
@@ -97,23 +142,22 @@ def _train_dask(cfg, run_dir: Path):
         df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, "train")))
         fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
         x = df[fcols].astype("float32").to_dask_array(lengths=True)
-        models_dir = run_dir / "models"
+        models_dir = run_dir / MODELS
         models_dir.mkdir(parents=True, exist_ok=True)
         boosters = []
         for j, name in enumerate(schema.TARGET_NAMES):
+            STOP.check()
             y = df[name].fillna(0.0).to_dask_array(lengths=True)
             w = df[f"mask:{name}"].astype("float64").to_dask_array(lengths=True)
             reg = lgb.DaskLGBMRegressor(client=client, n_estimators=cfg.rounds, learning_rate=cfg.learning_rate,
-                                        num_leaves=cfg.num_leaves, max_bin=cfg.max_bin, colsample_bytree=cfg.colsample,
-                                        random_state=cfg.seed, verbose=-1, min_child_samples=5)
+                                        num_leaves=params.num_leaves, max_bin=cfg.max_bin,
+                                        colsample_bytree=cfg.colsample, random_state=cfg.seed, verbose=-1,
+                                        min_child_samples=params.min_data_in_leaf)
             reg.fit(x, y, sample_weight=w)
             b = reg.to_local().booster_
             with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:
                 b.save_model(str(tmp))
             boosters.append(b)
-
-    def predict(xx: np.ndarray) -> np.ndarray:
-        return np.column_stack([b.predict(xx) for b in boosters])
-
-    return predict, {"device": "cpu", "device_reason": "dask workers", "best_iterations": [cfg.rounds] * len(boosters),
-                     "model_dir": "models", "dask_scheduler": cfg.dask_scheduler}
+    return _predictor(boosters, [cfg.rounds] * len(boosters)), {
+        "best_iterations": [cfg.rounds] * len(boosters), "trees": cfg.rounds * len(boosters), "model_dir": MODELS,
+        "dask_scheduler": cfg.dask_scheduler}

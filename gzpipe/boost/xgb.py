@@ -14,17 +14,48 @@ with ``colsample_bytree=0.25`` too). ``max_bin=64`` and ``colsample=0.25`` keep 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gzpipe import schema
+from gzpipe.device import cuda_available
+from gzpipe.errors import GzpipeError
 from gzpipe.features import features_path, iter_feature_batches
 from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
+from gzpipe.stopping import STOP
 
 MASKED = -1.0
+MULTI_STRATEGIES = ("one_output_per_tree", "multi_output_tree")
+
+
+@dataclass
+class Params:
+    """XGBoost's own parameters (the common ones - rounds, learning rate, bins, column sampling - are BoostConfig's)."""
+
+    max_depth: int = 6
+    multi_strategy: str = "one_output_per_tree"
+
+    def validate(self) -> None:
+        if self.max_depth < 1:
+            raise GzpipeError(f"max_depth must be at least 1, got {self.max_depth}")
+        if self.multi_strategy not in MULTI_STRATEGIES:
+            raise GzpipeError(f"unknown --multi-strategy {self.multi_strategy!r}; choose one of "
+                              f"{', '.join(MULTI_STRATEGIES)}")
+
+
+def pick_device(cfg) -> tuple[str, str]:
+    """XGBoost's ``device``: CUDA's hist on a GPU (asked for, or ``auto`` with one present), else the CPU."""
+    if cfg.device == "cpu":
+        return "cpu", "asked for the CPU"
+    if cfg.device.startswith("cuda"):
+        if not cuda_available():
+            raise GzpipeError(f"device {cfg.device!r} asked for, but no CUDA device is usable here; use cpu (or auto)")
+        return cfg.device, "asked for CUDA"
+    return ("cuda", "GPU hist on the CUDA device") if cuda_available() else ("cpu", "no GPU here")
 
 
 def encode_labels(y: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -47,17 +78,6 @@ def masked_rmse_metric(predt: np.ndarray, dmat):
     return "masked_rmse", float(np.sqrt(np.mean(d * d))) if d.size else 0.0
 
 
-def _device(cfg) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
 def _iterator(out, backbone, split):
     import xgboost as xgb
 
@@ -72,6 +92,7 @@ def _iterator(out, backbone, split):
             self._it = iter_feature_batches(out, backbone, split)
 
         def next(self, input_data) -> bool:
+            STOP.check()  # building the matrix can take minutes at full scale
             if self._it is None:
                 self.reset()
             try:
@@ -90,29 +111,30 @@ def _Progress(bar):
     class Progress(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
             bar.advance(1)
-            return False  # never asks to stop; early stopping is XGBoost's own
+            STOP.check()  # a safe point: nothing is written until training ends
+            return False  # early stopping is XGBoost's own
 
     return Progress()
 
 
-def _params(cfg, device: str) -> dict:
-    return {"tree_method": "hist", "device": device, "max_depth": cfg.max_depth, "learning_rate": cfg.learning_rate,
-            "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample, "multi_strategy": cfg.multi_strategy,
+def _params(cfg, params: Params) -> dict:
+    return {"tree_method": "hist", "device": cfg.device, "max_depth": params.max_depth,
+            "learning_rate": cfg.learning_rate, "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample,
+            "multi_strategy": params.multi_strategy,
             "disable_default_eval_metric": True, "base_score": 0.5, "seed": cfg.seed,
             "nthread": cfg.threads or cpu_count()}
 
 
-def train(cfg, run_dir: Path):
+def train(cfg, params: Params, run_dir: Path):
     import xgboost as xgb
 
-    device = _device(cfg)
     if cfg.dask_scheduler:
-        booster = _train_dask(cfg, device)
+        booster = _train_dask(cfg, params)
     else:
         dtrain = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "train"), max_bin=cfg.max_bin)
         dval = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "val"), ref=dtrain, max_bin=cfg.max_bin)
         with progress_bar(f"xgboost_{cfg.backbone}", total=cfg.rounds, unit="rounds") as bar:
-            booster = xgb.train(_params(cfg, device), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+            booster = xgb.train(_params(cfg, params), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
                                 obj=masked_objective, custom_metric=masked_rmse_metric,
                                 early_stopping_rounds=cfg.early_stopping, verbose_eval=False,
                                 callbacks=[_Progress(bar)])
@@ -121,14 +143,27 @@ def train(cfg, run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "model.ubj") as tmp:
         booster.save_model(str(tmp))  # UBJSON: XGBoost's own format
-    booster.set_param({"device": "cpu"})  # predictions below run on host arrays
+    info = {"best_iteration": int(best), "trees": (int(best) + 1) * schema.N_TARGETS,
+            "rounds_trained": booster.num_boosted_rounds(), "model_file": "model.ubj",
+            "dask_scheduler": cfg.dask_scheduler}
+    return _predictor(booster, int(best)), info
+
+
+def _predictor(booster, best: int):
+    booster.set_param({"device": "cpu"})  # predictions run on host arrays
 
     def predict(x: np.ndarray) -> np.ndarray:
         return booster.inplace_predict(x, iteration_range=(0, best + 1)).reshape(len(x), -1)
 
-    return predict, {"device": device, "best_iteration": int(best), "rounds_trained": booster.num_boosted_rounds(),
-                     "multi_strategy": cfg.multi_strategy, "model_file": "model.ubj",
-                     "dask_scheduler": cfg.dask_scheduler}
+    return predict
+
+
+def load(run_dir: Path, config: dict, metrics: dict):
+    import xgboost as xgb
+
+    b = xgb.Booster()
+    b.load_model(str(Path(run_dir) / metrics.get("model_file", "model.ubj")))
+    return _predictor(b, int(metrics["best_iteration"]))
 
 
 def _dask_split(client, cfg, split):
@@ -149,7 +184,7 @@ def _dask_split(client, cfg, split):
     return x, labels
 
 
-def _train_dask(cfg, device: str):
+def _train_dask(cfg, params: Params):
     import xgboost as xgb
     import xgboost.dask  # noqa: F401 - the submodule is not imported by `import xgboost`
     from distributed import Client
@@ -159,9 +194,9 @@ def _train_dask(cfg, device: str):
         xva, yva = _dask_split(client, cfg, "val")
         dtrain = xgb.dask.DaskQuantileDMatrix(client, xtr, ytr, max_bin=cfg.max_bin)
         dval = xgb.dask.DaskQuantileDMatrix(client, xva, yva, ref=dtrain, max_bin=cfg.max_bin)
-        params = _params(cfg, device)
-        params.pop("nthread")
-        out = xgb.dask.train(client, params, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+        p = _params(cfg, params)
+        p.pop("nthread")
+        out = xgb.dask.train(client, p, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
                              obj=masked_objective, custom_metric=masked_rmse_metric,
                              early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
         return out["booster"]

@@ -12,12 +12,15 @@ from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD
 @dataclass
 class Batch:
     """images: N x 3 x H x W float32, channels-last, normalised, on the training device;
-    targets: N x 30 float32 (masked entries are 0); mask: N x 30 bool (True = valid target); ids: N strings."""
+    targets: N x 30 float32 (masked entries are 0); mask: N x 30 bool (True = valid target); ids: N strings;
+    errors: None, or N strings (empty, or why that sample could not be decoded: its image is black) - only for
+    inputs that are not shards (`predict`'s files), where one bad file must not stop the rest."""
 
     images: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
     ids: list[str]
+    errors: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

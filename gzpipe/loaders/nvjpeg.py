@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from gzpipe.loaders.contract import Batch
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
 from gzpipe.loaders.stream import ShardStream, rebatch
-from gzpipe.signals import dataloader_worker_init
+from gzpipe.stopping import dataloader_worker_init
 
 
 def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> torch.Tensor:
@@ -37,28 +37,52 @@ def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> to
 
 
 class _Raw:
-    """Worker side: no decoding, only the JPEG bytes and the affine drawn for this sample."""
+    """Worker side: no decoding of JPEGs, only their bytes (1-D uint8) and the affine drawn for this sample. Other
+    formats (a PNG given to `predict`) are decoded here, to 3 x H x W uint8; a sample that failed is 3 x 1 x 1."""
 
     def __init__(self, train: bool):
         self.train = train
 
     def __call__(self, s: dict, rng: np.random.Generator):
         a = draw_affine(rng, self.train, PRESETS["train" if self.train else "eval"])
-        jpg = torch.frombuffer(bytearray(s["jpg"]), dtype=torch.uint8)
-        return jpg, torch.as_tensor(a, dtype=torch.float32), torch.from_numpy(s["targets"]), torch.from_numpy(s["mask"]), s["id"]
+        data = s["jpg"]
+        if data[:3] == b"\xff\xd8\xff":
+            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        else:
+            from PIL import Image
+            import io
+
+            payload = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+        return payload, torch.as_tensor(a, dtype=torch.float32), torch.from_numpy(s["targets"]), \
+            torch.from_numpy(s["mask"]), s["id"], ""
+
+    def failed(self, s: dict, reason: str):
+        a = torch.as_tensor(draw_affine(None, False), dtype=torch.float32)
+        return torch.zeros((3, 1, 1), dtype=torch.uint8), a, torch.from_numpy(s["targets"]), \
+            torch.from_numpy(s["mask"]), s["id"], reason
 
 
 def _collate(items):
-    jpgs, a, t, m, ids = zip(*items)
-    return list(jpgs), torch.stack(a), torch.stack(t), torch.stack(m), list(ids)
+    payloads, a, t, m, ids, errors = zip(*items)
+    return list(payloads), torch.stack(a), torch.stack(t), torch.stack(m), list(ids), list(errors)
+
+
+def _decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes decoded in one batched nvJPEG call; images decoded by the workers moved to the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpeg = [i for i, p in enumerate(payloads) if p.dim() == 1]
+    out = [p.to(device, non_blocking=True) if p.dim() == 3 else None for p in payloads]
+    if jpeg:
+        for i, im in zip(jpeg, decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)):
+            out[i] = im
+    return out
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
           rank: int, shuffle_buffer: int):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     if device.type != "cuda":
-        raise RuntimeError("the nvjpeg backend decodes on a CUDA device; use --backend pil or dali on a CPU")
+        raise RuntimeError("the nvjpeg loader backend decodes on a CUDA device; on the CPU use dali or pil")
     ds = ShardStream(shards, _Raw(train), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
                     worker_init_fn=dataloader_worker_init,
@@ -66,10 +90,9 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
 
     def batches(epoch: int):
         ds.epoch = epoch
-        for jpgs, a, targets, mask, ids in rebatch(iter(dl), batch_size, drop_last=train):
-            decoded = decode_jpeg(jpgs, mode=ImageReadMode.RGB, device=device)  # one batched nvJPEG call
-            images = warp_batch(decoded, a.numpy(), image_size)
+        for payloads, a, targets, mask, ids, errors in rebatch(iter(dl), batch_size, drop_last=train):
+            images = warp_batch(_decode(payloads, device), a.numpy(), image_size)
             yield Batch(images, targets.to(device, non_blocking=True), mask.to(device, non_blocking=True).bool(),
-                        list(ids))
+                        list(ids), list(errors) if any(errors) else None)
 
     return batches

@@ -1,8 +1,9 @@
 """Augmentation presets, defined once as data; every loader backend implements them the same way.
 
 Both presets are one affine map from output pixels to input pixels (rotation, flips, a crop around the centre,
-and the resize to ``image_size``), so each backend does a single bilinear warp: PIL's ``Image.transform``,
-DALI's ``fn.warp_affine`` and torch's ``grid_sample`` on the GPU all receive the matrix from ``pixel_matrix``.
+and the resize to ``image_size``), so each backend does a single bilinear warp: the `pil` backend's OpenCV
+``warpAffine`` (after Pillow decodes, with JPEG DCT scaling), DALI's ``fn.warp_affine`` and the `nvjpeg` backend's
+``grid_sample`` on the GPU all receive the matrix from ``pixel_matrix``.
 That is what makes the backends agree to within interpolation rounding.
 
 Normalised coordinates run from -1 to 1 across the image (pixel centres at (2i + 1) / n - 1).

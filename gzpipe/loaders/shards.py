@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from gzpipe.errors import GzpipeError
-from gzpipe.shard import read_manifest
+from gzpipe.manifest import read_manifest
 
 SPLITS = ("train", "val", "test")
 
@@ -27,6 +27,10 @@ class ShardFile:
     samples: int
     bytes: int
     sha256: str | None = None
+
+    def read(self) -> Iterator[dict]:
+        """The shard's samples (see ``iter_samples``): the unit of work a loader worker takes."""
+        return iter_samples(self)
 
 
 @dataclass(frozen=True)

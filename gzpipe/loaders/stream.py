@@ -1,8 +1,13 @@
 """The CPU-side sample stream shared by the `pil` and `nvjpeg` backends: a torch IterableDataset built as a chain
-of small generator stages (webdataset style). Each DataLoader worker reads its own whole shards.
+of small generator stages (webdataset style). Each DataLoader worker reads its own whole units.
 
-  shard files (shuffled per epoch in train) -> this rank's / this worker's shards -> samples (dicts)
+  units (shard files, or `predict`'s chunks of image files; shuffled per epoch in train)
+  -> this rank's / this worker's units -> samples (dicts: key, id, jpg, targets, mask [, error])
   -> [train] seeded shuffle buffer -> ``transform(sample, rng)`` -> what the DataLoader collates
+
+A unit is anything with ``read()`` yielding sample dicts. Shards are verified data, so a sample that fails to decode
+there means a damaged shard (an error naming it). Units marked ``tolerant`` (files a user points `predict` at) turn
+such a sample into an error sample instead: ``transform.failed(sample, reason)`` stands in for it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from gzpipe.loaders.presets import epoch_rng
 from gzpipe.errors import GzpipeError
-from gzpipe.loaders.shards import SplitShards, iter_samples
+from gzpipe.loaders.shards import SplitShards
 
 
 class ShardStream(IterableDataset):
@@ -46,8 +51,8 @@ class ShardStream(IterableDataset):
             random.Random(int(epoch_rng(self.seed, self.epoch, self.rank).integers(2**62))).shuffle(files)
         mine = files[wid::nworkers]
         rng = epoch_rng(self.seed, self.epoch, self.rank, wid)
-        # stream: sample dicts {key, id, jpg, targets, mask}
-        stream: Iterator = (s for f in mine for s in iter_samples(f))
+        # stream: sample dicts {key, id, jpg, targets, mask [, error]}
+        stream: Iterator = (s for f in mine for s in f.read())
         if self.train:
             # stream: the same dicts, shuffled in a seeded buffer (shards were shuffled at write time too)
             shuffle = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
@@ -55,13 +60,26 @@ class ShardStream(IterableDataset):
             stream = shuffle(stream)
         # stream: whatever the backend's transform returns (decoded+augmented images, or raw JPEG bytes)
         for s in stream:
+            if s.get("error"):
+                yield self.transform.failed(s, s["error"])
+                continue
             try:
                 out = self.transform(s, rng)
             except Exception as e:  # noqa: BLE001 - any decoding failure: name the sample and its shard
+                if s.get("tolerant"):
+                    yield self.transform.failed(s, _reason(e, s))
+                    continue
                 raise GzpipeError(f"sample {s['key']} in shard {s['shard']} cannot be decoded ({type(e).__name__}: "
                                   f"{e}); the shard was damaged after it was written: `gzpipe verify` lists every "
                                   "damaged shard and how to rebuild them") from None
             yield out
+
+
+def _reason(e: Exception, s: dict) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "cannot identify image file" in msg:
+        msg = "not an image in a format Pillow reads"
+    return f"cannot read image {s.get('name', s['key'])}: {msg}"
 
 
 def _unwrapped(batches: Iterator[tuple]) -> Iterator[tuple]:

@@ -4,40 +4,41 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gzpipe import schema
+from gzpipe import runs, schema
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.labels import aligned, split_labels
 from gzpipe.report import figures
-from gzpipe.report.collect import collect, dl_vs_gb
-
-
-def _prediction_dir(out: Path, name: str) -> Path:
-    return out / name
+from gzpipe.report.collect import DEEP, ENSEMBLE, collect, dl_vs_gb, engines_in
 
 
 def _shards_of(out: Path, table: pd.DataFrame) -> str | None:
-    for b in table.loc[table["kind"] == "deep", "name"]:
-        return json.loads((out / b / "config.json").read_text())["shards"]
+    for name in table["name"]:
+        return runs.shards_of(out / name)
     return None
 
 
 def run_report(out: str | Path = "artifacts") -> dict:
     out = Path(out)
-    table, raw = collect(out)
+    table, raw, stale = collect(out)
+    for name, changed in stale.items():
+        warnings.warn(f"report leaves out {name}: " + runs.stale_message(out / name, changed, "re-run its stage "
+                                                                          "(gzpipe study does it for you)"))
     if table.empty:
-        raise GzpipeError(f"no finished model under {out}; run `gzpipe study` or the stages first")
+        raise GzpipeError(f"no finished model under {out}"
+                          + (f" that is up to date ({len(stale)} out of date)" if stale else "")
+                          + "; run `gzpipe study` or the stages first")
     dest = out / "model_comparison"
     dest.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(dest)
-    table = table.sort_values(["kind", "mae"], key=lambda s: s.map({"deep": 0, "xgboost": 1, "lightgbm": 2,
-                                                                    "ensemble": 3}) if s.name == "kind" else s)
+    order = {k: i for i, k in enumerate([DEEP, *engines_in(table), ENSEMBLE])}
+    table = table.sort_values(["kind", "mae"], key=lambda s: s.map(order) if s.name == "kind" else s)
     with atomic_open(dest / "comparison_table.csv", "w") as f:
         table.to_csv(f, index=False, float_format="%.6g")
     gb = dl_vs_gb(table)
@@ -56,15 +57,15 @@ def run_report(out: str | Path = "artifacts") -> dict:
     figs["Per task"] = "per_task_heatmap.png"
     best = table.sort_values("mae").iloc[0]["name"]
     if shards:
-        pred = pd.read_parquet(out / best / "test_predictions.parquet")
+        pred = pd.read_parquet(runs.predictions_path(out / best, "test"))
         y, m = aligned(split_labels(shards, "test"), pred["id"].tolist())
         figures.predicted_vs_true(pred[list(schema.TARGET_NAMES)].to_numpy(), y, m, best, dest / "predicted_vs_true.png")
         figs["Predicted vs true"] = "predicted_vs_true.png"
-    histories = {n: raw[n]["history"] for n in table.loc[table["kind"] == "deep", "name"] if raw[n].get("history")}
+    histories = {n: raw[n]["history"] for n in table.loc[table["kind"] == DEEP, "name"] if raw[n].get("history")}
     if histories:
         figures.all_training_curves(histories, dest / "training_curves.png")
         figs["Training curves"] = "training_curves.png"
-    _write_html(dest, table, gb, figs, best, baseline)
+    _write_html(dest, table, gb, figs, best, baseline, stale)
     print(f"report: {len(table)} models -> {dest / 'report.html'} (best on test MAE: {best})", flush=True)
     return {"models": len(table), "best": best, "dir": str(dest)}
 
@@ -93,7 +94,7 @@ def _table_html(df: pd.DataFrame) -> str:
 
 
 def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[str, str], best: str,
-                baseline: dict | None) -> None:
+                baseline: dict | None, stale: dict[str, list[str]]) -> None:
     main_cols = ["name", "kind", "accuracy", "mae", "mse", "rmse", "parameters", "trees", "training_time_s",
                  "throughput_per_s", "throughput_of"]
     task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
@@ -108,6 +109,11 @@ def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[st
         base_txt = (f" The trivial baseline that predicts the train split's mean of each target scores MAE "
                     f"{baseline['mae']:.4f}, accuracy {baseline['accuracy']:.4f}; {beat} of {len(table)} models beat "
                     "its MAE (dashed line in the first figure).")
+    stale_txt = ""
+    if stale:
+        items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape('; '.join(c))}</li>" for n, c in stale.items())
+        stale_txt = (f"<p><b>Left out, out of date</b> (an input changed since the model was built; re-run its "
+                     f"stage, or <code>gzpipe study</code>):</p><ul>{items}</ul>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gzpipe study report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}table.t td,table.t th{{padding:3px 8px;
@@ -116,7 +122,7 @@ img{{max-width:100%;border:1px solid #eee}}</style></head><body>
 <h1>gzpipe: Galaxy Zoo 2 model comparison</h1>
 <p>{len(table)} models evaluated on the test split: 30 vote fractions over 10 GZ2 tasks. Accuracy rounds prediction and
 target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE: <b>{html.escape(best)}</b>.
-Ensemble weights were fitted on the validation split only.{base_txt}</p>
+Ensemble weights were fitted on the validation split only.{base_txt}</p>{stale_txt}
 <h2>Comparison</h2>{_table_html(table[main_cols])}
 <h2>Deep models beside their boosters</h2>{_table_html(gb)}
 <h2>Per-task accuracy</h2>{_table_html(tasks)}

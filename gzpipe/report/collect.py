@@ -1,22 +1,15 @@
-"""Gather every finished model's test metrics into rows."""
+"""Gather every finished, current model's test metrics into rows (runs whose inputs changed are left out and
+listed, with what changed)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from gzpipe import schema
-from gzpipe.boost import ENGINES
-from gzpipe.ensemble import METHODS
-from gzpipe.models import BACKBONES
+from gzpipe import runs
 
-
-def _param_count(backbone: str) -> int:
-    from gzpipe.models import create_model
-
-    return sum(p.numel() for p in create_model(backbone).parameters())
+DEEP, ENSEMBLE = "deep", "ensemble"
 
 
 def _row(name: str, kind: str, backbone: str, m: dict) -> dict:
@@ -30,52 +23,64 @@ def _row(name: str, kind: str, backbone: str, m: dict) -> dict:
     return row
 
 
-def collect(out: Path) -> tuple[pd.DataFrame, dict]:
-    """(comparison table, raw metrics by model name)."""
-    rows, raw = [], {}
-    deep_time = {}
-    for b in BACKBONES:
-        p = out / b / "metrics.json"
-        if (out / b / "training_complete.txt").exists() and p.exists():
-            m = json.loads(p.read_text())
-            r = _row(b, "deep", b, m)
-            r.update(parameters=_param_count(b), trees=None, training_time_s=m.get("wall_time_s"),
-                     throughput_per_s=m.get("images_per_s"), throughput_of="training images")
-            deep_time[b] = (m.get("wall_time_s") or 0.0, r["parameters"])
-            rows.append(r)
-            raw[b] = m
-    for engine in ENGINES:
-        for b in BACKBONES:
-            d = out / f"{engine}_{b}"
-            if (d / "boost_complete.txt").exists():
-                m = json.loads((d / "metrics.json").read_text())
-                trees = (m["best_iteration"] + 1) * schema.N_TARGETS if "best_iteration" in m else sum(m.get("best_iterations", []))
-                r = _row(f"{engine}_{b}", engine, b, m)
-                r.update(parameters=None, trees=trees, training_time_s=m["train_time_s"],
-                         throughput_per_s=m.get("test_predict_rows_per_s"), throughput_of="prediction rows (features given)")
-                rows.append(r)
-                raw[r["name"]] = m
-    for method in METHODS:
-        d = out / f"ensemble_{method}"
-        if (d / "metrics.json").exists():
-            m = json.loads((d / "metrics.json").read_text())
-            r = _row(f"ensemble_{method}", "ensemble", "+".join(m["models"]), m)
-            r.update(parameters=sum(deep_time.get(b, (0, 0))[1] for b in m["models"]), trees=None,
-                     training_time_s=sum(deep_time.get(b, (0, 0))[0] for b in m["models"]), throughput_per_s=None,
-                     throughput_of="")
-            rows.append(r)
-            raw[r["name"]] = m
-    return pd.DataFrame(rows), raw
+def collect(out: Path) -> tuple[pd.DataFrame, dict, dict[str, list[str]]]:
+    """(comparison table, raw metrics by model name, {stale model: what changed})."""
+    from gzpipe.models import BACKBONES, parameter_count
+
+    rows, raw, stale = [], {}, {}
+    found = runs.finished_runs(out)
+    current = []
+    for r in found:
+        changed = runs.changed_inputs(r.dir)
+        if changed:
+            stale[r.name] = changed
+        else:
+            current.append(r)
+    deep = {}
+    for r in (r for r in current if r.kind == runs.BACKBONE):
+        m = runs.read_json(r.dir, runs.METRICS)
+        row = _row(r.name, DEEP, r.name, m)
+        params = parameter_count(r.name) if r.name in BACKBONES else None
+        row.update(parameters=params, trees=None, training_time_s=m.get("wall_time_s"),
+                   throughput_per_s=m.get("images_per_s"), throughput_of="training images")
+        deep[r.name] = (m.get("wall_time_s") or 0.0, params or 0)
+        rows.append(row)
+        raw[r.name] = m
+    for r in (r for r in current if r.kind == runs.BOOSTER):
+        m = runs.read_json(r.dir, runs.METRICS)
+        cfg = runs.read_json(r.dir, runs.CONFIG)
+        trees = m.get("trees")
+        if trees is None:  # runs written before engines reported their tree count
+            trees = (m["best_iteration"] + 1) * 30 if "best_iteration" in m else sum(m.get("best_iterations", []))
+        row = _row(r.name, cfg["engine"], cfg["backbone"], m)
+        row.update(parameters=None, trees=trees, training_time_s=m["train_time_s"],
+                   throughput_per_s=m.get("test_predict_rows_per_s"), throughput_of="prediction rows (features given)")
+        rows.append(row)
+        raw[r.name] = m
+    for r in (r for r in current if r.kind == runs.ENSEMBLE):
+        m = runs.read_json(r.dir, runs.METRICS)
+        members = m["models"]
+        row = _row(r.name, ENSEMBLE, "+".join(members), m)
+        row.update(parameters=sum(deep.get(b, (0, 0))[1] for b in members) or None, trees=None,
+                   training_time_s=sum(deep.get(b, (0, 0))[0] for b in members), throughput_per_s=None,
+                   throughput_of="")
+        rows.append(row)
+        raw[r.name] = m
+    return pd.DataFrame(rows), raw, stale
+
+
+def engines_in(table: pd.DataFrame) -> list[str]:
+    """The boosting engines present, in the order they appear."""
+    return [k for k in dict.fromkeys(table["kind"]) if k not in (DEEP, ENSEMBLE)]
 
 
 def dl_vs_gb(table: pd.DataFrame) -> pd.DataFrame:
     out = []
-    for b in BACKBONES:
+    engines = engines_in(table)
+    for b in table.loc[table["kind"] == DEEP, "name"]:
         sub = table[table["backbone"] == b].set_index("kind")
-        if sub.empty:
-            continue
         row = {"backbone": b}
-        for kind in ("deep", *ENGINES):
+        for kind in (DEEP, *engines):
             for k in ("mae", "accuracy", "rmse"):
                 row[f"{kind}_{k}"] = sub.loc[kind, k] if kind in sub.index else None
         out.append(row)

@@ -14,7 +14,15 @@ import pandas as pd  # noqa: E402
 from gzpipe import schema  # noqa: E402
 from gzpipe.fileio import atomic_open  # noqa: E402
 
-KIND_COLOURS = {"deep": "#1f77b4", "xgboost": "#ff7f0e", "lightgbm": "#2ca02c", "ensemble": "#9467bd"}
+_PALETTE = ("#ff7f0e", "#2ca02c", "#d62728", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def kind_colours(kinds) -> dict[str, str]:
+    """Deep models blue, ensembles purple, each boosting engine its own colour (in the order they appear)."""
+    colours = {"deep": "#1f77b4", "ensemble": "#9467bd"}
+    engines = [k for k in dict.fromkeys(kinds) if k not in colours]
+    colours.update({k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(engines)})
+    return colours
 
 
 def _save(fig, path: Path) -> None:
@@ -28,7 +36,8 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
     t = table.sort_values("mae")
     h = max(3.0, 0.32 * len(t) + 1.2)
     fig, axes = plt.subplots(1, 2, figsize=(13, h), sharey=True)
-    colours = [KIND_COLOURS.get(k, "grey") for k in t["kind"]]
+    palette = kind_colours(t["kind"])
+    colours = [palette[k] for k in t["kind"]]
     y = np.arange(len(t))
     for ax, col, label in ((axes[0], "mae", "test MAE (lower is better)"),
                            (axes[1], "accuracy", "test accuracy, rounded to 0/1 (higher is better)")):
@@ -43,8 +52,8 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
     axes[1].set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
     axes[0].set_yticks(y, t["name"])
     axes[0].invert_yaxis()
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS.values()]
-    axes[1].legend(handles, KIND_COLOURS.keys(), loc="lower right", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
+    axes[1].legend(handles, palette.keys(), loc="lower right", fontsize=8)
     fig.suptitle("All models on the test split (best first)")
     _save(fig, path)
 
@@ -90,10 +99,14 @@ def predicted_vs_true(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, mo
 
 
 def all_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    from gzpipe.train.plots import epoch_axis
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    last = 1
     for i, (name, hist) in enumerate(histories.items()):
         ep = [h["epoch"] for h in hist]
-        axes[0].plot(ep, [h["train_loss"] for h in hist], "--", color=f"C{i}", alpha=0.6)
+        last = max([last, *ep])
+        axes[0].plot(ep, [h["train_loss"] for h in hist], "s--", color=f"C{i}", alpha=0.6, ms=3)
         axes[0].plot(ep, [h["val_loss"] for h in hist], "-o", color=f"C{i}", label=name, ms=3)
         axes[1].plot(ep, [h["val_mae"] for h in hist], "-o", color=f"C{i}", label=name, ms=3)
     axes[0].set(title="loss: validation (solid), train (dashed)", xlabel="epoch")
@@ -101,4 +114,5 @@ def all_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        epoch_axis(ax, last)
     _save(fig, path)

@@ -1,3 +1,3 @@
-from gzpipe.shard.stage import ShardConfig, read_manifest, run_shard
+from gzpipe.shard.stage import ShardConfig, run_shard
 
-__all__ = ["ShardConfig", "read_manifest", "run_shard"]
+__all__ = ["ShardConfig", "run_shard"]

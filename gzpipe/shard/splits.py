@@ -21,7 +21,7 @@ def unit_hash(seed: int, salt: str, key: str) -> float:
 
 def assign_splits(ids: list[str], seed: int, val: float, test: float) -> np.ndarray:
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"--val ({val}) and --test ({test}) must be in [0, 1) and sum to less than 1")
+        raise ValueError(f"val ({val}) and test ({test}) must be in [0, 1) and sum to less than 1")
     u = np.array([unit_hash(seed, "split", i) for i in ids])
     out = np.full(len(ids), "train", dtype=object)
     out[u < test + val] = "val"
@@ -32,7 +32,7 @@ def assign_splits(ids: list[str], seed: int, val: float, test: float) -> np.ndar
 def in_fraction(ids: list[str], seed: int, fraction: float) -> np.ndarray:
     """Which galaxies a ``--fraction`` subsample keeps; a larger fraction keeps a superset."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     return np.array([unit_hash(seed, "fraction", i) < fraction for i in ids], dtype=bool)
 
 

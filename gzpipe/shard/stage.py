@@ -27,14 +27,13 @@ from gzpipe import __version__, schema
 from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, write_json
+from gzpipe.manifest import LABELS, MANIFEST
 from gzpipe.progress import progress_bar
-from gzpipe.signals import worker_map
+from gzpipe.stopping import worker_map
 from gzpipe.shard.images import VERIFY_MODES, ImageRejected, load_jpeg
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo, write_shard
 
-MANIFEST = "manifest.json"
-LABELS = "labels.parquet"
 MANIFEST_VERSION = 1
 DONE_DIR = ".done"
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
@@ -57,17 +56,22 @@ class ShardConfig:
     shard_size: int = 1000
     workers: int = 1
     verify: str = "decode"
+    max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
 
-    def validate(self) -> None:
+    def validate(self, check_paths: bool = True) -> None:
         if self.shard_size < 1:
-            raise GzpipeError("--shard-size must be at least 1")
+            raise GzpipeError("shard_size must be at least 1")
         if self.resize is not None and not 8 <= self.resize <= 4096:
-            raise GzpipeError(f"--resize must be between 8 and 4096 px, got {self.resize}")
+            raise GzpipeError(f"resize must be between 8 and 4096 px, got {self.resize}")
         if not 1 <= self.quality <= 100:
-            raise GzpipeError(f"--quality must be 1..100, got {self.quality}")
+            raise GzpipeError(f"quality must be 1..100, got {self.quality}")
         if self.verify not in VERIFY_MODES:
-            raise GzpipeError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
-        if not Path(self.images).is_dir():
+            raise GzpipeError(f"verify must be one of {', '.join(VERIFY_MODES)}")
+        if not 0 <= self.max_rejected <= 1:
+            raise GzpipeError(f"max_rejected must be in [0, 1], got {self.max_rejected}")
+        if self.workers < 1:
+            raise GzpipeError("workers must be at least 1")
+        if check_paths and not Path(self.images).is_dir():
             raise GzpipeError(f"image folder not found: {self.images}")
         try:
             assign_splits([], self.seed, self.val, self.test)
@@ -128,7 +132,37 @@ def run_shard(cfg: ShardConfig) -> dict:
     manifest = _manifest(cfg, table, keep, infos, rejected, converted)
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
+    _check_rejections(manifest, cfg, out)
     return manifest
+
+
+def _check_rejections(m: dict, cfg: ShardConfig, out: Path) -> None:
+    """Nothing written, or more than ``max_rejected`` of the inputs rejected, is an error that names the main
+    reasons (the manifest, with every rejected row, stays for inspection)."""
+    c = m["counts"]
+    if c["inputs"] == 0:
+        raise GzpipeError(f"no catalogue row was kept (fraction {cfg.fraction} of {c['catalog_rows']} rows)")
+    share = c["rejected"] / c["inputs"]
+    if c["written"] and share <= cfg.max_rejected:
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(m["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3])
+    example = m["rejected"][0]["reason"] if m["rejected"] else ""
+    hint = _rejection_hint(m["rejected_by_reason"], cfg)
+    what = "no galaxy was written" if not c["written"] else (f"{share:.0%} of the rows were rejected (more than "
+                                                             f"--max-rejected {cfg.max_rejected:g})")
+    raise GzpipeError(f"{what}: {c['rejected']} of {c['inputs']} rejected ({reasons}; e.g. {example[:160]}){hint}; "
+                      f"every rejected row and its reason is in {out / MANIFEST}")
+
+
+def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
+    top = max(by_reason, key=by_reason.get) if by_reason else ""
+    if top == "missing_image":
+        return f"; is --images {cfg.images} the folder of the images?"
+    if top == "out_of_range":
+        return "; are the fractions given in percent? gzpipe expects 0 to 1"
+    if top == "no_mapping":
+        return "; is --mapping the gz2_filename_mapping.csv of this release?"
+    return ""
 
 
 def _write_labels(out: Path, jobs: list[_Job], rejected_rows: set[int]) -> None:
@@ -311,13 +345,3 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
         "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
     }
-
-
-def read_manifest(shards: Path) -> dict:
-    p = Path(shards) / MANIFEST
-    if not p.exists():
-        raise GzpipeError(f"no {MANIFEST} in {shards}: is this a folder written by `gzpipe shard`?")
-    try:
-        return json.loads(p.read_text())
-    except ValueError as e:
-        raise GzpipeError(f"{p} is not valid JSON ({e}); re-run `gzpipe shard` to rewrite it") from None

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from gzpipe.fileio import sha256_file
 from gzpipe.progress import progress_bar
-from gzpipe.shard.stage import read_manifest
+from gzpipe.stopping import STOP
+from gzpipe.manifest import read_manifest
 
 
 @dataclass
@@ -18,6 +19,7 @@ class ShardCheck:
     name: str
     ok: bool
     problem: str = ""
+    samples: int = 0
 
 
 def dali_index_text(tar_path: Path) -> str:
@@ -45,6 +47,7 @@ def verify_shards(root: str | Path, quick: bool = False) -> list[ShardCheck]:
     checks = []
     with progress_bar("verify", total=sum(s["bytes"] for s in shards), unit="B") as bar:
         for s in shards:
+            STOP.check()
             checks.append(_check_one(root, s, quick))
             bar.advance(s["bytes"])
     return checks
@@ -68,7 +71,7 @@ def _check_one(root: Path, s: dict, quick: bool) -> ShardCheck:
         return ShardCheck(s["name"], False, f"not a readable tar ({e})")
     if idx.read_text(errors="replace") != expected:
         return ShardCheck(s["name"], False, f"its index {idx.name} does not match the tar")
-    return ShardCheck(s["name"], True)
+    return ShardCheck(s["name"], True, samples=s["samples"])
 
 
 def rebuild_command(root: str | Path) -> str:

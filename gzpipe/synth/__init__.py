@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from gzpipe import schema
+from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp
 from gzpipe.progress import progress_bar
-from gzpipe.signals import worker_map
+from gzpipe.stopping import worker_map
 from gzpipe.synth.params import draw_params
 from gzpipe.synth.render import render
 from gzpipe.synth.volunteers import vote_counts
@@ -98,11 +99,19 @@ def _gz2_class(p) -> str:
     return "S" + bar + "dcba"[min(int(p.bulge_to_total * 5), 3)] + (str(min(p.n_arms, 5)) if p.n_arms else "")
 
 
+def _remove_extra_images(folder: Path, n: int) -> None:
+    """Images of an earlier, larger synth in the same folder (``<ASSET_BASE + i>.jpg`` with i >= n) would sit beside
+    a catalogue that no longer names them: remove them. Other files are left alone."""
+    for p in folder.glob("*.jpg"):
+        if p.stem.isdigit() and int(p.stem) >= ASSET_BASE + n:
+            p.unlink()
+
+
 def synth(cfg: SynthConfig) -> dict:
     """Write a synthetic release to ``cfg.out``; returns a summary. Existing identical files are rewritten
     identically, so re-running after an interruption is safe."""
     if cfg.n < 1:
-        raise ValueError("--n must be at least 1")
+        raise GzpipeError(f"n must be at least 1, got {cfg.n}")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out, recursive=True)
@@ -119,6 +128,7 @@ def synth(cfg: SynthConfig) -> dict:
             rows.append(row)
             params.append(par)
             bar.advance(1)
+    _remove_extra_images(out / "images", cfg.n)
     hart = pd.DataFrame(rows)
     mapping = pd.DataFrame(
         {"objid": hart["dr7objid"], "sample": hart["sample"], "asset_id": [ASSET_BASE + i for i in range(cfg.n)]}

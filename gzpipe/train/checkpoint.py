@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open
 
 LATEST = "latest_checkpoint.pth"
@@ -40,7 +41,22 @@ def save_latest(folder: Path, state: dict) -> None:
 
 
 def load(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint, loaded with ``weights_only=True``: a file holding code (a pickle that is not tensors and plain
+    data) is refused, never run. Unreadable files are a one-line error naming them."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pickle's UnpicklingError (gzpipe imports no pickle module), or damage
+        if type(e).__name__ != "UnpicklingError" and not isinstance(e, (RuntimeError, EOFError, OSError,
+                                                                           ValueError)):
+            raise
+        if type(e).__name__ == "UnpicklingError":
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise GzpipeError(f"checkpoint {path} cannot be loaded safely: it holds more than tensors and plain "
+                              f"data ({first[:120]}); it was not written by gzpipe, or was tampered with") from None
+        raise GzpipeError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).strip()[:120]}); "
+                          "re-run training (--restart) to rewrite it") from None
 
 
 def load_latest(folder: Path, map_location="cpu") -> dict | None:

@@ -1,4 +1,5 @@
-"""Training configuration: per-backbone defaults in one table, overridden by a config file, then by flags.
+"""Training configuration: the study's defaults, then the backbone's own (``BackboneSpec.defaults``), then a
+config file, then flags.
 
 The resolved config is saved as ``config.json`` in every run folder and inside every checkpoint.
 """
@@ -6,29 +7,28 @@ The resolved config is saved as ``config.json`` in every run folder and inside e
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gzpipe.configs import from_mapping
+from gzpipe.device import AMP, check_device_name
 from gzpipe.errors import GzpipeError
 from gzpipe.models import BACKBONES, resolve_name
+from gzpipe.models.heads import HEADS
 
-# The original study: batch 32, learning rate 3e-4, up to 250 epochs, patience 12. One row per backbone so a
-# backbone that needs other values changes one line; channels_last comes from the backbone registry.
-_STUDY = {"batch_size": 32, "lr": 3e-4, "epochs": 250, "patience": 12, "weight_decay": 0.05, "warmup_epochs": 3}
-DEFAULTS: dict[str, dict] = {
-    "resnet50": dict(_STUDY),
-    "efficientnet_v2_s": dict(_STUDY),
-    "convnext_base": dict(_STUDY),
-    "swin_v2_s": dict(_STUDY),
-    "regnety_8gf": dict(_STUDY),
-}
-assert set(DEFAULTS) == set(BACKBONES)  # invariant: every registered backbone has a row
+# The original study: batch 32, learning rate 3e-4, up to 250 epochs, patience 12. A backbone that needs other
+# values says so in its registry entry (``BackboneSpec.defaults``); every other key falls back to these.
+STUDY_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "epochs": 250, "patience": 12, "weight_decay": 0.05,
+                  "warmup_epochs": 3}
 
 MODES = ("resume", "restart", "skip")
-AMP = ("bf16", "fp16", "off")
+LOSSES = ("mse", "bce")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
                "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained")
+# Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
+NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
 
 @dataclass
@@ -70,57 +70,82 @@ class TrainConfig:
         return asdict(self)
 
 
-def resolve(backbone: str, shards: str, config_file: str | Path | None = None, **flags) -> TrainConfig:
-    """Table defaults < config file (JSON object of the same keys) < explicit flags (None = not given)."""
+def defaults_for(backbone: str) -> dict:
+    """The study's defaults overridden by the backbone's own registry defaults."""
+    return {**STUDY_DEFAULTS, **BACKBONES[resolve_name(backbone)].defaults}
+
+
+def read_config_file(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise GzpipeError(f"config file not found: {p}") from None
+    except ValueError as e:
+        raise GzpipeError(f"config file {p} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise GzpipeError(f"config file {p} must hold a JSON object of option names to values")
+    data.pop("backbone", None)
+    return data
+
+
+def resolve(backbone: str, shards: str, config_file: str | Path | None = None, check_paths: bool = True,
+            **flags) -> TrainConfig:
+    """Defaults < config file (JSON object of the same keys) < explicit flags (None = not given)."""
     name = resolve_name(backbone)
-    values: dict = {"backbone": name, "shards": str(shards), **DEFAULTS[name]}
-    known = {f.name for f in fields(TrainConfig)}
+    values: dict = dict(defaults_for(name))
     if config_file is not None:
-        p = Path(config_file)
-        try:
-            from_file = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise GzpipeError(f"config file not found: {p}") from None
-        except ValueError as e:
-            raise GzpipeError(f"config file {p} is not valid JSON: {e}") from None
-        if not isinstance(from_file, dict):
-            raise GzpipeError(f"config file {p} must hold a JSON object of option names to values")
-        unknown = sorted(set(from_file) - known)
-        if unknown:
-            raise GzpipeError(f"config file {p} has unknown keys: {', '.join(unknown)}")
-        from_file.pop("backbone", None)
-        values.update(from_file)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig(**values)
-    validate(cfg)
+        values.update(read_config_file(config_file))
+    values.update({k: v for k, v in flags.items() if v is not None and k not in ("out", "mode")})
+    where = f"config file {config_file}" if config_file is not None else "train options"
+    cfg = from_mapping(TrainConfig, values, where, exclude=NOT_USER_KEYS, backbone=name, shards=str(shards),
+                       **{k: flags[k] for k in ("out", "mode") if flags.get(k) is not None})
+    validate(cfg, check_paths)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
+def warn_short_run(cfg: TrainConfig) -> None:
+    """A warm-up longer than the run never reaches the peak learning rate: say so (once, when training starts)."""
+    if cfg.warmup_epochs > cfg.epochs:
+        warnings.warn(f"the warm-up ({cfg.warmup_epochs:g} epochs) is longer than the run ({cfg.epochs} epoch"
+                      f"{'s' if cfg.epochs > 1 else ''}): the learning rate reaches only "
+                      f"{100 * cfg.epochs / cfg.warmup_epochs:.0f}% of --lr; shorten --warmup-epochs", stacklevel=2)
+
+
+def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
+    """Ranges and names; with ``check_paths`` also the shard folder and ``--out``."""
     def bad(msg: str):
         raise GzpipeError(msg)
 
-    if cfg.epochs < 1:
-        bad("--epochs must be at least 1")
-    if cfg.batch_size < 1:
-        bad("--batch-size must be at least 1")
-    if not cfg.lr > 0:
-        bad("--lr must be positive")
-    if cfg.patience < 1:
-        bad("--patience must be at least 1")
-    if cfg.image_size < 16:
-        bad("--image-size must be at least 16")
+    for key, low in (("epochs", 1), ("batch_size", 1), ("patience", 1), ("image_size", 16), ("workers", 0),
+                     ("seed", 0), ("shuffle_buffer", 1)):
+        if getattr(cfg, key) < low:
+            bad(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    for key in ("lr", "grad_clip"):
+        if not getattr(cfg, key) > 0:
+            bad(f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("weight_decay", "warmup_epochs", "min_delta", "checkpoint_minutes"):
+        if getattr(cfg, key) < 0:
+            bad(f"{key} must not be negative, got {getattr(cfg, key)}")
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
+        bad("eval_batch_size must be at least 1")
     if cfg.mode not in MODES:
         bad(f"mode must be one of {', '.join(MODES)}")
     if cfg.amp not in AMP:
-        bad(f"--amp must be one of {', '.join(AMP)}")
-    if cfg.loss not in ("mse", "bce"):
-        bad("--loss must be mse or bce")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        bad("--device must be auto, cpu or cuda")
+        bad(f"amp must be one of {', '.join(AMP)}, got {cfg.amp!r}")
+    if cfg.loss not in LOSSES:
+        bad(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.head is not None and cfg.head not in HEADS:
+        bad(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+    check_device_name(cfg.device)
+    from gzpipe.loaders import check_backend_name
+
+    check_backend_name(cfg.backend)
     if cfg.weights and cfg.pretrained:
         bad("give either --weights PATH or --pretrained, not both")
+    if not check_paths:
+        return
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        bad(f"--out {cfg.out} is a file; give a folder for the runs")
+        bad(f"out {cfg.out} is a file; give a folder for the runs")
     if not (Path(cfg.shards) / "manifest.json").exists():
         bad(f"no manifest.json in {cfg.shards}: pass --shards with a folder written by `gzpipe shard`")

@@ -1,12 +1,12 @@
 """One epoch of training and one pass of evaluation, as plain functions.
 
-Precision is one switch (``amp_context``): bf16 autocast (or fp16 with a GradScaler) on CUDA, plain fp32 on the
-CPU, where bf16 autocast is 10-50x slower on this hardware.
+Precision is one switch (``gzpipe.device.precision``): bf16 autocast (or fp16 with a GradScaler) on CUDA, plain
+fp32 on the CPU, where bf16 autocast is 10-50x slower on this hardware. Both stop at a safe point (after a whole
+optimizer step, between evaluation batches) once a stop is asked for (``gzpipe.stopping.STOP``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,15 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gzpipe.device import precision as amp_context
 from gzpipe.loaders import Loader
 from gzpipe.progress import progress_bar
-
-
-def amp_context(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+from gzpipe.stopping import STOP, ends_loading
 
 
 def masked_loss(pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -74,10 +69,10 @@ class EvalResult:
 
 
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device, amp, cfg, epoch: int,
-                    max_batches: int, state: EpochState, checkpoint_fn, stop) -> EpochState:
+                    max_batches: int, state: EpochState, checkpoint_fn) -> EpochState:
     """Train over ``max_batches`` batches of ``loader`` (skipping the ``state.batches_done`` already done by an
     interrupted run); ``checkpoint_fn(state)`` is called when a mid-epoch checkpoint is due; returns early, with
-    ``state`` up to date, when ``stop.signal`` is set."""
+    ``state`` up to date, once a stop is asked for (the caller saves and stops)."""
     model.train()
     autocast = amp_context(device, amp)
     loader.set_epoch(epoch)
@@ -85,8 +80,10 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
     t0 = time.perf_counter() - state.seconds
     with progress_bar(f"epoch {epoch + 1}", total=max_batches, unit="batch") as bar:
         bar.advance(state.batches_done)
-        with _stop_ends_loading(stop):
+        with ends_loading(quiet=True):
             for i, batch in enumerate(loader):
+                if STOP:  # before the step: a stop that came while the batch loaded loses nothing
+                    break
                 if i >= max_batches:
                     break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
                 if i < state.batches_done:
@@ -114,7 +111,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
                 state.batches_done = i + 1
                 bar.advance(1)
                 bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
-                if stop.signal:
+                if STOP:
                     break
                 if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
                     state.seconds = time.perf_counter() - t0
@@ -133,36 +130,26 @@ def _forward(model, x, autocast):
     return core.activate(logits.float()), logits
 
 
-@contextlib.contextmanager
-def _stop_ends_loading(stop):
-    """A signal to the whole process group (a terminal, a batch scheduler) reaches the DataLoader workers too: on
-    SIGTERM they exit at once, and the main process may notice a dead worker before its next check of
-    ``stop.signal``. Once a stop has been asked for, that is the expected end of loading, not an error."""
-    try:
-        yield
-    except RuntimeError as e:
-        if stop is None or stop.signal is None or "exited unexpectedly" not in str(e):
-            raise
-
-
 @torch.inference_mode()
-def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None, stop=None) -> EvalResult | None:
-    """Predictions and loss over ``loader``; None when ``stop.signal`` was set while it ran."""
+def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None) -> EvalResult | None:
+    """Predictions and loss over ``loader``; None when a stop was asked for while it ran."""
     model.eval()
     autocast = amp_context(device, amp)
     ids, preds, targets, masks = [], [], [], []
     # Evaluate through the unwrapped module: DDP's forward broadcasts buffers (a collective), and a rank with
     # fewer (or no) evaluation batches would leave the others waiting in it forever.
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    with _stop_ends_loading(stop):
+    with ends_loading(quiet=True):
         for batch in loader:
+            if STOP:
+                break
             with autocast():
                 logits = core(batch.images)
             preds.append(core.activate(logits.float()).cpu())
             targets.append(batch.targets.cpu())
             masks.append(batch.mask.cpu())
             ids += batch.ids
-    if stop is not None and stop.signal is not None:
+    if STOP:
         return None
     pred = torch.cat(preds).numpy() if preds else np.zeros((0, 30), np.float32)
     target = torch.cat(targets).numpy() if targets else np.zeros((0, 30), np.float32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -78,12 +79,18 @@ def test_every_row_is_written_or_rejected_with_a_reason(images, tmp_path_factory
     work = tmp_path_factory.mktemp("cat")
     (work / "cat.csv").write_text(text)
     try:
-        m = run_shard(ShardConfig(catalog=work / "cat.csv", images=images, out=work / "out", shard_size=4))
-    except GzpipeError as e:  # the whole file refused: one line that names the file
+        m = run_shard(ShardConfig(catalog=work / "cat.csv", images=images, out=work / "out", shard_size=4,
+                                  max_rejected=1.0))
+    except GzpipeError as e:
         msg = str(e)
-        assert msg and "\n" not in msg and "cat.csv" in msg, msg
-        event("whole file refused")
-        return
+        assert msg and "\n" not in msg, msg
+        if not (work / "out/manifest.json").exists():  # the whole file refused: one line that names the file
+            assert "cat.csv" in msg, msg
+            event("whole file refused")
+            return
+        assert "no galaxy was written" in msg, msg  # every row rejected: an error, the manifest kept for reading
+        m = json.loads((work / "out/manifest.json").read_text())
+        event("every row rejected")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     c = m["counts"]
@@ -114,7 +121,8 @@ def test_huge_nan_and_string_values_are_rejected_per_row(images, tmp_path):
     rows = {1: "0.5", 2: "1e308", 3: "abc", 4: "nan", 5: "-1", 6: "0.25"}
     lines = [",".join(HART)] + [",".join([str(i)] + [v] + ["0.5"] * (len(HART) - 2)) for i, v in rows.items()]
     (tmp_path / "cat.csv").write_text("\n".join(lines) + "\n")
-    m = run_shard(ShardConfig(catalog=tmp_path / "cat.csv", images=images, out=tmp_path / "out", shard_size=4))
+    m = run_shard(ShardConfig(catalog=tmp_path / "cat.csv", images=images, out=tmp_path / "out", shard_size=4,
+                              max_rejected=1.0))
     rejected = {r["id"]: r["reason"] for r in m["rejected"]}
     assert set(rejected) == {"2", "3", "5"}, rejected  # NaN is a masked target, not a bad row
     assert "is not a number" in rejected["3"] and "outside [0, 1]" in rejected["2"]

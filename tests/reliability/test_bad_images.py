@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from gzpipe import schema
-from gzpipe.predict import run_predict
+from gzpipe.predict import PredictConfig, run_predict
 from gzpipe.shard import ShardConfig, run_shard
 from gzpipe.train.config import resolve
 from gzpipe.train.run import run_train
@@ -109,6 +109,7 @@ def cases(tmp_path_factory):
 def test_shard_rejects_or_converts_each_with_a_reason(cases, tmp_path, verify):
     root, expect = cases
     m = run_shard(ShardConfig(catalog=root / "labels.csv", images=root / "images", out=tmp_path / "s", shard_size=4,
+                              max_rejected=1.0,
                               val=0.0, test=0.0, verify=verify))
     rejected = {int(r["id"]): r["reason"] for r in m["rejected"]}
     converted = {int(r["id"]): r["reason"] for r in m["converted"]}
@@ -140,7 +141,8 @@ def test_predict_reports_each_bad_file_and_predicts_the_rest(cases, train_shards
     root, expect = cases
     run_train(resolve("resnet50", str(train_shards), None, out=str(tmp_path), image_size=32, batch_size=8, epochs=1,
                       workers=0, device="cpu", backend="pil"))
-    df = run_predict(tmp_path / "resnet50", [root / "images"], tmp_path / "p.csv", batch_size=4, workers=2)
+    df = run_predict(PredictConfig(model=str(tmp_path / "resnet50"), inputs=[str(root / "images")],
+                                   out=str(tmp_path / "p.csv"), batch_size=4, workers=2)).frame()
     df = df.set_index("id")
     assert len(df) == len(expect)
     for i, (name, outcome) in expect.items():

@@ -1,0 +1,165 @@
+"""The boosting stage: ``run_boost`` and ``load_booster`` (see the package docstring)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gzpipe import runs
+from gzpipe.configs import check_keys, unknown_keys_error
+from gzpipe.device import check_device_name
+from gzpipe.errors import GzpipeError
+from gzpipe.features import features_meta, features_path, iter_feature_batches
+from gzpipe.fileio import remove_stale_tmp, write_json
+from gzpipe.metrics import compute_metrics
+from gzpipe.models import resolve_name
+from gzpipe.stopping import STOP
+from gzpipe.boost.registry import ENGINES, engine
+
+
+@dataclass
+class BoostConfig:
+    engine: str
+    backbone: str
+    out: str = "artifacts"
+    rounds: int = 200
+    early_stopping: int = 20
+    learning_rate: float = 0.1
+    max_bin: int = 64
+    colsample: float = 0.25
+    device: str = "auto"
+    threads: int = 0  # 0 = all cores
+    seed: int = 42
+    force: bool = False
+    dask_scheduler: str | None = None
+    params: dict = field(default_factory=dict)  # the engine's own parameters (its ``Params``), by name
+
+    @property
+    def run_dir(self) -> Path:
+        return runs.booster_dir(self.out, self.engine, self.backbone)
+
+
+COMMON_KEYS = tuple(f.name for f in dataclasses.fields(BoostConfig)
+                    if f.name not in ("engine", "backbone", "out", "force", "params"))
+
+
+def engine_params(name: str, values: dict, where: str = "boost") -> object:
+    """The engine's ``Params`` from ``values``: keys that belong to another registered engine are left to it (a
+    study's ``boost:`` section serves every engine); a key that no engine knows is an error."""
+    impl = engine(name).impl()
+    own = {f.name for f in dataclasses.fields(impl.Params)}
+    others = {f.name for e in ENGINES.values() if e.name != name for f in dataclasses.fields(e.impl().Params)}
+    unknown = [k for k in values if k not in own and k not in others]
+    if unknown:
+        raise unknown_keys_error(where, unknown, sorted(set(COMMON_KEYS) | own | others))
+    checked = check_keys({k: v for k, v in values.items() if k in own}, where, impl.Params)
+    p = impl.Params(**checked)
+    if hasattr(p, "validate"):
+        p.validate()
+    return p
+
+
+def split_boost_section(section: dict, where: str = "boost") -> tuple[dict, dict]:
+    """A ``boost:`` mapping -> (common BoostConfig keys, engine parameters), checked against every engine."""
+    common = {k: v for k, v in section.items() if k in COMMON_KEYS}
+    rest = {k: v for k, v in section.items() if k not in COMMON_KEYS}
+    known = {f.name for e in ENGINES.values() for f in dataclasses.fields(e.impl().Params)}
+    unknown = [k for k in rest if k not in known]
+    if unknown:
+        raise unknown_keys_error(where, unknown, sorted(set(COMMON_KEYS) | known))
+    return check_keys(common, where, BoostConfig), rest
+
+
+def validate(cfg: BoostConfig) -> object:
+    engine(cfg.engine)
+    for key, low in (("rounds", 1), ("early_stopping", 1), ("max_bin", 2), ("threads", 0)):
+        if getattr(cfg, key) < low:
+            raise GzpipeError(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    if not cfg.learning_rate > 0:
+        raise GzpipeError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0 < cfg.colsample <= 1:
+        raise GzpipeError(f"colsample must be in (0, 1], got {cfg.colsample}")
+    check_device_name(cfg.device)
+    return engine_params(cfg.engine, cfg.params)
+
+
+def run_boost(cfg: BoostConfig) -> dict:
+    params = validate(cfg)
+    cfg.backbone = resolve_name(cfg.backbone)
+    run_dir = cfg.run_dir
+    remove_stale_tmp(run_dir, recursive=True)
+    if runs.is_complete(run_dir, runs.BOOSTER) and not cfg.force:
+        changed = runs.changed_inputs(run_dir)
+        if changed:
+            raise GzpipeError(runs.stale_message(run_dir, changed, f"`gzpipe boost --engine {cfg.engine} --backbone "
+                                                 f"{cfg.backbone} --force` retrains it"))
+        print(f"{cfg.engine}_{cfg.backbone}: already trained ({run_dir}); skipping (--force retrains)", flush=True)
+        return runs.read_json(run_dir, runs.METRICS)
+    for split in ("train", "val", "test"):
+        features_path(cfg.out, cfg.backbone, split)  # fail early, with the fix, when features are missing
+    inputs = {"features": features_meta(cfg.out, cfg.backbone),
+              "checkpoint": runs.best_checkpoint(runs.backbone_dir(cfg.out, cfg.backbone))}
+    impl = engine(cfg.engine).impl()
+    device, why = impl.pick_device(cfg)
+    print(f"{cfg.engine}_{cfg.backbone}: device {device} ({why})", flush=True)
+    runs.unmark(run_dir, runs.BOOSTER)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir)
+    train_time = time.perf_counter() - t0
+    metrics = {"model": f"{cfg.engine}_{cfg.backbone}", "engine": cfg.engine, "backbone": cfg.backbone,
+               "train_time_s": train_time, "device": device, "device_reason": why, **info}
+    for split in runs.EVAL_SPLITS:
+        STOP.check()
+        ids, preds, ys, ms = [], [], [], []
+        t1 = time.perf_counter()
+        for bid, x, y, m in iter_feature_batches(cfg.out, cfg.backbone, split):  # one pass: features and labels
+            ids += bid
+            preds.append(np.clip(predict(x), 0.0, 1.0))
+            ys.append(y)
+            ms.append(m)
+        rate = len(ids) / max(time.perf_counter() - t1, 1e-9)
+        pred = np.concatenate(preds)
+        metrics[split] = compute_metrics(pred, np.concatenate(ys), np.concatenate(ms))
+        metrics[f"{split}_predict_rows_per_s"] = rate
+        runs.write_predictions(run_dir, split, ids, pred)
+    write_json(run_dir / runs.CONFIG, {**asdict(cfg), "params": asdict(params), "device": device})
+    write_json(run_dir / runs.METRICS, metrics)
+    runs.record_inputs(run_dir, inputs)
+    runs.mark_complete(run_dir, runs.BOOSTER, f"{cfg.engine}_{cfg.backbone}: test MAE {metrics['test']['mae']:.5f}")
+    print(f"{cfg.engine}_{cfg.backbone}: test MAE {metrics['test']['mae']:.4f}  MSE {metrics['test']['mse']:.5f}  "
+          f"accuracy {metrics['test']['accuracy']:.4f}  ({train_time:.1f}s, {device}) -> {run_dir}", flush=True)
+    return metrics
+
+
+@dataclass
+class TrainedBooster:
+    """A finished booster: ``predict(features)`` -> N x 30 in [0, 1], and the backbone whose features it reads."""
+
+    name: str
+    engine: str
+    backbone: str
+    run_dir: Path
+    predict_raw: Callable[[np.ndarray], np.ndarray]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(self.predict_raw(np.asarray(x, dtype=np.float32)), 0.0, 1.0)
+
+
+def load_booster(run_dir: str | Path) -> TrainedBooster:
+    """A finished booster from its folder; the engine comes from its ``config.json``."""
+    d = Path(run_dir)
+    cfg = runs.read_json(d, runs.CONFIG)
+    name = cfg.get("engine")
+    if name not in ENGINES:
+        raise GzpipeError(f"{d} was trained with the boosting engine {name!r}, which this gzpipe does not have "
+                          f"(registered: {', '.join(ENGINES)}); register it before loading the run")
+    metrics = runs.read_json(d, runs.METRICS)
+    fn = ENGINES[name].impl().load(d, cfg, metrics)
+    return TrainedBooster(d.name, name, cfg["backbone"], d, fn)
+

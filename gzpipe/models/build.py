@@ -1,0 +1,104 @@
+"""Building a model by name: ``create_model(name, head=..., weights=PATH | pretrained=True)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gzpipe.errors import GzpipeError
+from gzpipe.models.heads import HEADS, GZHead
+from gzpipe.models.registry import BACKBONES, BackboneSpec, resolve_name
+
+
+class GZModel(nn.Module):
+    """Backbone (classifier removed) + a 30-output head. ``forward`` gives predictions in [0, 1];
+    ``features`` the penultimate features that the boosting stage uses."""
+
+    def __init__(self, backbone: nn.Module, head: GZHead, spec: BackboneSpec):
+        super().__init__()
+        self.backbone, self.head, self.spec = backbone, head, spec
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(self.backbone(x))
+
+
+def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent = root
+    *path, last = dotted.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, last, new)
+
+
+def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    if spec.build is not None:
+        if pretrained:
+            raise GzpipeError(f"backbone {spec.name} has no published pretrained weights; use --weights PATH")
+        return spec.build()
+    import torchvision.models as tvm
+
+    tv_weights = tvm.get_model_weights(spec.torchvision_name).DEFAULT if pretrained else None
+    try:
+        return tvm.get_model(spec.torchvision_name, weights=tv_weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise GzpipeError(
+            f"could not download torchvision's ImageNet weights for {spec.name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); without internet, download them elsewhere and pass "
+            f"--weights PATH"
+        ) from None
+
+
+def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = None,
+                 pretrained: bool = False) -> GZModel:
+    spec = BACKBONES[resolve_name(name)]
+    if head not in HEADS:
+        raise GzpipeError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if weights is not None and pretrained:
+        raise GzpipeError("give either --weights PATH or --pretrained, not both")
+    backbone = _build(spec, pretrained)
+    if weights is not None:
+        load_backbone_weights(backbone, spec, Path(weights))
+    _set_module(backbone, spec.classifier, nn.Identity())
+    return GZModel(backbone, HEADS[head](spec.features), spec)
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of the whole model (backbone and head), without building its weights twice per report."""
+    return _PARAMS.get(name) or _PARAMS.setdefault(name, sum(p.numel() for p in create_model(name).parameters()))
+
+
+_PARAMS: dict[str, int] = {}
+
+
+def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, path: Path) -> None:
+    """Load a local state dict of the backbone (its classification head is left out)."""
+    if not path.exists():
+        raise GzpipeError(f"--weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise GzpipeError(f"cannot read --weights {path} as a torch state dict ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    target = spec.torchvision_name or spec.name
+    head_prefix = spec.classifier + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when strict=False
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise GzpipeError(f"--weights {path} does not fit {target}: {first}") from None
+    missing = [k for k in missing if not k.startswith(head_prefix)]
+    if missing or unexpected:
+        raise GzpipeError(
+            f"--weights {path} does not fit {target}: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )

@@ -1,0 +1,270 @@
+"""`gzpipe predict --model artifacts/<name> IMAGES...`: any trained model on new galaxies, from a handful of files to
+a survey's millions.
+
+Inputs (``gzpipe.predict.inputs``): image files, folders, tar files, shard folders, catalogues with an id and an
+image path column. Images reach the model through the same loader backends, reduction and eval preset as in
+training (``--backend``: DALI or nvJPEG on a GPU, Pillow on CPU workers). ``--tta N`` averages N views (the exact
+dihedral views by default). The work is done in parts (``gzpipe.predict.parts``), each written as soon as it is
+finished, so a killed run re-does only unfinished parts; under ``torchrun`` the ranks share the parts.
+
+Output: one row per input, in input order: ``id``, ``path``, ``error`` (empty, or why the image could not be used -
+the rest go on), the 30 fractions under their Hart16 answer names and, with ``cumulative``, the Kaggle-style
+cumulative fractions (``Class1.1`` ...). Parquet (the default beyond ``CSV_MAX_ROWS`` rows) or CSV, by the
+suffix of ``--out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gzpipe import schema
+from gzpipe.device import check_device_name
+from gzpipe.errors import GzpipeError
+from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
+from gzpipe.loaders import check_backend_name
+from gzpipe.loaders.tta import check_tta
+from gzpipe.predict.inputs import collect_inputs
+from gzpipe.predict.parts import Part, plan_digest, plan_parts
+from gzpipe.progress import progress_bar
+from gzpipe.stopping import STOP, ends_loading
+
+CSV_MAX_ROWS = 5000
+SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass
+class PredictConfig:
+    model: str
+    inputs: list[str]
+    out: str | None = None  # None: predictions.csv, or predictions.parquet beyond CSV_MAX_ROWS rows
+    tta: int = 1
+    tta_kind: str = "dihedral"
+    cumulative: bool = False
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    backend: str = "auto"
+    part_size: int = 10_000
+    images: str | None = None  # base folder of a catalogue's relative paths
+    id_column: str | None = None
+    path_column: str | None = None
+    keep_parts: bool = False
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    rows: int
+    errors: int
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """The whole output as a DataFrame (reads it back: for outputs that fit in memory)."""
+        if self.out.suffix != ".csv":
+            return pd.read_parquet(self.out)
+        df = pd.read_csv(self.out, keep_default_na=False, dtype={"id": str, "path": str, "error": str})
+        for c in df.columns[3:]:
+            df[c] = pd.to_numeric(df[c], errors="coerce")  # an error row's empty cells are NaN
+        return df
+
+
+def check_output(out: Path) -> None:
+    """Before any work: a file name with a known suffix, in a folder that exists (or can be made), not a folder."""
+    if out.exists() and out.is_dir():
+        raise GzpipeError(f"--out {out} is a folder; give a file name such as {out / 'predictions.parquet'}")
+    if out.suffix.lower() not in SUFFIXES:
+        raise GzpipeError(f"--out {out}: give a file name ending in {' or '.join(SUFFIXES)}")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise GzpipeError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GzpipeError(f"--out {out}: cannot create {parent} ({e.strerror or e})") from None
+    if not os.access(parent, os.W_OK):
+        raise GzpipeError(f"--out {out}: {parent} is not writable")
+
+
+def _validate(cfg: PredictConfig) -> None:
+    check_tta(cfg.tta, cfg.tta_kind)
+    check_device_name(cfg.device)
+    check_backend_name(cfg.backend)
+    for key, low in (("batch_size", 1), ("workers", 0), ("part_size", 1)):
+        if getattr(cfg, key) < low:
+            raise GzpipeError(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    if cfg.out is not None:
+        check_output(Path(cfg.out))
+
+
+def _columns(cumulative: bool) -> list[str]:
+    return ["id", "path", "error", *schema.TARGET_NAMES, *(schema.KAGGLE_TARGET_COLUMNS if cumulative else ())]
+
+
+def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.ndarray, cumulative: bool) -> pa.Table:
+    cols = {"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
+            "error": pa.array(errors, pa.string())}
+    for j, n in enumerate(schema.TARGET_NAMES):
+        cols[n] = pa.array(pred[:, j], pa.float32())
+    if cumulative:
+        cum = schema.conditional_to_cumulative(pred)
+        for j, c in enumerate(schema.KAGGLE_TARGET_COLUMNS):
+            cols[c] = pa.array(cum[:, j], pa.float32())
+    return pa.table(cols)
+
+
+def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
+    """Predict one part: every image size its members need, then the weighted sum; error rows are NaN."""
+    from gzpipe.loaders import Units, create_loader, create_unit_loader
+
+    acc: np.ndarray | None = None
+    order: dict[str, int] = {}
+    errors: list[str] = []
+    first = True
+    for size in predictor.sizes:
+        if part.kind == "files":
+            loader = create_unit_loader(Units(part.chunks(), part.rows), cfg.backend, size, cfg.batch_size,
+                                        device=next(iter(predictor.backbones.values())).device, workers=cfg.workers)
+        else:
+            loader = create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
+                                   device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
+                                   rank=0, world_size=1)
+        if acc is None:
+            acc = np.zeros((part.rows, schema.N_TARGETS))
+            errors = [""] * part.rows
+        with ends_loading():
+            for batch in loader:
+                STOP.check()  # a safe point: the part's file is written only when the part is whole
+                if part.kind == "files":
+                    pos = [int(i) for i in batch.ids]
+                else:
+                    if first:
+                        for i in batch.ids:
+                            order.setdefault(i, len(order))
+                    pos = [order[i] for i in batch.ids]
+                acc[pos] += predictor.predict(batch.images, size, cfg.tta, cfg.tta_kind)
+                if batch.errors:
+                    for q, e in zip(pos, batch.errors):
+                        if e:
+                            errors[q] = e
+                if first:
+                    bar.advance(len(batch))
+        first = False
+    if part.kind == "files":
+        ids = [it.id for it in part.items]
+        paths = [it.path for it in part.items]
+    else:
+        ids = sorted(order, key=order.get)
+        paths = [part.folder] * len(ids)
+    pred = np.where(np.array([bool(e) for e in errors])[:, None], np.nan, np.clip(acc, 0.0, 1.0))
+    return _part_table(ids, paths, errors, pred, cfg.cumulative)
+
+
+def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int]:
+    """Stream the part files, in order, into ``out`` (Parquet row groups, or CSV chunks); returns (rows, errors)."""
+    rows = errors = 0
+    with atomic_open(out, "wb" if out.suffix == ".parquet" else "w") as f, contextlib.ExitStack() as stack:
+        writer = None
+        for i, p in enumerate(parts):
+            t = pq.read_table(parts_dir / f"{p.name}.parquet")
+            rows += t.num_rows
+            errors += sum(1 for e in t.column("error").to_pylist() if e)
+            if out.suffix == ".parquet":
+                writer = writer or stack.enter_context(pq.ParquetWriter(f, t.schema))
+                writer.write_table(t)
+            else:
+                t.to_pandas().to_csv(f, index=False, header=(i == 0), float_format="%.6f")
+    return rows, errors
+
+
+def run_predict(cfg: PredictConfig) -> PredictResult:
+    from gzpipe import runs
+    from gzpipe.device import resolve_device
+    from gzpipe.predict.model import load_predictor
+    from gzpipe.train import distributed as ddp
+
+    _validate(cfg)
+    runs.model_kind(Path(cfg.model))  # a clear word about the model folder before the inputs are read
+    found = collect_inputs(cfg.inputs, Path(cfg.images) if cfg.images else None, cfg.id_column, cfg.path_column)
+    total = found.count
+    out = Path(cfg.out) if cfg.out else Path("predictions" + (".parquet" if total > CSV_MAX_ROWS else ".csv"))
+    check_output(out)
+    d = ddp.setup("cpu")  # gloo, for the barrier between ranks; each rank predicts its own parts
+    try:
+        device = resolve_device(cfg.device, d.local_rank if d.enabled else None)
+        predictor = load_predictor(cfg.model, device)
+        parts = plan_parts(found.items, found.shard_folders, cfg.part_size)
+        settings = {"model": str(Path(cfg.model).resolve()), "tta": cfg.tta, "tta_kind": cfg.tta_kind,
+                    "cumulative": cfg.cumulative, "inputs": runs.input_record(
+                        {m: runs.best_checkpoint(Path(cfg.model).parent / m) for m in predictor.backbones},
+                        Path(cfg.model))}
+        digest = plan_digest(parts, settings)
+        parts_dir = out.with_name(out.name + ".parts")
+        if d.main:
+            _prepare_parts_dir(parts_dir, digest, len(parts))
+        ddp.barrier(d)
+        mine = [p for i, p in enumerate(parts) if i % d.world == d.rank]
+        todo = [p for p in mine if not (parts_dir / f"{p.name}.parquet").exists()]
+        if len(todo) < len(mine) and d.main:
+            print(f"predict: {len(mine) - len(todo)} of {len(mine)} parts already done in {parts_dir}; resuming",
+                  flush=True)
+        t0 = time.perf_counter()
+        with progress_bar(f"predict {predictor.name}", total=sum(p.rows for p in todo), unit="img") as bar:
+            for p in todo:
+                table = _run_part(p, predictor, cfg, bar)
+                with atomic_open(parts_dir / f"{p.name}.parquet", "wb") as f:
+                    pq.write_table(table, f)
+        ddp.barrier(d)
+        if not d.main:
+            return PredictResult(out, 0, 0, time.perf_counter() - t0, found.skipped)
+        rows, errors = _merge(parts_dir, parts, out)
+        if not cfg.keep_parts:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        seconds = time.perf_counter() - t0
+    finally:
+        ddp.cleanup(d)
+    res = PredictResult(out, rows, errors, seconds, found.skipped)
+    _summary(res, predictor, cfg, found)
+    return res
+
+
+def _prepare_parts_dir(parts_dir: Path, digest: str, n: int) -> None:
+    plan = parts_dir / "plan.json"
+    if parts_dir.exists():
+        import json
+
+        try:
+            same = json.loads(plan.read_text()).get("digest") == digest
+        except (OSError, ValueError):
+            same = False
+        if not same:  # parts of another plan (other inputs, model or options): start over
+            shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(parts_dir)
+    if not plan.exists():
+        write_json(plan, {"digest": digest, "parts": n})
+
+
+def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
+    notes = []
+    if res.errors:
+        notes.append(f"{res.errors} could not be read (see the error column)")
+    if found.skipped:
+        shown = "; ".join(found.skipped[:3]) + (f"; and {len(found.skipped) - 3} more" if len(found.skipped) > 3 else "")
+        notes.append(f"skipped {len(found.skipped)} file(s) that are not images: {shown}")
+    if found.duplicates:
+        notes.append(f"{found.duplicates} input(s) given more than once were predicted once")
+    rate = (res.rows / res.seconds) if res.seconds > 0 else 0.0
+    print(f"predicted {res.rows - res.errors} image(s) with {predictor.name} ({predictor.kind}"
+          + (f", TTA x{cfg.tta} {cfg.tta_kind}" if cfg.tta > 1 else "") + f"; {rate:,.0f} img/s) -> {res.out}"
+          + ("; " + "; ".join(notes) if notes else ""), flush=True)

@@ -1,0 +1,147 @@
+"""What `gzpipe predict` reads: image files, folders, tar files, shard folders and catalogues, gathered into items
+(each with an id and where its bytes are), de-duplicated, with the files it passed over listed.
+
+* a file: one item (``id`` = the file's stem);
+* a folder: its image files (``IMAGE_SUFFIXES``); other files are skipped and listed;
+* a shard folder (has ``manifest.json``): read by the shard loaders, every split;
+* a ``.tar``: its image members (``id`` = the sample's JSON id where there is one, else the member's key);
+* a catalogue (``.csv`` / ``.parquet``): an id column and an image-path column (``CATALOG_ID_COLUMNS``,
+  ``CATALOG_PATH_COLUMNS``, e.g. galaxy-datasets' ``id_str`` and ``file_loc``); relative paths are resolved against
+  ``images`` when given, else against the catalogue's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gzpipe.errors import GzpipeError
+from gzpipe.manifest import MANIFEST
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+CATALOG_SUFFIXES = (".csv", ".parquet")
+CATALOG_ID_COLUMNS = ("id_str", "id", "asset_id", "GalaxyID", "dr7objid", "objid", "iauname")
+CATALOG_PATH_COLUMNS = ("file_loc", "path", "file", "filename", "image", "location", "local_path")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    path: str  # a file, or "<tar>::<member>"
+
+
+@dataclass
+class Inputs:
+    items: list[Item] = field(default_factory=list)
+    shard_folders: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # files passed over in folders, with why
+    duplicates: int = 0
+
+    @property
+    def count(self) -> int:
+        from gzpipe.manifest import read_manifest
+
+        return len(self.items) + sum(read_manifest(f)["counts"]["written"] for f in self.shard_folders)
+
+
+def _tar_items(p: Path) -> list[Item]:
+    try:
+        with tarfile.open(p) as t:
+            members = [m for m in t.getmembers() if m.isfile()]
+            ids = {}
+            for m in members:
+                key, _, ext = m.name.partition(".")
+                if ext == "json" and m.size < 1 << 20:
+                    try:
+                        ids[key] = str(json.loads(t.extractfile(m).read())["id"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+    except (tarfile.TarError, OSError) as e:
+        raise GzpipeError(f"cannot read tar {p}: {e}") from None
+    out = []
+    for m in members:
+        key, _, ext = m.name.partition(".")
+        if "." + ext.lower() in IMAGE_SUFFIXES:
+            out.append(Item(ids.get(key, key), f"{p}::{m.name}"))
+    return out
+
+
+def _pick(columns: list[str], candidates: tuple[str, ...], given: str | None, what: str, path: Path) -> str:
+    if given:
+        if given not in columns:
+            raise GzpipeError(f"{path}: no column {given!r}; it has {', '.join(columns[:12])}")
+        return given
+    for c in candidates:
+        if c in columns:
+            return c
+    raise GzpipeError(f"{path}: no {what} column; expected one of {', '.join(candidates)} (found "
+                      f"{', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''})")
+
+
+def catalog_items(path: Path, images: Path | None = None, id_column: str | None = None,
+                  path_column: str | None = None) -> list[Item]:
+    """Items of a catalogue (see the module docstring)."""
+    import pandas as pd
+
+    from gzpipe.catalog import read_table
+
+    df = read_table(path, dtype=str)
+    cols = [str(c) for c in df.columns]
+    idc = _pick(cols, CATALOG_ID_COLUMNS, id_column, "id", path)
+    pc = _pick(cols, CATALOG_PATH_COLUMNS, path_column, "image path", path)
+    base = Path(images) if images else Path(path).parent
+    out = []
+    for gid, loc in zip(df[idc].astype(str), df[pc]):
+        if pd.isna(loc) or not str(loc).strip():
+            out.append(Item(gid, ""))
+            continue
+        p = Path(str(loc).strip())
+        out.append(Item(gid, str(p if p.is_absolute() else base / p)))
+    return out
+
+
+def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_column: str | None = None,
+                   path_column: str | None = None) -> Inputs:
+    found = Inputs()
+    seen: set[str] = set()
+
+    def add(it: Item) -> None:
+        key = it.path if "::" in it.path or not it.path else str(Path(it.path).resolve())
+        if it.path and key in seen:
+            found.duplicates += 1
+            return
+        seen.add(key)
+        found.items.append(it)
+
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir() and (p / MANIFEST).exists():
+            if p.resolve() not in {f.resolve() for f in found.shard_folders}:
+                found.shard_folders.append(p)
+            else:
+                found.duplicates += 1
+        elif p.is_dir():
+            for f in sorted(p.iterdir()):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    add(Item(f.stem, str(f)))
+                else:
+                    found.skipped.append(f"{f} (not an image file: {f.suffix or 'no suffix'})")
+        elif p.suffix.lower() == ".tar" and p.is_file():
+            for it in _tar_items(p):
+                add(it)
+        elif p.suffix.lower() in CATALOG_SUFFIXES and p.is_file():
+            for it in catalog_items(p, images, id_column, path_column):
+                add(it)
+        elif p.exists():
+            add(Item(p.stem, str(p)))
+        else:
+            raise GzpipeError(f"input not found: {p}")
+    if not found.items and not found.shard_folders:
+        raise GzpipeError("no images found in the inputs (folders are searched for "
+                          + ", ".join(IMAGE_SUFFIXES) + (f"; skipped {len(found.skipped)} other files" if found.skipped
+                                                          else "") + ")")
+    return found

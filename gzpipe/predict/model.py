@@ -1,0 +1,106 @@
+"""Any finished model as one predictor of the 30 fractions: a backbone, a booster (through its backbone's
+features) or an ensemble (its members' weighted sum; a weight is one number, or one per target). Members trained
+at different image sizes are fed one size at a time; every backbone is loaded once (``gzpipe.runs.load_trained``)
+and serves all the members that need it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gzpipe import runs, schema
+from gzpipe.errors import GzpipeError
+from gzpipe.loaders.tta import views
+
+
+@dataclass
+class Member:
+    name: str
+    weight: np.ndarray  # 30 weights (a scalar weight repeated)
+    backbone: str
+    booster: object | None = None  # gzpipe.boost.TrainedBooster
+
+
+@dataclass
+class Predictor:
+    name: str
+    kind: str
+    members: list[Member]
+    backbones: dict = field(default_factory=dict)  # name -> runs.TrainedBackbone
+    inputs: dict = field(default_factory=dict)  # for the output's provenance
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({b.image_size for b in self.backbones.values()})
+
+    def members_at(self, size: int) -> list[Member]:
+        return [m for m in self.members if self.backbones[m.backbone].image_size == size]
+
+    def predict(self, images: torch.Tensor, size: int, tta: int = 1, tta_kind: str = "dihedral") -> np.ndarray:
+        """The weighted sum over the members at ``size`` of their predictions for a normalised batch, averaged over
+        ``tta`` views (features averaged over views for boosters, as `gzpipe features --tta` does)."""
+        out = np.zeros((len(images), schema.N_TARGETS))
+        need = {m.backbone for m in self.members_at(size)}
+        got = {}
+        for b in need:
+            t = self.backbones[b]
+            fs, ps = [], []
+            for v in views(images, tta, tta_kind):
+                f, p = t.features_and_predictions(v)
+                fs.append(f)
+                ps.append(p)
+            got[b] = (torch.stack(fs).mean(0).cpu().numpy(), torch.stack(ps).mean(0).cpu().numpy())
+        for m in self.members_at(size):
+            f, p = got[m.backbone]
+            if m.booster is not None:
+                p = m.booster.predict(f)
+            out += np.clip(p, 0.0, 1.0) * m.weight
+        return out
+
+
+def _weights(w) -> np.ndarray:
+    a = np.asarray(w, dtype=np.float64)
+    return np.full(schema.N_TARGETS, float(a)) if a.ndim == 0 else a.reshape(schema.N_TARGETS)
+
+
+def _member(root: Path, name: str, weight) -> Member:
+    d = root / name
+    kind = runs.kind_of(d)
+    if kind == runs.BACKBONE:
+        return Member(name, _weights(weight), name)
+    if kind == runs.BOOSTER:
+        from gzpipe.boost import load_booster
+
+        b = load_booster(d)
+        return Member(name, _weights(weight), b.backbone, b)
+    raise GzpipeError(f"the ensemble needs {name} at {d}, which is not a finished backbone or booster there")
+
+
+def load_predictor(model_dir: str | Path, device: torch.device) -> Predictor:
+    """The model in ``model_dir`` with everything it needs loaded; refuses an out-of-date model with the fix."""
+    d = Path(model_dir)
+    kind = runs.model_kind(d)
+    root = d.parent
+    if kind == runs.BACKBONE:
+        members = [Member(d.name, _weights(1.0), d.name)]
+    elif kind == runs.BOOSTER:
+        members = [_member(root, d.name, 1.0)]
+    else:
+        from gzpipe.ensemble import load_weights
+
+        members = [_member(root, n, w) for n, w in load_weights(d).items()]
+    checked = {d.name} | {m.name for m in members} | {m.backbone for m in members}
+    for name in sorted(checked):
+        changed = runs.changed_inputs(root / name)
+        if changed:
+            raise GzpipeError(runs.stale_message(root / name, changed, "re-run its stage (gzpipe study re-runs "
+                                                 "every stage that is out of date)"))
+    backbones = {}
+    for b in {m.backbone for m in members}:
+        if not runs.is_complete(root / b, runs.BACKBONE):
+            raise GzpipeError(f"{d.name} needs the backbone {b} at {root / b}, which is not there (or unfinished)")
+        backbones[b] = runs.load_trained(root / b, device)
+    return Predictor(d.name, kind, members, backbones)

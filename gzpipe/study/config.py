@@ -1,0 +1,222 @@
+"""The study's configuration: a preset, overridden by a YAML file, parsed into typed sections and checked whole -
+every key, range and name - before any stage starts. The resolved config is written to ``<out>/study_config.yaml``,
+so a study can be reproduced from its folder (``gzpipe study --config <out>/study_config.yaml``).
+
+Presets:
+
+* ``demo``: the embedded synthetic default (400 galaxies), 48 px images, a few epochs: ~10 minutes on 2 CPU cores;
+* ``real``: the 800-galaxy real sample (``$GZPIPE_SHARED/data/gz2_sample``; ``GZPIPE_SHARED`` defaults to the
+  ``shared`` folder beside the gzpipe checkout) at a CPU-practical size;
+* ``full``: the original study's hyperparameters (224 px, batch 32, lr 3e-4, up to 250 epochs, patience 12) for
+  real GZ2 on a GPU; needs ``data.catalog`` / ``data.images`` (and ``data.mapping``) from a config file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gzpipe.configs import check_keys, from_mapping, unknown_keys_error
+from gzpipe.errors import GzpipeError
+
+SHARED_TOKEN = "${GZPIPE_SHARED}"
+SAMPLE = f"{SHARED_TOKEN}/data/gz2_sample"
+
+PRESETS: dict[str, dict] = {
+    "demo": {
+        "out": "artifacts",
+        "data": {"synth": {"n": 400, "seed": 0}},
+        "shard": {"resize": 64, "shard_size": 50, "val": 0.15, "test": 0.15, "workers": 2},
+        "train": {"image_size": 48, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 3, "warmup_epochs": 1,
+                  "workers": 2, "backend": "auto", "checkpoint_minutes": 5},
+        "boost": {"rounds": 150, "early_stopping": 15, "max_bin": 64, "colsample": 0.25},
+    },
+    "real": {
+        "out": "artifacts/real",
+        "data": {"catalog": f"{SAMPLE}/labels_manifest_800.csv", "images": f"{SAMPLE}/images"},
+        "shard": {"resize": 64, "shard_size": 100, "val": 0.15, "test": 0.15, "workers": 2},
+        "train": {"image_size": 48, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 3, "warmup_epochs": 1,
+                  "workers": 2, "backend": "auto"},
+        "boost": {"rounds": 200, "early_stopping": 20, "max_bin": 64, "colsample": 0.25},
+    },
+    "full": {
+        "out": "artifacts",
+        "data": {},
+        "shard": {"shard_size": 1000, "val": 0.1, "test": 0.1, "workers": 8},
+        "train": {"image_size": 224, "workers": 8},  # batch, lr, epochs, patience: the per-backbone defaults
+        "boost": {"rounds": 2000, "early_stopping": 50, "max_bin": 256, "colsample": 0.5},
+    },
+}
+SECTIONS = ("preset", "out", "data", "shard", "train", "boost", "backbones", "engines", "methods")
+STAGES = ("synth", "shard", "train", "features", "boost", "ensemble", "report")
+
+
+def shared_folder() -> Path:
+    """``$GZPIPE_SHARED``, else the ``shared`` folder beside the checkout gzpipe runs from."""
+    env = os.environ.get("GZPIPE_SHARED")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+
+
+def expand(path: str | None) -> str | None:
+    return None if path is None else str(path).replace(SHARED_TOKEN, str(shared_folder()))
+
+
+@dataclass
+class SynthSection:
+    n: int = 400
+    seed: int = 0
+
+
+@dataclass
+class DataSection:
+    synth: SynthSection | None = None
+    catalog: str | None = None
+    images: str | None = None
+    mapping: str | None = None
+    format: str = "auto"
+    target: str = "debiased"
+
+
+@dataclass
+class StudyConfig:
+    preset: str
+    out: str
+    data: DataSection
+    shard: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    boost: dict = field(default_factory=dict)
+    backbones: list[str] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["data"]["synth"] is None:
+            del d["data"]["synth"]
+        d["data"] = {k: v for k, v in d["data"].items() if v is not None}
+        return d
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(p: Path) -> dict:
+    import yaml
+
+    if not p.exists():
+        raise GzpipeError(f"study config not found: {p}")
+    if p.is_dir():
+        raise GzpipeError(f"--config {p} is a folder; give the YAML file")
+    try:
+        user = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GzpipeError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(user, dict):
+        raise GzpipeError(f"{p} must be a mapping of sections ({', '.join(SECTIONS)})")
+    unknown = [k for k in user if k not in SECTIONS]
+    if unknown:
+        raise unknown_keys_error(str(p), unknown, list(SECTIONS))
+    return user
+
+
+def _names(value, where: str, registry, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    if not isinstance(value, list) or not value:
+        raise GzpipeError(f"{where} must be a non-empty list of {what} names")
+    out = []
+    for v in value:
+        name = str(v).strip()
+        if name not in registry:
+            raise GzpipeError(f"{where}: unknown {what} {name!r}; choose from {', '.join(registry)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def resolve_study(preset: str | None, config: str | Path | None, out: str | None = None) -> StudyConfig:
+    """Preset < YAML file < ``--out``, parsed and checked whole (see the module docstring)."""
+    from gzpipe.boost import BoostConfig, ENGINES, engine_params, split_boost_section, validate as check_boost
+    from gzpipe.ensemble import METHODS
+    from gzpipe.models import ALIASES, BACKBONES, resolve_name
+    from gzpipe.shard import ShardConfig
+    from gzpipe.train.config import NOT_USER_KEYS, TrainConfig, resolve
+
+    where = str(config) if config is not None else "study"
+    user = _read_yaml(Path(config)) if config is not None else {}
+    name = preset or user.get("preset") or "demo"
+    if name not in PRESETS:
+        raise GzpipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = {"backbones": list(BACKBONES), "engines": list(ENGINES), "methods": list(METHODS), **PRESETS[name]}
+    if "data" in user:  # a study's data replace the preset's (synthetic or a catalogue, not both)
+        base["data"] = {}
+    raw = _merge(base, user)
+    if out:
+        raw["out"] = out
+    for sec in ("data", "shard", "train", "boost"):
+        if not isinstance(raw.get(sec), dict):
+            raise GzpipeError(f"{where}: {sec} must be a mapping of keys to values")
+    if not isinstance(raw.get("out"), str) or not raw["out"].strip():
+        raise GzpipeError(f"{where}: out must be a folder name")
+
+    data_raw = dict(raw["data"])
+    synth = data_raw.pop("synth", None)
+    data = from_mapping(DataSection, data_raw, f"{where} data", exclude=("synth",))
+    if synth is not None:
+        data.synth = from_mapping(SynthSection, synth, f"{where} data.synth")
+        if data.synth.n < 1:
+            raise GzpipeError(f"{where} data.synth.n must be at least 1")
+    data.catalog, data.images, data.mapping = expand(data.catalog), expand(data.images), expand(data.mapping)
+    if data.synth is None:
+        _check_data(data, name, where)
+
+    shard = check_keys(raw["shard"], f"{where} shard", ShardConfig,
+                       exclude=("catalog", "images", "out", "mapping", "format", "target"))
+    ShardConfig(catalog=Path("-"), images=Path("-"), out=Path("-"), **shard).validate(check_paths=False)
+
+    backbones = [resolve_name(b) for b in _names(raw["backbones"], f"{where} backbones", {**BACKBONES, **ALIASES},
+                                                  "backbone")]
+    train = check_keys(raw["train"], f"{where} train", TrainConfig, exclude=NOT_USER_KEYS)
+    for b in backbones:
+        resolve(b, "-", None, check_paths=False, **train)
+
+    engines = _names(raw["engines"], f"{where} engines", ENGINES, "engine")
+    common, params = split_boost_section(raw["boost"], f"{where} boost")
+    for e in engines:
+        engine_params(e, params, f"{where} boost")
+        check_boost(BoostConfig(engine=e, backbone=backbones[0], **common, params=params))
+    methods = _names(raw["methods"], f"{where} methods", {m: m for m in METHODS}, "ensemble method")
+    return StudyConfig(name, raw["out"], data, shard, train, raw["boost"], backbones, engines, methods)
+
+
+def _check_data(data: DataSection, preset: str, where: str) -> None:
+    if not data.catalog or not data.images:
+        raise GzpipeError(f"preset {preset!r} needs data.catalog and data.images (and data.mapping for the release) "
+                          "in a --config file")
+    for key in ("catalog", "images", "mapping"):
+        p = getattr(data, key)
+        if p and not Path(p).exists():
+            hint = ""
+            if str(shared_folder()) in p:
+                hint = (f"; the sample lives in {shared_folder()} (set GZPIPE_SHARED to its folder), or give data."
+                        f"{key} in a --config file")
+            raise GzpipeError(f"{where} data.{key}: {p} not found{hint}")
+
+
+def write_resolved(cfg: StudyConfig) -> Path:
+    """``<out>/study_config.yaml``: the whole resolved config, reusable as ``--config``."""
+    import yaml
+
+    from gzpipe.fileio import atomic_open
+
+    p = Path(cfg.out) / "study_config.yaml"
+    with atomic_open(p, "w") as f:
+        f.write("# the resolved configuration of this study: gzpipe study --config " + str(p) + "\n")
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    return p
