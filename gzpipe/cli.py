@@ -324,6 +324,10 @@ def boost(
                                                              "256 here)."),
     colsample: float = typer.Option(0.25, min=0.01, max=1.0, metavar="F", help="Share of features sampled per "
                                                                                "tree."),
+    subsample: float = typer.Option(1.0, min=0.01, max=1.0, metavar="F", help="Share of train rows sampled per "
+                                                                             "tree."),
+    pca: Optional[int] = typer.Option(None, min=1, metavar="K", help="First reduce the features to K principal "
+                                      "components, fitted on the train split (kept with the model)."),
     max_depth: Optional[int] = typer.Option(None, min=1, metavar="N", help="XGBoost tree depth [6]."),
     num_leaves: Optional[int] = typer.Option(None, min=2, metavar="N", help="LightGBM leaves per tree [31]."),
     multi_strategy: Optional[Literal["one_output_per_tree", "multi_output_tree"]] = typer.Option(
@@ -344,7 +348,8 @@ def boost(
     params.update(_key_values(param))
     run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
                           early_stopping=early_stopping, learning_rate=learning_rate, max_bin=max_bin,
-                          colsample=colsample, device=device, force=force, dask_scheduler=dask_scheduler,
+                          colsample=colsample, subsample=subsample, pca=pca, device=device, force=force,
+                          dask_scheduler=dask_scheduler,
                           params=params))
 
 

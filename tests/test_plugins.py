@@ -58,10 +58,8 @@ class MeanEngine:
         return "cpu", "this engine has no GPU code"
 
     @staticmethod
-    def train(cfg, params, run_dir: Path):
-        from gzpipe.features import read_features
-
-        _, _, y, m = read_features(cfg.out, cfg.backbone, "train")
+    def train(cfg, params, run_dir: Path, data):
+        _, _, y, m = data.read("train")
         mean = [float(y[m[:, j], j].mean()) if m[:, j].any() else 0.5 for j in range(schema.N_TARGETS)]
         mean = [(1 - params.shrink) * v + params.shrink * 0.5 for v in mean]
         (run_dir / "means.json").write_text(json.dumps(mean))

@@ -110,6 +110,24 @@ def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engi
     assert again["test"] == m["test"]  # finished: skipped
 
 
+@pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
+def test_pca_reduction_is_fitted_on_train_and_travels_with_the_booster(tmp_path, engine, fakenet):
+    from gzpipe.boost import load_booster
+
+    _fake_features(tmp_path, np.random.default_rng(0))
+    m = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), rounds=60, early_stopping=10,
+                              max_bin=32, colsample=1.0, device="cpu", pca=16, subsample=0.8))
+    d = tmp_path / f"{engine}_fakenet"
+    assert (d / "reduction.npz").exists() and 0.99 < m["pca_explained"] <= 1.0  # 16 of 16: all the variance
+    ids, x, y, mk = read_features(tmp_path, "fakenet", "test")
+    assert m["test"]["mae"] < 0.1
+    pred = pd.read_parquet(d / "test_predictions.parquet").set_index("id").loc[ids, list(schema.TARGET_NAMES)]
+    np.testing.assert_allclose(load_booster(d).predict(x), pred.to_numpy(), atol=1e-5)  # the reduction travels
+    with pytest.raises(GzpipeError, match="pca must be between 1 and the feature width .16."):
+        run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), device="cpu", pca=17,
+                              force=True))
+
+
 def test_boost_without_features_says_what_to_run(tmp_path):
     with pytest.raises(GzpipeError, match="gzpipe features --backbone resnet50"):
         run_boost(BoostConfig(engine="xgboost", backbone="resnet50", out=str(tmp_path)))

@@ -14,7 +14,6 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.device import cuda_available
 from gzpipe.errors import GzpipeError
-from gzpipe.features import read_features
 from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
@@ -65,17 +64,18 @@ def pick_device(cfg) -> tuple[str, str]:
     return "cpu", f"no GPU learner in this LightGBM build (cuda: {why_cuda}; gpu: {why_gpu})"
 
 
-def train(cfg, params: Params, run_dir: Path):
+def train(cfg, params: Params, run_dir: Path, data):
     import lightgbm as lgb
 
     if cfg.dask_scheduler:
         return _train_dask(cfg, params, run_dir)
-    _, xtr, ytr, mtr = read_features(cfg.out, cfg.backbone, "train")
-    _, xva, yva, mva = read_features(cfg.out, cfg.backbone, "val")
+    _, xtr, ytr, mtr = data.read("train")
+    _, xva, yva, mva = data.read("val")
     p = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": params.num_leaves,
          "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": cfg.device, "verbose": -1,
          "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or cpu_count(),
-         "min_data_in_leaf": params.min_data_in_leaf}
+         "min_data_in_leaf": params.min_data_in_leaf,
+         **({"bagging_fraction": cfg.subsample, "bagging_freq": 1} if cfg.subsample < 1 else {})}
     ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params.min_data_in_leaf, "feature_pre_filter": False,
                  "verbose": -1}
     p.update(ds_params)

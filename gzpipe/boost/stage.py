@@ -19,6 +19,7 @@ from gzpipe.fileio import remove_stale_tmp, write_json
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import resolve_name
 from gzpipe.stopping import STOP
+from gzpipe.boost.data import REDUCTION, FeatureData, Reduction
 from gzpipe.boost.registry import ENGINES, engine
 
 
@@ -32,6 +33,9 @@ class BoostConfig:
     learning_rate: float = 0.1
     max_bin: int = 64
     colsample: float = 0.25
+    subsample: float = 1.0  # share of the train rows sampled per tree (1: all)
+    pca: int | None = None  # reduce the features to this many principal components (fitted on train) first
+    pca_fit_rows: int = 20_000  # train rows the reduction is fitted on
     device: str = "auto"
     threads: int = 0  # 0 = all cores
     seed: int = 42
@@ -84,6 +88,14 @@ def validate(cfg: BoostConfig) -> object:
         raise GzpipeError(f"learning_rate must be positive, got {cfg.learning_rate}")
     if not 0 < cfg.colsample <= 1:
         raise GzpipeError(f"colsample must be in (0, 1], got {cfg.colsample}")
+    if not 0 < cfg.subsample <= 1:
+        raise GzpipeError(f"subsample must be in (0, 1], got {cfg.subsample}")
+    if cfg.pca is not None and cfg.pca < 1:
+        raise GzpipeError(f"pca must be at least 1 (components), got {cfg.pca}")
+    if cfg.pca is not None and cfg.dask_scheduler:
+        raise GzpipeError("pca is not available with a Dask scheduler (the workers read the features themselves)")
+    if cfg.pca_fit_rows < 2:
+        raise GzpipeError(f"pca_fit_rows must be at least 2, got {cfg.pca_fit_rows}")
     check_device_name(cfg.device)
     return engine_params(cfg.engine, cfg.params)
 
@@ -109,16 +121,26 @@ def run_boost(cfg: BoostConfig) -> dict:
     print(f"{cfg.engine}_{cfg.backbone}: device {device} ({why})", flush=True)
     runs.unmark(run_dir, runs.BOOSTER)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / REDUCTION).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir)
+    reduction = None
+    if cfg.pca:
+        reduction = Reduction.fit((x for _, x, _, _ in iter_feature_batches(cfg.out, cfg.backbone, "train")),
+                                  cfg.pca, cfg.pca_fit_rows)
+        reduction.save(run_dir)
+        print(f"{cfg.engine}_{cfg.backbone}: features reduced to {cfg.pca} principal components "
+              f"({100 * reduction.explained:.1f}% of the train variance)", flush=True)
+    data = FeatureData(cfg.out, cfg.backbone, reduction)
+    predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0
     metrics = {"model": f"{cfg.engine}_{cfg.backbone}", "engine": cfg.engine, "backbone": cfg.backbone,
-               "train_time_s": train_time, "device": device, "device_reason": why, **info}
+               "train_time_s": train_time, "device": device, "device_reason": why,
+               "pca_explained": reduction.explained if reduction else None, **info}
     for split in runs.EVAL_SPLITS:
         STOP.check()
         ids, preds, ys, ms = [], [], [], []
         t1 = time.perf_counter()
-        for bid, x, y, m in iter_feature_batches(cfg.out, cfg.backbone, split):  # one pass: features and labels
+        for bid, x, y, m in data.batches(split):  # one pass: features and labels
             ids += bid
             preds.append(np.clip(predict(x), 0.0, 1.0))
             ys.append(y)
@@ -161,5 +183,8 @@ def load_booster(run_dir: str | Path) -> TrainedBooster:
                           f"(registered: {', '.join(ENGINES)}); register it before loading the run")
     metrics = runs.read_json(d, runs.METRICS)
     fn = ENGINES[name].impl().load(d, cfg, metrics)
+    reduction = Reduction.load(d)
+    if reduction is not None:  # the booster reads the features through the reduction fitted with it
+        fn = (lambda f, r: (lambda x: f(r.apply(x))))(fn, reduction)
     return TrainedBooster(d.name, name, cfg["backbone"], d, fn)
 

@@ -22,7 +22,7 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.device import cuda_available
 from gzpipe.errors import GzpipeError
-from gzpipe.features import features_path, iter_feature_batches
+from gzpipe.features import features_path
 from gzpipe.fileio import atomic_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
@@ -78,7 +78,7 @@ def masked_rmse_metric(predt: np.ndarray, dmat):
     return "masked_rmse", float(np.sqrt(np.mean(d * d))) if d.size else 0.0
 
 
-def _iterator(out, backbone, split):
+def _iterator(data, split):
     import xgboost as xgb
 
     class FeatureIter(xgb.DataIter):
@@ -89,7 +89,7 @@ def _iterator(out, backbone, split):
             self._it = None
 
         def reset(self):
-            self._it = iter_feature_batches(out, backbone, split)
+            self._it = data.batches(split)
 
         def next(self, input_data) -> bool:
             STOP.check()  # building the matrix can take minutes at full scale
@@ -120,19 +120,20 @@ def _Progress(bar):
 def _params(cfg, params: Params) -> dict:
     return {"tree_method": "hist", "device": cfg.device, "max_depth": params.max_depth,
             "learning_rate": cfg.learning_rate, "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample,
+            "subsample": cfg.subsample,
             "multi_strategy": params.multi_strategy,
             "disable_default_eval_metric": True, "base_score": 0.5, "seed": cfg.seed,
             "nthread": cfg.threads or cpu_count()}
 
 
-def train(cfg, params: Params, run_dir: Path):
+def train(cfg, params: Params, run_dir: Path, data):
     import xgboost as xgb
 
     if cfg.dask_scheduler:
         booster = _train_dask(cfg, params)
     else:
-        dtrain = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "train"), max_bin=cfg.max_bin)
-        dval = xgb.QuantileDMatrix(_iterator(cfg.out, cfg.backbone, "val"), ref=dtrain, max_bin=cfg.max_bin)
+        dtrain = xgb.QuantileDMatrix(_iterator(data, "train"), max_bin=cfg.max_bin)
+        dval = xgb.QuantileDMatrix(_iterator(data, "val"), ref=dtrain, max_bin=cfg.max_bin)
         with progress_bar(f"xgboost_{cfg.backbone}", total=cfg.rounds, unit="rounds") as bar:
             booster = xgb.train(_params(cfg, params), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
                                 obj=masked_objective, custom_metric=masked_rmse_metric,
