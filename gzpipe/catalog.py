@@ -28,7 +28,7 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.errors import CatalogError
 
-FORMATS = ("auto", "hart16", "kaggle")
+FORMATS = ("auto", "hart16", "kaggle", "zoobot")
 MASK_PREFIX = "mask:"
 MASK_COLUMNS = [MASK_PREFIX + n for n in schema.TARGET_NAMES]
 RANGE_TOL = 1e-6
@@ -54,6 +54,10 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
     header = read_header(src.catalog)
     fmt = src.format if src.format != "auto" else detect_format(pd.DataFrame(columns=header), src.catalog)
     df = _read_csv(src.catalog, usecols=_wanted(fmt, header, src.target))
+    if fmt == "zoobot":
+        table = _from_zoobot(df, src)
+        table.attrs["target_kind"] = "fraction"  # volunteers' vote fractions: no debiased values in this format
+        return table
     if fmt == "kaggle":
         table = _from_kaggle(df, src.catalog)
     else:
@@ -67,6 +71,9 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
     """The columns a format needs (the release has 231; reading the ~70 used takes a third of the time and memory)."""
     if fmt == "kaggle":
         want = {"GalaxyID", *schema.KAGGLE_COLUMNS}
+    elif fmt == "zoobot":
+        want = {"id_str", "file_loc", "ra", "dec", *schema.zoobot_columns("count"), *schema.zoobot_columns("fraction"),
+                *schema.zoobot_columns("total")}
     else:
         want = {"asset_id", "dr7objid", "gz2class", *METADATA}
         for kind in ("count", "weighted_fraction", "fraction", *schema.TARGET_KINDS):
@@ -102,11 +109,14 @@ def read_header(path: str | Path) -> list[str]:
 def detect_format(df: pd.DataFrame, name: Path | str = "catalogue") -> str:
     if "GalaxyID" in df.columns:
         return "kaggle"
+    if "id_str" in df.columns and any(str(c).startswith("smooth-or-featured-gz2") for c in df.columns):
+        return "zoobot"
     if "asset_id" in df.columns or "dr7objid" in df.columns:
         return "hart16"
     raise CatalogError(
-        f"{name}: cannot tell the format: expected a 'GalaxyID' column (Kaggle) or 'dr7objid' / 'asset_id' "
-        f"(Hart16); found {_show(list(df.columns))}. Pass --format to say which."
+        f"{name}: cannot tell the format: expected a 'GalaxyID' column (Kaggle), 'dr7objid' / 'asset_id' "
+        f"(Hart16) or 'id_str' with '...-gz2_...' vote columns (Zoobot); found {_show(list(df.columns))}. Pass "
+        "--format to say which."
     )
 
 
@@ -265,6 +275,47 @@ def _reached_tasks(df: pd.DataFrame) -> np.ndarray:
                 reached[:, s] = (v[:, s].sum(axis=1) > 0)[:, None]
             break
     return reached
+
+
+# --- Zoobot / galaxy-datasets -------------------------------------------------------------------------------------
+
+
+def _from_zoobot(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
+    """galaxy-datasets' GZ2 catalogue: ``id_str``, ``file_loc``, vote counts ``{question}_{answer}``,
+    ``{question}_total-votes`` and (optionally) ``{question}_{answer}_fraction``; the column mapping is
+    ``schema.ZOOBOT_GZ2``. Targets are the vote fractions (the ``_fraction`` columns, else count / total); a question
+    nobody answered (total 0) is masked. Images are the ``file_loc`` paths, relative ones taken from ``images``."""
+    _require(df, ["id_str", "file_loc"], src.catalog)
+    counts, fractions, totals = (schema.zoobot_columns(k) for k in ("count", "fraction", "total"))
+    has_fraction = all(c in df.columns for c in fractions)
+    _require(df, (fractions if has_fraction else counts) + sorted(set(totals)), src.catalog,
+             " (vote counts, or _fraction columns, and each question's _total-votes)")
+    ids = _norm_id(df["id_str"])
+    reject = pd.Series("", index=df.index, dtype=object)
+    reject[ids == ""] = "empty id_str"
+    total_values, not_numbers = _numeric(df, totals)
+    reject = reject.where(reject != "", not_numbers)
+    if has_fraction:
+        values, bad = _numeric(df, fractions)
+        source = fractions
+    else:
+        raw, bad = _numeric(df, counts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.where(total_values > 0, raw / np.where(total_values > 0, total_values, 1), 0.0)
+        source = counts
+    reject = reject.where(reject != "", bad)
+    reached = np.nan_to_num(total_values) > 0
+    table = _assemble(ids, values, reached, reject, source)
+    base = Path(src.images) if src.images else Path(src.catalog).parent
+    prefix = str(base) + os.sep
+    locs = df["file_loc"].astype("string").fillna("").str.strip()
+    table.insert(1, "path", [loc if loc.startswith(os.sep) or not loc else prefix + loc for loc in locs])
+    missing = table["path"] == ""
+    table.loc[missing & (table["reject"] == ""), "reject"] = "empty file_loc"
+    for m in ("ra", "dec"):
+        if m in df.columns:
+            table[m] = df[m].to_numpy()
+    return table
 
 
 # --- Kaggle ----------------------------------------------------------------------------------------------------

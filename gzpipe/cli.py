@@ -254,6 +254,10 @@ def train(
                                                        "an epoch at most this often [5]."),
     stop_after: Optional[int] = typer.Option(None, min=1, metavar="N", help="Exit (resumably) after this many "
                                              "epochs in this invocation, e.g. for time-limited jobs."),
+    tta: Optional[int] = typer.Option(None, min=1, metavar="N", help="Evaluate the finished model averaging N "
+                                      "test-time views; `features` then uses the same views [1]."),
+    tta_kind: Optional[TtaKind] = typer.Option(None, help="dihedral: exact 90-degree rotations and mirrors (up to "
+                                                          "8); rotate: N evenly spaced angles [dihedral]."),
 ) -> None:
     """Train one backbone to regress the 30 GZ2 vote fractions. Without flags an unfinished run resumes from its
     latest checkpoint and a finished one is skipped. Under `torchrun --nproc_per_node=N -m gzpipe train ...` it
@@ -269,7 +273,7 @@ def train(
                   patience=patience, image_size=image_size, backend=backend, workers=workers, device=device, seed=seed,
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
-                  checkpoint_minutes=checkpoint_minutes, stop_after=stop_after)
+                  checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind)
     run_train(cfg)
 
 
@@ -287,6 +291,8 @@ def features(
     dtype: Literal["float16", "float32"] = typer.Option("float16", help="Storage type (float16 takes half the "
                                                                         "disk)."),
     force: bool = typer.Option(False, help="Re-extract even when up to date."),
+    tta: Optional[int] = typer.Option(None, min=1, metavar="N", help="Average the features over N test-time views, "
+                                      "the same for every split [the backbone's own --tta, else 1]."),
 ) -> None:
     """Write each split's penultimate features (with ids, targets, mask) to <out>/<backbone>/features/<split>.parquet,
     in chunks; skipped when up to date with the checkpoint and the shards."""
@@ -294,7 +300,7 @@ def features(
 
     run_features(FeaturesConfig(backbone=backbone, out=str(out_dir), shards=str(shards) if shards else None,
                                 backend=backend, batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                                force=force))
+                                force=force, tta=tta))
 
 
 def _key_values(pairs: list[str]) -> dict:
@@ -356,15 +362,17 @@ def boost(
 @app.command()
 def ensemble(
     method: Method = typer.Option(..., help="equal; accuracy (weights ~ val accuracy); inverse_mae (weights ~ 1 / val "
-                                            "MAE)."),
+                                            "MAE); stacked (per-target weights over backbones and boosters)."),
     out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder."),
-    backbones: Optional[str] = typer.Option(None, metavar="LIST", help="Comma list of backbones [every finished "
-                                                                       "one]."),
+    backbones: Optional[str] = typer.Option(None, metavar="LIST", help="equal, accuracy, inverse_mae: comma list "
+                                            "of backbones [every finished one]."),
+    members: Optional[str] = typer.Option(None, metavar="LIST", help="stacked: comma list of run names (backbones "
+                                          "and boosters) [every finished one]."),
 ) -> None:
-    """Weighted mean of the backbones' predictions; weights from the validation split, evaluated on test."""
+    """Combine finished models; weights from the validation split only, evaluated on test."""
     from gzpipe.ensemble import EnsembleConfig, run_ensemble
 
-    run_ensemble(EnsembleConfig(method=method, out=str(out_dir), backbones=backbones))
+    run_ensemble(EnsembleConfig(method=method, out=str(out_dir), backbones=backbones, members=members))
 
 
 @app.command()
@@ -495,13 +503,15 @@ def bench_train(
     steps: int = typer.Option(10, min=1, metavar="N", help="Optimizer steps per timed window."),
     warmup: int = typer.Option(3, min=0, metavar="N", help="Untimed steps first."),
     repeats: int = typer.Option(3, min=1, metavar="N", help="Timed windows; the median is reported."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model (the warm-up steps "
+                                                                       "include the compilation)."),
 ) -> None:
     """Training throughput (images/s): with data already on the device (the model's ceiling) and, with --shards,
     fed by the real loader, so the data-stall share shows. Prints JSON rows with peak memory."""
     from gzpipe.bench.train import TrainBenchConfig, run
 
     for row in run(TrainBenchConfig(backbone, image_size, batch_size, str(shards) if shards else None, backend,
-                                    workers, device, amp, channels_last, steps, warmup, repeats)):
+                                    workers, device, amp, channels_last, steps, warmup, repeats, compile)):
         print(json.dumps(row), flush=True)
 
 

@@ -24,6 +24,7 @@ from gzpipe.device import check_device_name, resolve_device
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
 from gzpipe.loaders import check_backend_name, create_loader
+from gzpipe.loaders.tta import check_tta, views
 from gzpipe.manifest import manifest_digest
 from gzpipe.models import BACKBONES, resolve_name
 from gzpipe.progress import progress_bar
@@ -45,6 +46,8 @@ class FeaturesConfig:
     dtype: str = "float16"
     amp: str = "bf16"
     force: bool = False
+    tta: int | None = None  # views averaged per galaxy; None: the backbone run's own `tta` (1 when it has none)
+    tta_kind: str | None = None
 
 
 def feature_columns(width: int) -> list[str]:
@@ -77,11 +80,14 @@ def run_features(cfg: FeaturesConfig) -> dict:
     meta_path = feat_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     shards_digest = manifest_digest(shards)
+    tta = {"views": cfg.tta or tcfg.get("tta", 1), "kind": cfg.tta_kind or tcfg.get("tta_kind", "dihedral")}
+    check_tta(tta["views"], tta["kind"])
     if (meta.get("checkpoint_sha256") != digest or meta.get("dtype") != cfg.dtype or meta.get("shards") != str(shards)
-            or meta.get("shards_manifest_sha256") != shards_digest):
+            or meta.get("shards_manifest_sha256") != shards_digest or meta.get("tta", {"views": 1, "kind": "dihedral"})
+            != tta):
         meta = {"checkpoint_sha256": digest, "dtype": cfg.dtype, "shards": str(shards),
                 "shards_manifest_sha256": shards_digest, "backbone": name, "width": BACKBONES[name].features,
-                "image_size": tcfg["image_size"], "splits": {}}
+                "image_size": tcfg["image_size"], "tta": tta, "splits": {}}
     todo = [s for s in SPLITS if cfg.force or s not in meta["splits"] or not (feat_dir / f"{s}.parquet").exists()]
     if not todo:
         print(f"{name}: features up to date with {best.name} ({feat_dir})", flush=True)
@@ -100,7 +106,8 @@ def run_features(cfg: FeaturesConfig) -> dict:
             with ends_loading():
                 for batch in loader:
                     STOP.check()  # the partial file is removed; finished splits are kept
-                    feats, _ = trained.features_and_predictions(batch.images)
+                    feats = torch.stack([trained.features_and_predictions(v)[0] for v in
+                                         views(batch.images, tta["views"], tta["kind"])]).mean(0)
                     writer.write_table(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
                                               batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
                     rows += len(batch)

@@ -101,6 +101,56 @@ KAGGLE_TARGET_COLUMNS: tuple[str, ...] = tuple(
     f"Class{t.kaggle_question}.{k}" for t in TASKS for k in range(1, len(t.answers) + 1)
 )
 
+#: galaxy-datasets / Zoobot GZ2 catalogues (``gz2_train_catalog.parquet``): each of the 30 targets' question and
+#: answer. Columns: ``{question}_{answer}`` (vote counts), ``{question}_total-votes``, ``{question}_{answer}_fraction``.
+ZOOBOT_GZ2: dict[str, tuple[str, str]] = {
+    "t01_smooth_or_features_a01_smooth": ("smooth-or-featured-gz2", "smooth"),
+    "t01_smooth_or_features_a02_features_or_disk": ("smooth-or-featured-gz2", "featured-or-disk"),
+    "t01_smooth_or_features_a03_star_or_artifact": ("smooth-or-featured-gz2", "artifact"),
+    "t02_edgeon_a04_yes": ("disk-edge-on-gz2", "yes"),
+    "t02_edgeon_a05_no": ("disk-edge-on-gz2", "no"),
+    "t03_bar_a06_bar": ("bar-gz2", "yes"),
+    "t03_bar_a07_no_bar": ("bar-gz2", "no"),
+    "t04_spiral_a08_spiral": ("has-spiral-arms-gz2", "yes"),
+    "t04_spiral_a09_no_spiral": ("has-spiral-arms-gz2", "no"),
+    "t05_bulge_prominence_a10_no_bulge": ("bulge-size-gz2", "no"),
+    "t05_bulge_prominence_a11_just_noticeable": ("bulge-size-gz2", "just-noticeable"),
+    "t05_bulge_prominence_a12_obvious": ("bulge-size-gz2", "obvious"),
+    "t05_bulge_prominence_a13_dominant": ("bulge-size-gz2", "dominant"),
+    "t06_odd_a14_yes": ("something-odd-gz2", "yes"),
+    "t06_odd_a15_no": ("something-odd-gz2", "no"),
+    "t07_rounded_a16_completely_round": ("how-rounded-gz2", "round"),
+    "t07_rounded_a17_in_between": ("how-rounded-gz2", "in-between"),
+    "t07_rounded_a18_cigar_shaped": ("how-rounded-gz2", "cigar"),
+    "t09_bulge_shape_a25_rounded": ("bulge-shape-gz2", "round"),
+    "t09_bulge_shape_a26_boxy": ("bulge-shape-gz2", "boxy"),
+    "t09_bulge_shape_a27_no_bulge": ("bulge-shape-gz2", "no-bulge"),
+    "t10_arms_winding_a28_tight": ("spiral-winding-gz2", "tight"),
+    "t10_arms_winding_a29_medium": ("spiral-winding-gz2", "medium"),
+    "t10_arms_winding_a30_loose": ("spiral-winding-gz2", "loose"),
+    "t11_arms_number_a31_1": ("spiral-arm-count-gz2", "1"),
+    "t11_arms_number_a32_2": ("spiral-arm-count-gz2", "2"),
+    "t11_arms_number_a33_3": ("spiral-arm-count-gz2", "3"),
+    "t11_arms_number_a34_4": ("spiral-arm-count-gz2", "4"),
+    "t11_arms_number_a36_more_than_4": ("spiral-arm-count-gz2", "more-than-4"),
+    "t11_arms_number_a37_cant_tell": ("spiral-arm-count-gz2", "cant-tell"),
+}
+assert list(ZOOBOT_GZ2) == list(TARGET_NAMES)  # invariant: one entry per target, in target order
+
+
+def zoobot_columns(kind: str = "count") -> list[str]:
+    """The 30 targets' Zoobot column names: ``count`` (``bar-gz2_yes``), ``fraction`` (``bar-gz2_yes_fraction``)
+    or ``total`` (the question's ``bar-gz2_total-votes``, once per target)."""
+    q = [ZOOBOT_GZ2[n] for n in TARGET_NAMES]
+    if kind == "count":
+        return [f"{question}_{answer}" for question, answer in q]
+    if kind == "fraction":
+        return [f"{question}_{answer}_fraction" for question, answer in q]
+    if kind == "total":
+        return [f"{question}_total-votes" for question, _ in q]
+    raise ValueError(f"unknown Zoobot column kind {kind!r}")
+
+
 # Tasks in an order where every parent comes before its children (Hart16 order already is one).
 _TOPO: tuple[Task, ...] = TASKS
 

@@ -175,6 +175,48 @@ def test_ensemble_weights_come_from_val_only(train_shards, tmp_path):
         run_ensemble("equal", tmp_path / "empty")
 
 
+def _complementary(out, train_shards, test_scale=1.0, seed=3):
+    """Two members: one accurate on the first 15 targets, the other on the last 15 (val and test alike)."""
+    rng = np.random.default_rng(seed)
+    for name, good in (("resnet50", slice(0, 15)), ("swin_v2_s", slice(15, 30))):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "config.json").write_text(json.dumps({"shards": str(train_shards)}))
+        (out / name / "metrics.json").write_text("{}")
+        (out / name / "training_complete.txt").write_text("done\n")
+        for split in ("val", "test"):
+            lab = split_labels(train_shards, split)
+            y = lab[list(schema.TARGET_NAMES)].to_numpy()
+            noise = np.full(30, 0.3)
+            noise[good] = 0.02
+            p = np.clip(y + rng.normal(0, 1, y.shape) * noise * (test_scale if split == "test" else 1), 0, 1)
+            df = pd.DataFrame(p, columns=list(schema.TARGET_NAMES))
+            df.insert(0, "id", lab.index)
+            df.to_parquet(out / name / f"{split}_predictions.parquet")
+
+
+def test_stacked_weights_are_per_target_non_negative_and_fitted_on_val_only(train_shards, tmp_path):
+    _complementary(tmp_path, train_shards)
+    r = run_ensemble("stacked", tmp_path)
+    w = np.array([r["weights"][m] for m in r["models"]])  # members x 30
+    assert w.shape == (2, 30) and (w >= 0).all() and np.allclose(w.sum(0), 1.0)
+    val = split_labels(train_shards, "val")
+    y = val[list(schema.TARGET_NAMES)].to_numpy()
+    m = val[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy()
+    informative = (m.sum(0) >= 5) & (y.std(0) > 0.05)  # targets where the val split can tell the members apart
+    assert informative[:15].sum() >= 5 and informative[15:].sum() >= 3
+    assert (w[0, :15][informative[:15]] > 0.6).all() and (w[1, 15:][informative[15:]] > 0.6).all()
+    members = {m: json.loads((tmp_path / m / "metrics.json").read_text()) for m in r["models"]}
+    assert members
+    single = [run_ensemble("equal", tmp_path, [m])["test"]["mae"] for m in r["models"]]
+    assert r["test"]["mae"] < min(single)  # better than its best member
+    saved = json.loads((tmp_path / "ensemble_stacked/weights.json").read_text())
+    assert saved["weights_from"] == "val" and saved["weights"] == r["weights"] and "shrink" in saved
+    # test predictions play no part in the fit: other test predictions, the same weights
+    _complementary(tmp_path, train_shards, test_scale=5.0)
+    again = run_ensemble("stacked", tmp_path)
+    assert again["weights"] == r["weights"] and again["test"]["mae"] != r["test"]["mae"]
+
+
 def test_report_with_18_models(train_shards, tmp_path):
     from gzpipe.boost import ENGINES
     from gzpipe.models import BACKBONES
@@ -234,10 +276,10 @@ backbones: [resnet50]
     cfg = resolve_study(None, cfg_file)
     rep = run_study(cfg)
     assert (tmp_path / "art/study_config.yaml").exists()
-    assert rep["models"] == 6  # 1 backbone + 2 boosters + 3 ensembles
+    assert rep["models"] == 7  # 1 backbone + 2 boosters + 4 ensembles
     table = pd.read_csv(tmp_path / "art/model_comparison/comparison_table.csv")
     assert set(table["name"]) == {"resnet50", "xgboost_resnet50", "lightgbm_resnet50", "ensemble_equal",
-                                  "ensemble_accuracy", "ensemble_inverse_mae"}
+                                  "ensemble_accuracy", "ensemble_inverse_mae", "ensemble_stacked"}
     mtime = (tmp_path / "art/resnet50/training_complete.txt").stat().st_mtime_ns
     run_study(cfg)  # everything finished: skipped, same results
     assert (tmp_path / "art/resnet50/training_complete.txt").stat().st_mtime_ns == mtime

@@ -44,6 +44,7 @@ class TrainBenchConfig:
     steps: int = 10
     warmup: int = 3
     repeats: int = 3
+    compile: bool = False
 
 
 def run(cfg: TrainBenchConfig) -> list[dict]:
@@ -57,6 +58,8 @@ def run(cfg: TrainBenchConfig) -> list[dict]:
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    if cfg.compile:  # compiled before the warm-up steps, which then include the compilation
+        net = torch.compile(net)
     autocast = amp_context(dev, amp)
     precision = amp if dev.type == "cuda" and amp != "off" else "fp32"
 
@@ -73,6 +76,7 @@ def run(cfg: TrainBenchConfig) -> list[dict]:
             torch.cuda.synchronize(dev)
 
     base = {"backbone": name, "image_size": image_size, "batch_size": batch_size, "precision": precision,
+            "compile": cfg.compile,
             "channels_last": cl, "device": str(dev), "steps": steps, "repeats": repeats, "machine": describe()}
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
     x = x.contiguous(memory_format=torch.channels_last) if cl else x

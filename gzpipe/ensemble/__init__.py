@@ -1,5 +1,6 @@
 """`gzpipe ensemble --method NAME`: combinations of finished models, weighted from the validation split only and
-evaluated on test (``gzpipe.ensemble.weighted``)."""
+evaluated on test: the seed's equal / accuracy / inverse_mae means of the backbones (``gzpipe.ensemble.weighted``)
+and the per-target `stacked` selection over backbones and boosters (``gzpipe.ensemble.stacked``)."""
 
 from gzpipe.ensemble.methods import METHODS
 

@@ -20,14 +20,15 @@ from gzpipe.labels import aligned, split_labels
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import BACKBONES, parse_backbones
 
-from gzpipe.ensemble.methods import METHODS
+from gzpipe.ensemble.methods import METHODS, WEIGHTED
 
 
 @dataclass
 class EnsembleConfig:
     method: str
     out: str = "artifacts"
-    backbones: list[str] | None = None  # None: every finished backbone
+    backbones: list[str] | None = None  # the seed's methods: None = every finished backbone
+    members: list[str] | None = None  # stacked: run names (backbones and boosters); None = every finished one
     force: bool = False
 
 
@@ -86,6 +87,11 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     out = Path(cfg.out)
     if cfg.method not in METHODS:
         raise GzpipeError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method not in WEIGHTED:
+        from gzpipe.ensemble.stacked import run_stacked
+
+        members = _parse_members(out, cfg.members)
+        return run_stacked(out, members)
     used = parse_backbones(cfg.backbones) if cfg.backbones is not None else finished_backbones(out)
     if not used:
         raise GzpipeError(f"no finished backbone in {out} (no <backbone>/{runs.MARKERS[runs.BACKBONE]}); train one "
@@ -113,6 +119,17 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     print(f"ensemble_{cfg.method} of {', '.join(used)}: test MAE {result['test']['mae']:.4f}  accuracy "
           f"{result['test']['accuracy']:.4f}  weights " + ", ".join(f"{b} {v:.3f}" for b, v in w.items()), flush=True)
     return result
+
+
+def _parse_members(out: Path, members) -> list[str] | None:
+    if members is None:
+        return None
+    names = [m.strip() for m in (members.split(",") if isinstance(members, str) else members) if m.strip()]
+    for m in names:
+        d = out / m
+        if runs.kind_of(d) not in (runs.BACKBONE, runs.BOOSTER):
+            raise GzpipeError(f"--members: {m} is not a finished backbone or booster in {out}")
+    return names
 
 
 def load_weights(run_dir: str | Path) -> dict:

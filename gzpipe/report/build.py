@@ -61,6 +61,13 @@ def run_report(out: str | Path = "artifacts") -> dict:
         y, m = aligned(split_labels(shards, "test"), pred["id"].tolist())
         figures.predicted_vs_true(pred[list(schema.TARGET_NAMES)].to_numpy(), y, m, best, dest / "predicted_vs_true.png")
         figs["Predicted vs true"] = "predicted_vs_true.png"
+    stacked = next((n for n in table["name"] if raw[n].get("method") == "stacked"), None)
+    if stacked:
+        figures.stacked_weights(raw[stacked]["weights"], dest / "stacked_weights.png")
+        figs["Stacked ensemble weights"] = "stacked_weights.png"
+    if "mae_without_tta" in table and table["mae_without_tta"].notna().any():
+        figures.tta_effect(table, dest / "tta_effect.png")
+        figs["Test-time augmentation"] = "tta_effect.png"
     histories = {n: raw[n]["history"] for n in table.loc[table["kind"] == DEEP, "name"] if raw[n].get("history")}
     if histories:
         figures.all_training_curves(histories, dest / "training_curves.png")

@@ -42,7 +42,9 @@ def collect(out: Path) -> tuple[pd.DataFrame, dict, dict[str, list[str]]]:
         row = _row(r.name, DEEP, r.name, m)
         params = parameter_count(r.name) if r.name in BACKBONES else None
         row.update(parameters=params, trees=None, training_time_s=m.get("wall_time_s"),
-                   throughput_per_s=m.get("images_per_s"), throughput_of="training images")
+                   throughput_per_s=m.get("images_per_s"), throughput_of="training images",
+                   tta_views=(m.get("tta") or {}).get("views", 1),
+                   mae_without_tta=(m.get("test_without_tta") or {}).get("mae"))
         deep[r.name] = (m.get("wall_time_s") or 0.0, params or 0)
         rows.append(row)
         raw[r.name] = m

@@ -116,3 +116,40 @@ def all_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
         ax.legend(fontsize=8)
         epoch_axis(ax, last)
     _save(fig, path)
+
+
+def stacked_weights(weights: dict[str, list[float]], path: Path) -> None:
+    """The stacked ensemble's weights: members (rows) x tasks (columns, the mean over the task's answers)."""
+    members = sorted(weights, key=lambda m: -float(np.mean(weights[m])))
+    tasks = list(schema.TASK_SLICES)
+    data = np.array([[np.mean(np.asarray(weights[m])[schema.TASK_SLICES[t]]) for t in tasks] for m in members])
+    fig, ax = plt.subplots(figsize=(1.0 * len(tasks) + 3.5, 0.36 * len(members) + 2))
+    im = ax.imshow(data, cmap="Blues", aspect="auto", vmin=0)
+    ax.set_xticks(range(len(tasks)), [k.split("_", 1)[1].replace("_", " ") for k in tasks], rotation=35, ha="right")
+    ax.set_yticks(range(len(members)), members)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if data[i, j] >= 0.005:
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if data[i, j] > 0.6 * data.max() else "black")
+    fig.colorbar(im, ax=ax, label="weight (mean over the task's answers)")
+    ax.set_title("Stacked ensemble: each member's weight per task (fitted on the validation split)")
+    _save(fig, path)
+
+
+def tta_effect(table: pd.DataFrame, path: Path) -> None:
+    """Test MAE with and without test-time augmentation, for the models evaluated both ways."""
+    t = table.dropna(subset=["mae_without_tta"]).sort_values("mae")
+    y = np.arange(len(t))
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(t) + 1.6))
+    ax.barh(y - 0.2, t["mae_without_tta"], height=0.4, color="#bbbbbb", label="without TTA")
+    ax.barh(y + 0.2, t["mae"], height=0.4, color="#1f77b4", label="with TTA")
+    for yi, a, b in zip(y, t["mae_without_tta"], t["mae"]):
+        ax.text(max(a, b), yi, f"  {b - a:+.4f}", va="center", fontsize=8)
+    ax.set_yticks(y, t["name"])
+    ax.invert_yaxis()
+    ax.set_xlabel("test MAE (lower is better)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Test-time augmentation: test MAE with and without")
+    _save(fig, path)

@@ -373,7 +373,7 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
         "format_version": MANIFEST_VERSION,
         "created_by": f"gzpipe {__version__}",
         "target": {
-            "kind": cfg.target,
+            "kind": table.attrs.get("target_kind", cfg.target),
             "names": list(schema.TARGET_NAMES),
             "tasks": {t.name: [schema.TASK_SLICES[t.name].start, schema.TASK_SLICES[t.name].stop]
                       for t in schema.TASKS},

@@ -107,7 +107,10 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     _say("boost", f"{len(cfg.engines) * len(trained)} boosters")
     for method in cfg.methods:
         STOP.check()
-        run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=trained))
+        members = None
+        if method == "stacked":  # every model this study trained: its backbones and their boosters
+            members = trained + [runs.booster_dir(out, e, b).name for e in cfg.engines for b in trained]
+        run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=trained, members=members))
     _say("ensemble", ", ".join(cfg.methods))
     rep = run_report(out)
     _say("report", f"{rep['models']} models -> {rep['dir']}")

@@ -61,6 +61,8 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None
     shuffle_buffer: int = 1000
+    tta: int = 1  # views averaged when the finished model is evaluated (and by `features`); 1 = none
+    tta_kind: str = "dihedral"
 
     @property
     def run_dir(self) -> Path:
@@ -138,6 +140,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     if cfg.head is not None and cfg.head not in HEADS:
         bad(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     check_device_name(cfg.device)
+    from gzpipe.loaders.tta import check_tta
+
+    check_tta(cfg.tta, cfg.tta_kind)
     from gzpipe.loaders import check_backend_name
 
     check_backend_name(cfg.backend)

@@ -131,11 +131,16 @@ def _forward(model, x, autocast):
 
 
 @torch.inference_mode()
-def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None) -> EvalResult | None:
-    """Predictions and loss over ``loader``; None when a stop was asked for while it ran."""
+def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None, tta: int = 1,
+             tta_kind: str = "dihedral") -> EvalResult | None:
+    """Predictions and loss over ``loader``; None when a stop was asked for while it ran. With ``tta`` > 1 the
+    predictions are averaged over that many views (``gzpipe.loaders.tta``), and ``extra["plain"]`` holds those of
+    the plain view alone, for the with / without comparison."""
+    from gzpipe.loaders.tta import views
+
     model.eval()
     autocast = amp_context(device, amp)
-    ids, preds, targets, masks = [], [], [], []
+    ids, preds, targets, masks, plain = [], [], [], [], []
     # Evaluate through the unwrapped module: DDP's forward broadcasts buffers (a collective), and a rank with
     # fewer (or no) evaluation batches would leave the others waiting in it forever.
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
@@ -143,9 +148,13 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None)
         for batch in loader:
             if STOP:
                 break
-            with autocast():
-                logits = core(batch.images)
-            preds.append(core.activate(logits.float()).cpu())
+            outs = []
+            for v in views(batch.images, tta, tta_kind):
+                with autocast():
+                    logits = core(v)
+                outs.append(core.activate(logits.float()))
+            preds.append(torch.stack(outs).mean(0).cpu())
+            plain.append(outs[0].cpu())
             targets.append(batch.targets.cpu())
             masks.append(batch.mask.cpu())
             ids += batch.ids
@@ -154,12 +163,15 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None)
     pred = torch.cat(preds).numpy() if preds else np.zeros((0, 30), np.float32)
     target = torch.cat(targets).numpy() if targets else np.zeros((0, 30), np.float32)
     mask = torch.cat(masks).numpy() if masks else np.zeros((0, 30), bool)
+    plain_pred = torch.cat(plain).numpy() if plain else pred
     if gather_fn is not None:  # DDP: every rank gets every rank's part, so all agree on the val loss
-        ids, pred, target, mask = gather_fn(ids, pred, target, mask)
+        ids2, pred, target, mask = gather_fn(ids, pred, target, mask)
+        plain_pred = gather_fn(ids, plain_pred, plain_pred, plain_pred)[1] if tta > 1 else pred
+        ids = ids2
     p, t, m = torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(mask)
     logit = torch.logit(p.clamp(1e-6, 1 - 1e-6))
     loss, _ = masked_loss(p, logit, t, m, loss_kind)
-    return EvalResult(float(loss), ids, pred, target, mask)
+    return EvalResult(float(loss), ids, pred, target, mask, {"plain": plain_pred} if tta > 1 else {})
 
 
 class LogitsModel(torch.nn.Module):

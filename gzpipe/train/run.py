@@ -215,7 +215,7 @@ def _restore_rng(s: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
-_RUNTIME_KEYS = ("backend", "workers", "device", "eval_batch_size", "out")  # how to run, not what was trained
+_RUNTIME_KEYS = ("backend", "workers", "device", "eval_batch_size", "out", "tta", "tta_kind")  # how to run/evaluate
 
 
 def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
@@ -251,7 +251,8 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
         loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
                                world_size=d.world)
-        results[split] = evaluate(net, loader, device, cfg.amp, t.config.get("loss", "mse"), ddp.gather_eval(d))
+        results[split] = evaluate(net, loader, device, cfg.amp, t.config.get("loss", "mse"), ddp.gather_eval(d),
+                                  tta=cfg.tta, tta_kind=cfg.tta_kind)
         if results[split] is None:
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while evaluating the best model; training is "
                                        f"complete (checkpoints in {cfg.run_dir / runs.CHECKPOINTS}); re-run the same "
@@ -271,6 +272,9 @@ def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, 
     metrics = {
         "backbone": cfg.backbone,
         **{split: {"loss": r.loss, **compute_metrics(r.pred, r.target, r.mask)} for split, r in results.items()},
+        "tta": {"views": cfg.tta, "kind": cfg.tta_kind},
+        **{f"{split}_without_tta": compute_metrics(r.extra["plain"], r.target, r.mask)
+           for split, r in results.items() if "plain" in r.extra},
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "stopped_early": bool(history) and len(history) < cfg.epochs,

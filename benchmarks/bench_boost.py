@@ -1,0 +1,107 @@
+"""Boosting settings measured: fit time against test MAE, both engines, on a backbone's cached features.
+
+    .venv/bin/python benchmarks/bench_boost.py --features ART/resnet50/features [--settings NAME,...] [--rows N]
+
+Each setting is a set of `gzpipe boost` options (SETTINGS below; "full-old" is the `full` preset before this
+measurement, "full" the preset now). For each engine and setting the booster is trained from scratch (early stopping
+on val, as the study does) and scored on test; one JSON row each: train time, rounds, trees, val and test MAE.
+With --rows N the train split is cut to its first N rows (the split is shuffled at write time), to see how the time
+grows with rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine  # noqa: E402
+
+SETTINGS = {
+    # the `full` preset before these measurements
+    "full-old": {"max_bin": 256, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    # the demo / real presets
+    "demo": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    "pca64": {"pca": 64, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    "pca128": {"pca": 128, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
+               "early_stopping": 50},
+    "pca256": {"pca": 256, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
+               "early_stopping": 50},
+    "pca128-lr0.2": {"pca": 128, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.2, "rounds": 2000,
+                     "early_stopping": 25},
+    "pca128-sub0.5": {"pca": 128, "max_bin": 64, "colsample": 0.5, "subsample": 0.5, "learning_rate": 0.1,
+                      "rounds": 2000, "early_stopping": 50},
+}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): a fit's cost that other work on the machine does not
+    inflate, unlike wall time (on an idle 2-core machine, wall is about this / 2)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _subset(src: Path, dest: Path, rows: int | None) -> None:
+    """A features folder for the booster: links to the splits, the train split cut to ``rows``."""
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name == "train.parquet" and rows:
+            t = pq.read_table(f).slice(0, rows)
+            pq.write_table(t, dest / f.name)
+        else:
+            (dest / f.name).symlink_to(f.resolve())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", type=Path, required=True, help="a <backbone>/features folder")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma list of setting names")
+    ap.add_argument("--engines", default="xgboost,lightgbm")
+    ap.add_argument("--rows", type=int, default=None, help="cut the train split to this many rows")
+    ap.add_argument("--data", default="", help="a label for the data in the rows")
+    args = ap.parse_args()
+    from gzpipe.boost import BoostConfig, run_boost
+    from gzpipe.models import resolve_name
+
+    backbone = resolve_name(args.features.parent.name)
+    tmp = Path(tempfile.mkdtemp(prefix="gzpipe-bench-boost-"))
+    try:
+        out = tmp / "art"
+        (out / backbone).mkdir(parents=True)
+        ckpt = args.features.parent / "checkpoints"
+        if ckpt.exists():
+            (out / backbone / "checkpoints").symlink_to(ckpt.resolve())
+        _subset(args.features, out / backbone / "features", args.rows)
+        import pyarrow.parquet as pq
+
+        n_train = pq.ParquetFile(out / backbone / "features/train.parquet").metadata.num_rows
+        for name in args.settings.split(","):
+            for engine in args.engines.split(","):
+                s = dict(SETTINGS[name])
+                t = time.perf_counter()
+                cpu0 = _cpu_seconds()
+                m = run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out), device="cpu", force=True,
+                                          **s))
+                emit({"engine": engine, "setting": name, **s, "data": args.data, "train_rows": n_train,
+                      "seconds": round(time.perf_counter() - t, 1), "train_time_s": round(m["train_time_s"], 1),
+                      "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+                      "trees": m.get("trees"), "rounds": m.get("best_iteration", None),
+                      "val_mae": round(m["val"]["mae"], 5), "test_mae": round(m["test"]["mae"], 5),
+                      "test_accuracy": round(m["test"]["accuracy"], 5), "pca_explained": m.get("pca_explained"),
+                      "machine": machine()})
+                shutil.rmtree(out / f"{engine}_{backbone}", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""How each stage's cost grows with the number of galaxies, up to the full GZ2 release (239,695 rows).
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 10000,50000] [--workdir DIR] [--keep]
+    .venv/bin/python benchmarks/bench_scale.py --sizes 10000,50000,239695      # the full release size too
+
+Builds a full-size stand-in release (``benchmarks/standin.py``: 231 Hart16 columns, the release's mapping and
+image counts, hard links to the real sample's JPEGs) for the largest size, then for each size N runs every stage
+that can run on this machine as a `gzpipe` command in its own process, measuring wall time and the peak RSS of the
+stage's main process:
+
+  catalog (read + join) | shard (pass-through, --verify decode and header) beside `tar cf` of the same files |
+  shard --resize 256 (on up to --resize-rows galaxies) | verify | loader (time to first batch, steady images/s) |
+  features (32 px) | boost, both engines (seconds per round at N train rows) | ensemble | report | predict (test
+  split of the shard folder)
+
+and fits the growth exponent k of each stage (cost ~ N^k) over the sizes. Prints JSON rows; cleans up what it
+wrote unless --keep. Features need a trained checkpoint: a resnet50 trained for one epoch on 256 galaxies at 32 px
+(its accuracy is beside the point; its cost per image is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SAMPLE, emit, machine  # noqa: E402
+
+ENV = {**os.environ, "GZPIPE_PROGRESS": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+ENV = {k: v for k, v in ENV.items() if v != ""}
+
+
+def measure(cmd: list[str]) -> None:
+    """Run a set-up step (not measured)."""
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+
+
+def run_rss(cmd: list[str]) -> dict:
+    """Run ``cmd``: its wall time and the peak RSS of its own process in MB (from wait4: no sampling to miss)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_chunks = p.stdout.read()
+    err_chunks = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    seconds = time.perf_counter() - t
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}):\n{err_chunks[-3000:]}")
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out_chunks,
+            "stderr": err_chunks}
+
+
+def gz(*args) -> list[str]:
+    return [sys.executable, "-m", "gzpipe", *map(str, args)]
+
+
+def py(code: str, *args) -> list[str]:
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+CATALOG = """
+import sys
+from pathlib import Path
+from gzpipe.catalog import CatalogSource, read_catalog
+t = read_catalog(CatalogSource(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
+print(len(t), int((t["reject"] != "").sum()))
+"""
+
+LOADER = """
+import json, sys, time
+from gzpipe.loaders import create_loader
+t0 = time.perf_counter()
+loader = create_loader(sys.argv[1], "train", "pil", 64, 64, train=True, device="cpu", workers=2)
+it = iter(loader)
+next(it)
+first = time.perf_counter() - t0
+n, t1 = 0, time.perf_counter()
+for b in it:
+    n += len(b)
+    if n >= int(sys.argv[2]):
+        break
+print(json.dumps({"first_batch_s": first, "images_per_s": n / (time.perf_counter() - t1), "images": n}))
+"""
+
+BOOST_ROWS = """
+import json, sys
+import numpy as np
+import pyarrow.parquet as pq
+print(json.dumps({s: pq.ParquetFile(f"{sys.argv[1]}/{s}.parquet").metadata.num_rows for s in ("train", "val", "test")}))
+"""
+
+FAKE_MEMBERS = """
+import sys
+from pathlib import Path
+import numpy as np
+from gzpipe import runs, schema
+from gzpipe.labels import split_labels
+out, shards = Path(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+for i, b in enumerate(("resnet50", "efficientnet_v2_s", "regnety_8gf")):
+    d = out / b
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text('{"shards": "%s", "backbone": "%s"}' % (shards, b))
+    for split in ("val", "test"):
+        lab = split_labels(shards, split)
+        y = lab[list(schema.TARGET_NAMES)].to_numpy()
+        runs.write_predictions(d, split, list(lab.index), np.clip(y + rng.normal(0, 0.05 + 0.02 * i, y.shape), 0, 1))
+    from gzpipe.metrics import compute_metrics
+    lab = split_labels(shards, "test")
+    p = runs.read_predictions(d, "test").loc[lab.index].to_numpy()
+    m = compute_metrics(p, lab[list(schema.TARGET_NAMES)].to_numpy(), lab[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy())
+    import json
+    (d / "metrics.json").write_text(json.dumps({"test": m, "val": m, "history": [], "wall_time_s": 1.0}))
+    runs.mark_complete(d, runs.BACKBONE, "stand-in member")
+"""
+
+
+def fit_exponent(ns: list[int], values: list[float]) -> float | None:
+    pts = [(math.log(n), math.log(v)) for n, v in zip(ns, values) if v and v > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,50000", help="comma list of catalogue row counts [10000,50000]; the "
+                                                           "release has 239695")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (needs ~1.2 GB per 50k rows)")
+    ap.add_argument("--keep", action="store_true", help="leave the work folder in place")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--resize-rows", type=int, default=10_000, help="galaxies re-encoded by the --resize stage")
+    ap.add_argument("--loader-images", type=int, default=6400, help="images timed by the loader stage")
+    ap.add_argument("--boost-rounds", type=int, default=3, help="rounds timed per booster (early stopping off)")
+    ap.add_argument("--features-max", type=int, default=60_000, help="largest N at which features, boost and "
+                                                                     "predict run (they take minutes per 10k here)")
+    ap.add_argument("--stages", default="all", help="comma list of stages to run [all]")
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    stages = None if args.stages == "all" else set(args.stages.split(","))
+    want = (lambda s: stages is None or s in stages)
+    root = Path(tempfile.mkdtemp(prefix="gzpipe-scale-", dir=args.workdir))
+    results: dict[str, dict[int, dict]] = {}
+
+    def record(stage: str, n: int, row: dict) -> None:
+        row = {"stage": stage, "rows": n, **{k: v for k, v in row.items() if k not in ("stdout", "stderr")}}
+        results.setdefault(stage, {})[n] = row
+        emit(row)
+
+    try:
+        import standin
+
+        t = time.perf_counter()
+        rel = standin.build(root / "release", max(sizes), SAMPLE if SAMPLE.exists() else None)
+        emit({"stage": "build stand-in", "rows": max(sizes), "seconds": round(time.perf_counter() - t, 1),
+              **{k: (str(v) if isinstance(v, Path) else v) for k, v in rel.items()}, "machine": machine()})
+        ckpt_art = root / "ckpt"
+        for n in sizes:
+            d = root / f"n{n}"
+            d.mkdir()
+            cat = d / "gz2_hart16.csv"
+            if n == max(sizes):
+                cat = rel["catalog"]
+            else:
+                import pandas as pd
+
+                pd.read_csv(rel["catalog"], nrows=n, dtype=str, keep_default_na=False).to_csv(cat, index=False)
+            base = ["--catalog", cat, "--mapping", rel["mapping"], "--images", rel["images"]]
+            if want("catalog"):
+                record("catalog", n, run_rss(py(CATALOG, cat, rel["images"], rel["mapping"])))
+            shards = d / "shards"
+            if want("shard"):
+                r = run_rss(gz("shard", *base, "--out", shards, "--workers", args.workers))
+                m = json.loads((shards / "manifest.json").read_text())
+                files = d / "files.txt"
+                files.write_text("\n".join(f"{s_id}.jpg" for s_id in _written_assets(m)) + "\n")
+                t_tar = run_rss(["tar", "cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T", str(files)])
+                (d / "plain.tar").unlink()
+                record("tar cf", n, t_tar)
+                record("shard", n, {**r, "written": m["counts"]["written"], "rejected": m["counts"]["rejected"],
+                                    "vs_tar": round(r["seconds"] / t_tar["seconds"], 2)})
+                h = run_rss(gz("shard", *base, "--out", d / "shards_h", "--workers", args.workers, "--verify",
+                               "header"))
+                record("shard --verify header", n, {**h, "vs_tar": round(h["seconds"] / t_tar["seconds"], 2)})
+                shutil.rmtree(d / "shards_h")
+            if want("resize") and want("shard"):
+                frac = min(1.0, args.resize_rows / n)
+                r = run_rss(gz("shard", *base, "--out", d / "shards_r", "--workers", args.workers, "--resize", 256,
+                               "--fraction", frac))
+                m = json.loads((d / "shards_r/manifest.json").read_text())
+                record("shard --resize 256", n, {**r, "galaxies": m["counts"]["inputs"],
+                                                 "images_per_s": round(m["counts"]["inputs"] / r["seconds"], 1)})
+                shutil.rmtree(d / "shards_r")
+            if not shards.exists():
+                continue
+            if want("verify"):
+                record("verify", n, run_rss(gz("verify", shards)))
+            if want("loader"):
+                r = run_rss(py(LOADER, shards, args.loader_images))
+                record("loader", n, {**r, **json.loads(r["stdout"].strip().splitlines()[-1])})
+            if n > args.features_max:
+                continue
+            if not (ckpt_art / "resnet50/training_complete.txt").exists():
+                tiny = root / "tiny_shards"
+                measure(gz("shard", *base, "--out", tiny, "--fraction", min(1.0, 320 / n), "--resize", 64,
+                           "--shard-size", 64, "--workers", args.workers))
+                measure(gz("train", "--backbone", "resnet50", "--shards", tiny, "--out", ckpt_art, "--epochs", 1,
+                           "--image-size", 32, "--batch-size", 16, "--workers", 1, "--device", "cpu", "--backend",
+                           "pil", "--warmup-epochs", 0))
+            art = d / "art"
+            (art / "resnet50").mkdir(parents=True)
+            shutil.copytree(ckpt_art / "resnet50/checkpoints", art / "resnet50/checkpoints")
+            cfg = json.loads((ckpt_art / "resnet50/config.json").read_text())
+            (art / "resnet50/config.json").write_text(json.dumps({**cfg, "shards": str(shards)}))
+            if want("features"):
+                record("features", n, run_rss(gz("features", "--backbone", "resnet50", "--out", art, "--shards",
+                                                  shards, "--workers", args.workers, "--batch-size", 256)))
+                rows = json.loads(run_rss(py(BOOST_ROWS, art / "resnet50/features"))["stdout"])
+                if want("boost"):
+                    for engine in ("xgboost", "lightgbm"):
+                        for label, opts in _boost_settings():
+                            r = run_rss(gz("boost", "--engine", engine, "--backbone", "resnet50", "--out", art,
+                                           "--rounds", args.boost_rounds, "--early-stopping", args.boost_rounds,
+                                           "--device", "cpu", "--force", *opts))
+                            met = json.loads((art / f"{engine}_resnet50/metrics.json").read_text())
+                            record(f"boost {engine} ({label})", n, {
+                                **r, "train_rows": rows["train"], "train_time_s": round(met["train_time_s"], 2),
+                                "seconds_per_round": round(met["train_time_s"] / args.boost_rounds, 3)})
+            if want("ensemble"):
+                measure(py(FAKE_MEMBERS, art, shards))
+                record("ensemble", n, run_rss(gz("ensemble", "--method", "inverse_mae", "--out", art)))
+                record("report", n, run_rss(gz("report", "--out", art)))
+            if want("predict"):
+                tests = [shards / s["name"] for s in json.loads((shards / "manifest.json").read_text())["shards"]
+                         if s["split"] == "test"]
+                r = run_rss(gz("predict", "--model", art / "resnet50", *tests, "--out", d / "pred.parquet",
+                               "--workers", args.workers, "--batch-size", 256))
+                record("predict", n, {**r, "images": _predicted(d / "pred.parquet")})
+            shutil.rmtree(art, ignore_errors=True)
+            shutil.rmtree(shards, ignore_errors=True)
+        for stage, by_n in results.items():
+            ns = sorted(by_n)
+            key = "seconds_per_round" if stage.startswith("boost") else "seconds"
+            emit({"stage": stage, "growth_exponent_time": fit_exponent(ns, [by_n[k].get(key) for k in ns]),
+                  "growth_exponent_rss": fit_exponent(ns, [by_n[k].get("peak_rss_mb") for k in ns]),
+                  "sizes": ns, "machine": machine()})
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _written_assets(manifest: dict) -> list[str]:
+    rejected = {r["id"] for r in manifest["rejected"]}
+    import pandas as pd
+
+    lab = pd.read_parquet(Path(manifest["config"]["out"]) / "labels.parquet", columns=["id"])
+    return [i for i in lab["id"] if i not in rejected]
+
+
+def _predicted(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _boost_settings() -> list[tuple[str, list[str]]]:
+    """Today's `full` preset and the `full` preset's chosen defaults (see gzpipe/study/config.py)."""
+    from gzpipe.study.config import PRESETS
+
+    full = PRESETS["full"]["boost"]
+    opts = []
+    for k, v in full.items():
+        if k in ("rounds", "early_stopping"):
+            continue
+        opts += [f"--{k.replace('_', '-')}", str(v)] if k in ("max_bin", "colsample", "learning_rate", "pca",
+                                                              "subsample") else ["--param", f"{k}={v}"]
+    return [("full preset", opts)]
+
+
+if __name__ == "__main__":
+    main()

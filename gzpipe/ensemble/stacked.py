@@ -1,0 +1,146 @@
+"""The `stacked` ensemble: per target, non-negative weights over every finished base model (backbones and
+boosters), chosen on the validation split only by greedy forward selection with replacement (Caruana et al. 2004).
+
+Selection adds, one step at a time, the member whose inclusion most lowers the val MAE of the running average (a
+member may be added again: its weight grows). Against overfitting a small val split:
+
+* **bagging**: the selection runs on ``bags`` random halves of the val galaxies, and the weights are the mean of the
+  bags' weights (a member that only helps on a few galaxies is diluted);
+* **a cap**: at most ``steps`` additions per bag (weights are multiples of 1 / steps);
+* **shrinkage**: the bagged weights are pulled toward equal weights over the members by ``shrink``, chosen from a
+  few values by K-fold cross-validation *within* val (fit on K-1 folds, score on the held-out one).
+
+Test is never read to fit anything; it is only scored. Weights are saved in ``weights.json`` as {member: [30]}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gzpipe import runs, schema
+from gzpipe.errors import GzpipeError
+from gzpipe.fileio import remove_stale_tmp, write_json
+from gzpipe.metrics import compute_metrics
+
+
+@dataclass
+class StackConfig:
+    steps: int = 25
+    bags: int = 20
+    bag_share: float = 0.5
+    shrink_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    folds: int = 5
+    seed: int = 0
+    max_rows: int = 5000  # val galaxies the weights are chosen on (a random subset beyond; the cost is linear)
+
+
+def _select(p: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
+    """Greedy forward selection with replacement: p (n, M) member predictions, y (n,) targets -> weights (M,)."""
+    n, m = p.shape
+    counts = np.zeros(m)
+    total = np.zeros(n)
+    for k in range(1, steps + 1):
+        # MAE of the running average with each member added once more
+        cand = np.abs((total[:, None] + p) / k - y[:, None]).mean(0)
+        best = int(np.argmin(cand))
+        counts[best] += 1
+        total += p[:, best]
+    return counts / counts.sum()
+
+
+def fit_target(p: np.ndarray, y: np.ndarray, cfg: StackConfig, rng: np.random.Generator,
+               shrink: float) -> np.ndarray:
+    """Bagged, shrunk selection weights of one target (see the module docstring)."""
+    n, m = p.shape
+    if n == 0:
+        return np.full(m, 1.0 / m)
+    w = np.zeros(m)
+    size = max(1, int(round(cfg.bag_share * n)))
+    for _ in range(cfg.bags):
+        rows = rng.choice(n, size=size, replace=False)
+        w += _select(p[rows], y[rows], cfg.steps)
+    w /= cfg.bags
+    return (1 - shrink) * w + shrink / m
+
+
+def choose_shrink(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConfig) -> tuple[float, dict]:
+    """The shrinkage with the lowest K-fold cross-validated MAE on val (all targets together)."""
+    n = preds.shape[0]
+    rng = np.random.default_rng(cfg.seed)
+    fold = rng.permutation(n) % max(2, min(cfg.folds, n))
+    scores = {}
+    for s in cfg.shrink_grid:
+        err, count = 0.0, 0
+        for f in np.unique(fold):
+            tr, te = fold != f, fold == f
+            for j in range(schema.N_TARGETS):
+                a, b = tr & mask[:, j], te & mask[:, j]
+                if not b.any():
+                    continue
+                w = fit_target(preds[a, :, j], y[a, j], cfg, np.random.default_rng([cfg.seed, j, int(f)]), s)
+                err += np.abs(preds[b, :, j] @ w - y[b, j]).sum()
+                count += int(b.sum())
+        scores[s] = err / max(count, 1)
+    best = min(scores, key=scores.get)
+    return best, scores
+
+
+def fit_stack(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConfig) -> tuple[np.ndarray, dict]:
+    """preds (n, M, 30), y (n, 30), mask (n, 30) of the val split -> weights (M, 30) and how they were chosen."""
+    shrink, scores = choose_shrink(preds, y, mask, cfg)
+    weights = np.stack([fit_target(preds[mask[:, j], :, j], y[mask[:, j], j], cfg,
+                                   np.random.default_rng([cfg.seed, j]), shrink)
+                        for j in range(schema.N_TARGETS)], axis=1)
+    return weights, {"shrink": shrink, "cv_mae_by_shrink": scores}
+
+
+def base_models(out: Path) -> list[str]:
+    """Every finished, current backbone and booster run in ``out`` (the stacked ensemble's members)."""
+    members = []
+    for r in runs.finished_runs(out):
+        if r.kind in (runs.BACKBONE, runs.BOOSTER) and not runs.changed_inputs(r.dir):
+            members.append(r.name)
+    return members
+
+
+def run_stacked(out: Path, members: list[str] | None = None, cfg: StackConfig | None = None) -> dict:
+    from gzpipe.ensemble.weighted import member_predictions
+
+    cfg = cfg or StackConfig()
+    out = Path(out)
+    used = members or base_models(out)
+    if len(used) < 2:
+        raise GzpipeError(f"the stacked ensemble needs at least 2 finished models in {out}, found "
+                          f"{len(used)}; train backbones and boosters first")
+    run_dir = runs.ensemble_dir(out, "stacked")
+    remove_stale_tmp(run_dir)
+    ids, preds, labels, _ = member_predictions(out, used)
+    y_val, m_val = labels["val"]
+    p_val = np.stack([preds["val"][b] for b in used], axis=1)  # (n, M, 30)
+    rows = np.arange(len(p_val))
+    if len(rows) > cfg.max_rows:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_rows, replace=False))
+    weights, how = fit_stack(p_val[rows], np.nan_to_num(y_val[rows]), m_val[rows].astype(bool), cfg)
+    result: dict = {"method": "stacked", "models": used, "weights_from": "val", "evaluated_on": "test",
+                    "weights": {b: weights[k].round(6).tolist() for k, b in enumerate(used)}, **how,
+                    "member_val_metrics": {b: {"mae": compute_metrics(preds["val"][b], *labels["val"])["mae"]}
+                                           for b in used}}
+    runs.unmark(run_dir, runs.ENSEMBLE)
+    for split in runs.EVAL_SPLITS:
+        p = np.einsum("nmj,mj->nj", np.stack([preds[split][b] for b in used], axis=1), weights)
+        result[split] = compute_metrics(p, *labels[split])
+        runs.write_predictions(run_dir, split, ids[split], p)
+    write_json(run_dir / runs.WEIGHTS, {k: result[k] for k in ("method", "models", "weights", "weights_from",
+                                                                "member_val_metrics", "shrink", "cv_mae_by_shrink")})
+    write_json(run_dir / runs.METRICS, {"model": "ensemble_stacked", **result})
+    runs.record_inputs(run_dir, {f"{b} {split} predictions": runs.predictions_path(out / b, split)
+                                 for b in used for split in runs.EVAL_SPLITS})
+    runs.mark_complete(run_dir, runs.ENSEMBLE, f"ensemble_stacked: test MAE {result['test']['mae']:.5f}")
+    top = sorted(used, key=lambda b: -weights[used.index(b)].mean())[:4]
+    print(f"ensemble_stacked of {len(used)} models (shrink {how['shrink']}): test MAE {result['test']['mae']:.4f}  "
+          f"accuracy {result['test']['accuracy']:.4f}  mean weights "
+          + ", ".join(f"{b} {weights[used.index(b)].mean():.3f}" for b in top), flush=True)
+    return result
