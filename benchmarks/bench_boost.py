@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--engines", default="xgboost,lightgbm")
     ap.add_argument("--rows", type=int, default=None, help="cut the train split to this many rows")
     ap.add_argument("--data", default="", help="a label for the data in the rows")
+    ap.add_argument("--rounds", type=int, default=None, help="fixed rounds, early stopping off (seconds per round)")
     args = ap.parse_args()
     from gzpipe.boost import BoostConfig, run_boost
     from gzpipe.models import resolve_name
@@ -87,6 +88,8 @@ def main() -> None:
         for name in args.settings.split(","):
             for engine in args.engines.split(","):
                 s = dict(SETTINGS[name])
+                if args.rounds:
+                    s.update(rounds=args.rounds, early_stopping=args.rounds)
                 t = time.perf_counter()
                 cpu0 = _cpu_seconds()
                 m = run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out), device="cpu", force=True,
@@ -94,6 +97,7 @@ def main() -> None:
                 emit({"engine": engine, "setting": name, **s, "data": args.data, "train_rows": n_train,
                       "seconds": round(time.perf_counter() - t, 1), "train_time_s": round(m["train_time_s"], 1),
                       "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+                      "seconds_per_round": round(m["train_time_s"] / args.rounds, 2) if args.rounds else None,
                       "trees": m.get("trees"), "rounds": m.get("best_iteration", None),
                       "val_mae": round(m["val"]["mae"], 5), "test_mae": round(m["test"]["mae"], 5),
                       "test_accuracy": round(m["test"]["accuracy"], 5), "pca_explained": m.get("pca_explained"),

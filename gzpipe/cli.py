@@ -256,6 +256,9 @@ def train(
                                              "epochs in this invocation, e.g. for time-limited jobs."),
     tta: Optional[int] = typer.Option(None, min=1, metavar="N", help="Evaluate the finished model averaging N "
                                       "test-time views; `features` then uses the same views [1]."),
+    ema_decay: Optional[float] = typer.Option(None, min=0.0, max=0.99999, metavar="X", help="Keep an exponential "
+                                              "moving average of the weights (decay per step, e.g. 0.99); it is "
+                                              "validated and saved as the model [off]."),
     tta_kind: Optional[TtaKind] = typer.Option(None, help="dihedral: exact 90-degree rotations and mirrors (up to "
                                                           "8); rotate: N evenly spaced angles [dihedral]."),
 ) -> None:
@@ -273,7 +276,8 @@ def train(
                   patience=patience, image_size=image_size, backend=backend, workers=workers, device=device, seed=seed,
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
-                  checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind)
+                  checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
+                  ema_decay=ema_decay)
     run_train(cfg)
 
 

@@ -182,9 +182,10 @@ def record_inputs(run_dir: str | Path, paths: dict[str, str | Path]) -> dict:
     return rec
 
 
-def changed_inputs(run_dir: str | Path) -> list[str]:
+def changed_inputs(run_dir: str | Path, labels=None, missing_ok: bool = False) -> list[str]:
     """Descriptions of the inputs that differ from the ones the run was built from ([] when current, or when the
-    run predates input records)."""
+    run predates input records). ``labels``: only inputs whose label passes this test; ``missing_ok``: an input
+    that is gone is not reported (only one that has changed)."""
     d = Path(run_dir)
     p = d / INPUTS
     if not p.exists():
@@ -195,9 +196,12 @@ def changed_inputs(run_dir: str | Path) -> list[str]:
         return [f"its {INPUTS} is unreadable"]
     out = []
     for label, r in rec.items():
+        if labels is not None and not labels(label):
+            continue
         f = _real_path(r["path"], d)
         if not f.exists():
-            out.append(f"{label} ({f}) is gone")
+            if not missing_ok:
+                out.append(f"{label} ({f}) is gone")
         elif digest(f) != r["sha256"]:
             out.append(f"{label} ({f}) has changed")
     return out

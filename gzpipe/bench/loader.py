@@ -116,6 +116,16 @@ def run(cfg: LoaderBenchConfig) -> list[dict]:
     base = {"image_size": image_size, "batch_size": batch_size, "workers": workers, "split": split,
             "stored_size": m.get("stored_size", "original"), "images": sp.samples, "machine": describe()}
     rows = [{**base, **bench_backend(shards, backend, image_size, batch_size, workers, passes, split, device)}]
+    if rows[0]["backend"] == "pil":
+        from gzpipe.bench.loader_split import time_split
+
+        parts = time_split(shards, split, image_size, workers, batch_size)
+        worker_ms = parts["read_ms"] + parts["decode_ms"] + parts["warp_ms"]
+        main_ms = parts["transfer_uint8_ms"] + parts["normalise_batch_ms"]
+        rows.append({**base, "backend": "pil time split (ms per image, each part alone)", **parts,
+                     "worker_ms": round(worker_ms, 4), "main_process_ms": round(main_ms, 4),
+                     "share_of_transform_ceiling": round(rows[0]["images_per_s"]
+                                                         / parts["transform_ceiling_images_per_s"], 3)})
     if references:
         samples = [s for f in sp.files for s in iter_samples(f)]
         folder = Path(m["images_dir"])

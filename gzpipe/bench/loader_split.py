@@ -1,7 +1,7 @@
 """Where a CPU loader's time goes: each part of the `pil` path timed alone, per image, on the same galaxies.
 
 * ``read``: tar reading and the shard's sha256 (the stream's own reader);
-* ``decode``: Pillow's JPEG decode, at the draft scale the warp needs;
+* ``decode``: the JPEG decode (OpenCV's libjpeg-turbo), at the DCT scale the warp needs;
 * ``warp``: OpenCV's affine warp to the output size;
 * ``normalise_sample``: one sample to float32, normalised (what a worker would do);
 * ``normalise_batch``: the same per image, done once per uint8 batch (what the main process does);
@@ -56,33 +56,28 @@ def _transfer(batch: torch.Tensor, workers: int, batches: int = 40) -> float:
 
 def time_split(shards: str | Path, split: str = "train", image_size: int = 224, workers: int = 2,
                batch_size: int = 64, images: int = 256) -> dict:
-    from PIL import Image
-
-    from gzpipe.loaders.pil import decode_augment, normalise_batch
+    from gzpipe.loaders.contract import normalise_nhwc_uint8 as normalise_batch
+    from gzpipe.loaders.pil import decode_augment
     from gzpipe.loaders.presets import PRESETS, draw_affine
     from gzpipe.loaders.shards import iter_samples, split_shards
 
     sp = split_shards(shards, split)
-    t = time.perf_counter()
-    samples = []
+    files = []
     for f in sp.files:
-        for s in iter_samples(f):
-            samples.append(s)
-        if len(samples) >= images:
+        files.append(f)
+        if sum(x.samples for x in files) >= images:
             break
-    read = (time.perf_counter() - t) / len(samples) * 1e3
+    samples = [s for f in files for s in iter_samples(f)]
+    read = _per_image(lambda: [s for f in files for s in iter_samples(f)], len(samples))
     samples = samples[:images]
     n = len(samples)
     rng = np.random.default_rng(0)
     affines = [draw_affine(rng, True, PRESETS["train"]) for _ in samples]
-    import io
+    from gzpipe.loaders.pil import _need, decode as decode_image
 
     def decode_only():
         for s, a in zip(samples, affines):
-            im = Image.open(io.BytesIO(s["jpg"]))
-            need = int(np.ceil(image_size / max(float(np.abs(np.linalg.eigvals(a)).min()), 1e-3)))
-            im.draft("RGB", (need, need))
-            im.load()
+            decode_image(s["jpg"], _need(a, image_size))
 
     def decode_and_warp():
         for s, a in zip(samples, affines):

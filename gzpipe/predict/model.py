@@ -92,9 +92,12 @@ def load_predictor(model_dir: str | Path, device: torch.device) -> Predictor:
         from gzpipe.ensemble import load_weights
 
         members = [_member(root, n, w) for n, w in load_weights(d).items()]
-    checked = {d.name} | {m.name for m in members} | {m.backbone for m in members}
+    # What predicting depends on: a booster on its backbone's checkpoint, an ensemble on its members. A backbone's
+    # training shards do not matter here (a model moved to another machine predicts without them).
+    checked = {d.name} | {m.name for m in members}
     for name in sorted(checked):
-        changed = runs.changed_inputs(root / name)
+        changed = runs.changed_inputs(root / name, labels=lambda lab: lab == "checkpoint" or
+                                      lab.endswith("predictions"), missing_ok=True)
         if changed:
             raise GzpipeError(runs.stale_message(root / name, changed, "re-run its stage (gzpipe study re-runs "
                                                  "every stage that is out of date)"))

@@ -31,7 +31,7 @@ def collect(out: Path) -> tuple[pd.DataFrame, dict, dict[str, list[str]]]:
     found = runs.finished_runs(out)
     current = []
     for r in found:
-        changed = runs.changed_inputs(r.dir)
+        changed = runs.changed_inputs(r.dir, missing_ok=True)  # a gone input says nothing about the model
         if changed:
             stale[r.name] = changed
         else:

@@ -80,8 +80,8 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
         mode = None
         if "train" in force:
             mode = "restart"
-        elif runs.is_complete(d, runs.BACKBONE) and runs.changed_inputs(d):
-            _say("train", runs.stale_message(d, runs.changed_inputs(d), "training it again"))
+        elif runs.is_complete(d, runs.BACKBONE) and runs.changed_inputs(d, labels=_SHARDS):
+            _say("train", runs.stale_message(d, runs.changed_inputs(d, labels=_SHARDS), "training it again"))
             mode = "restart"
         tcfg = resolve(b, str(shards), None, out=str(out), mode=mode, **cfg.train)
         if run_train(tcfg, restart_hint="`gzpipe study --force train`") is not None:
@@ -115,6 +115,10 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     rep = run_report(out)
     _say("report", f"{rep['models']} models -> {rep['dir']}")
     return rep
+
+
+def _SHARDS(label: str) -> bool:  # a backbone is out of date when its data changed (not its --weights file)
+    return label == "shards"
 
 
 def _synth_done(raw: Path, n: int) -> bool:

@@ -26,7 +26,7 @@ MODES = ("resume", "restart", "skip")
 LOSSES = ("mse", "bce")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
-               "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained")
+               "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay")
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
@@ -63,6 +63,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     tta: int = 1  # views averaged when the finished model is evaluated (and by `features`); 1 = none
     tta_kind: str = "dihedral"
+    ema_decay: float | None = None  # keep, validate and save an exponential moving average of the weights
 
     @property
     def run_dir(self) -> Path:
@@ -129,6 +130,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     for key in ("weight_decay", "warmup_epochs", "min_delta", "checkpoint_minutes"):
         if getattr(cfg, key) < 0:
             bad(f"{key} must not be negative, got {getattr(cfg, key)}")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        bad(f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
     if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         bad("eval_batch_size must be at least 1")
     if cfg.mode not in MODES:

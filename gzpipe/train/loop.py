@@ -69,7 +69,7 @@ class EvalResult:
 
 
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device, amp, cfg, epoch: int,
-                    max_batches: int, state: EpochState, checkpoint_fn) -> EpochState:
+                    max_batches: int, state: EpochState, checkpoint_fn, on_step=None) -> EpochState:
     """Train over ``max_batches`` batches of ``loader`` (skipping the ``state.batches_done`` already done by an
     interrupted run); ``checkpoint_fn(state)`` is called when a mid-epoch checkpoint is due; returns early, with
     ``state`` up to date, once a stop is asked for (the caller saves and stops)."""
@@ -103,6 +103,8 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
                 else:
                     optimizer.step()
                 scheduler.step()
+                if on_step is not None:  # e.g. the moving average of the weights
+                    on_step()
                 # .item() is a CPU-GPU sync point; once per step is the price of a live loss in the progress bar
                 lv, nv = float(loss.detach().item()), float(n.item())
                 state.loss_sum += lv * nv

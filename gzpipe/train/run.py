@@ -74,7 +74,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     if cfg.mode == "skip":
         return _skip(cfg, d, device)
     if cfg.mode == "resume" and runs.is_complete(run_dir, runs.BACKBONE):
-        changed = runs.changed_inputs(run_dir)
+        changed = runs.changed_inputs(run_dir, labels=lambda lab: lab == "shards")
         if changed:
             raise GzpipeError(runs.stale_message(run_dir, changed, f"{restart_hint} trains it again on the current "
                                                                    "data"))
@@ -112,6 +112,11 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, round(cfg.warmup_epochs * steps)), cfg.epochs * steps))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
+    ema = None
+    if cfg.ema_decay:  # validated, checkpointed and saved as the best model instead of the raw weights
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
     epoch, history, wall = 0, [], 0.0
     early = {"best": math.inf, "best_epoch": None, "bad_epochs": 0}
@@ -119,11 +124,13 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     state = ckpt.load_latest(ckpt_dir) if cfg.mode == "resume" else None
     if state is not None:
         _check_compatible(state["config"], cfg)
-        changed = runs.changed_inputs(run_dir)
+        changed = runs.changed_inputs(run_dir, labels=lambda lab: lab == "shards")
         if changed:
             raise GzpipeError(runs.stale_message(run_dir, changed, "resuming would mix two data sets; --restart "
                                                  "starts over on the current data"))
         net.model.load_state_dict(state["model"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -142,7 +149,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         runs.record_inputs(run_dir, inputs)
 
     def full_state(es_now: EpochState) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        return {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "epoch_state": asdict(es_now),
                 "early": early, "history": history, "rng": _rng_state(device), "config": cfg.to_dict(),
                 "wall_time": wall + time.perf_counter() - t_start}
@@ -156,13 +164,15 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     ran = 0
     while epoch < cfg.epochs and early["bad_epochs"] < cfg.patience:
         es = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, device, cfg.amp, cfg, epoch, steps,
-                             es, save_latest)
+                             es, save_latest, on_step=(lambda: ema.update_parameters(model)) if ema is not None
+                             else None)
         if STOP:
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
                                        f"checkpoint saved in {ckpt_dir}; re-run the same command to resume")
         loss_sum, count, samples, secs = ddp.sum_floats(d, es.loss_sum, es.count, es.samples, es.seconds)
-        val = evaluate(net, val_loader, device, cfg.amp, cfg.loss, ddp.gather_eval(d))
+        val = evaluate(net if ema is None else LogitsModel(ema.module), val_loader, device, cfg.amp, cfg.loss,
+                       ddp.gather_eval(d))
         if val is None:  # stopped while validating: the epoch's training is saved, its validation re-runs
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while validating epoch {epoch + 1}; checkpoint "
@@ -173,7 +183,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         if improved:
             early.update(best=val.loss, best_epoch=epoch, bad_epochs=0)
             if d.main:
-                ckpt.save(ckpt_dir / ckpt.BEST, {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch,
+                best_weights = (ema.module if ema is not None else model).state_dict()
+                ckpt.save(ckpt_dir / ckpt.BEST, {"model": best_weights, "config": cfg.to_dict(), "epoch": epoch,
                                                  "val_loss": val.loss, "device_type": device.type})
         else:
             early["bad_epochs"] += 1

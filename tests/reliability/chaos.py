@@ -173,10 +173,15 @@ def _check_csv(p: Path) -> None:
     pd.read_csv(p)
 
 
+def _check_yaml(p: Path) -> bool:
+    import yaml
+    return isinstance(yaml.safe_load(p.read_text()), dict)
+
+
 CHECKS = {".tar": _check_tar, ".idx": _check_idx, ".json": lambda p: json.loads(p.read_text()),
           ".parquet": _check_parquet, ".pth": _check_pth, ".png": _check_png, ".jpg": _check_png,
           ".txt": _check_model_txt, ".ubj": _check_ubj, ".csv": _check_csv,
-          ".html": lambda p: p.read_text().rstrip().endswith("</html>")}
+          ".html": lambda p: p.read_text().rstrip().endswith("</html>"), ".yaml": _check_yaml}
 
 
 def final_files(root: Path) -> list[Path]:

@@ -52,12 +52,13 @@ def test_verify_names_damaged_shards_and_their_rebuild_rewrites_only_those(chaos
     q = subprocess.run(gzpipe("verify", out, "--quick"), capture_output=True, text=True, env=ENV)
     assert q.returncode == 1 and flipped.name not in q.stdout and truncated.name in q.stdout
 
-    # the loaders name the file too: the truncated one before reading, the changed one once it has been read
+    # the loaders name the file too: the truncated one before reading, the changed one as it is read (its sha256 is
+    # checked before any of its samples is used)
     with pytest.raises(GzpipeError, match="train-000001.tar is truncated"):
         create_loader(out, "train", "pil", 32, 8, train=False, device="cpu", workers=0)
     for workers in (0, 2):
         loader = create_loader(out, "val", "pil", 32, 8, train=False, device="cpu", workers=workers)
-        with pytest.raises(GzpipeError, match="^sample .* in shard val-000000.tar cannot be decoded.*gzpipe verify"):
+        with pytest.raises(GzpipeError, match="^shard .*val-000000.tar has changed since it was written.*gzpipe verify"):
             for _ in loader:
                 pass
     # a changed target value decodes fine: the sha256, checked as the shard is read, catches it
