@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--stored", default="original,256", help="comma list of stored sizes to shard at")
+    ap.add_argument("--backends", default=None, help="comma list [pil,dali, and nvjpeg on a GPU]")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gzpipe-bench-loader-"))
     try:
@@ -40,7 +41,8 @@ def main() -> None:
 
             synth(SynthConfig(out=tmp / "synth", n=800, seed=0, workers=2))
             catalog, images, mapping = tmp / "synth/gz2_hart16.csv", tmp / "synth/images", tmp / "synth/gz2_filename_mapping.csv"
-        backends = ["pil", "dali"] + (["nvjpeg"] if torch.cuda.is_available() else [])
+        backends = args.backends.split(",") if args.backends else (
+            ["pil", "dali"] + (["nvjpeg"] if torch.cuda.is_available() else []))
         for stored in args.stored.split(","):
             resize = None if stored == "original" else int(stored)
             out = tmp / f"shards-{stored}"
