@@ -45,19 +45,28 @@ def measure(cmd: list[str]) -> None:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
 
 
+# A child's peak RSS starts at its parent's RSS at fork (Linux carries the forked memory's high-water mark across
+# exec), so each stage is started by this small launcher, whose own RSS is a few MB, and the launcher reports its
+# child's peak from wait4.
+LAUNCH = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(p.pid, 0)
+sys.stderr.write("\\n@@peak_rss_kb %d\\n" % usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_rss(cmd: list[str]) -> dict:
     """Run ``cmd``: its wall time and the peak RSS of its own process in MB (from wait4: no sampling to miss)."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out_chunks = p.stdout.read()
-    err_chunks = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    r = subprocess.run([sys.executable, "-c", LAUNCH, *map(str, cmd)], env=ENV, capture_output=True, text=True)
     seconds = time.perf_counter() - t
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}):\n{err_chunks[-3000:]}")
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out_chunks,
-            "stderr": err_chunks}
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    err, _, tail = r.stderr.rpartition("@@peak_rss_kb ")
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(int(tail.split()[0]) / 1024, 1), "stdout": r.stdout,
+            "stderr": err}
 
 
 def gz(*args) -> list[str]:
@@ -107,7 +116,7 @@ from gzpipe import runs, schema
 from gzpipe.labels import split_labels
 out, shards = Path(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(0)
-for i, b in enumerate(("resnet50", "efficientnet_v2_s", "regnety_8gf")):
+for i, b in enumerate(("efficientnet_v2_s", "regnety_8gf", "convnext_base")):  # the real resnet50 run stays
     d = out / b
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text('{"shards": "%s", "backbone": "%s"}' % (shards, b))
@@ -144,7 +153,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--resize-rows", type=int, default=10_000, help="galaxies re-encoded by the --resize stage")
     ap.add_argument("--loader-images", type=int, default=6400, help="images timed by the loader stage")
-    ap.add_argument("--boost-rounds", type=int, default=3, help="rounds timed per booster (early stopping off)")
+    ap.add_argument("--boost-rounds", type=int, default=10, help="extra rounds that time one round: each booster "
+                                                                 "is fit for 2 and for 2 + this many rounds")
+    ap.add_argument("--boost-settings", default="full", help="comma list: full (the full preset), full-old (max_bin "
+                                                              "256 on all features, the preset before; slow) [full]")
     ap.add_argument("--features-max", type=int, default=60_000, help="largest N at which features, boost and "
                                                                      "predict run (they take minutes per 10k here)")
     ap.add_argument("--stages", default="all", help="comma list of stages to run [all]")
@@ -187,7 +199,7 @@ def main() -> None:
                 m = json.loads((shards / "manifest.json").read_text())
                 files = d / "files.txt"
                 files.write_text("\n".join(f"{s_id}.jpg" for s_id in _written_assets(m)) + "\n")
-                t_tar = run_rss(["tar", "cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T", str(files)])
+                t_tar = run_rss(["tar", "--hard-dereference", "-cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T", str(files)])
                 (d / "plain.tar").unlink()
                 record("tar cf", n, t_tar)
                 record("shard", n, {**r, "written": m["counts"]["written"], "rejected": m["counts"]["rejected"],
@@ -231,14 +243,20 @@ def main() -> None:
                 rows = json.loads(run_rss(py(BOOST_ROWS, art / "resnet50/features"))["stdout"])
                 if want("boost"):
                     for engine in ("xgboost", "lightgbm"):
-                        for label, opts in _boost_settings():
-                            r = run_rss(gz("boost", "--engine", engine, "--backbone", "resnet50", "--out", art,
-                                           "--rounds", args.boost_rounds, "--early-stopping", args.boost_rounds,
-                                           "--device", "cpu", "--force", *opts))
-                            met = json.loads((art / f"{engine}_resnet50/metrics.json").read_text())
+                        for label, opts in _boost_settings(args.boost_settings.split(",")):
+                            fits = []
+                            for rounds in (2, 2 + args.boost_rounds):
+                                r = run_rss(gz("boost", "--engine", engine, "--backbone", "resnet50", "--out", art,
+                                               "--rounds", rounds, "--early-stopping", rounds, "--device", "cpu",
+                                               "--force", *opts))
+                                met = json.loads((art / f"{engine}_resnet50/metrics.json").read_text())
+                                fits.append((r, met["train_time_s"]))
+                            per_round = (fits[1][1] - fits[0][1]) / args.boost_rounds
                             record(f"boost {engine} ({label})", n, {
-                                **r, "train_rows": rows["train"], "train_time_s": round(met["train_time_s"], 2),
-                                "seconds_per_round": round(met["train_time_s"] / args.boost_rounds, 3)})
+                                **fits[1][0], "train_rows": rows["train"],
+                                "seconds_per_round": round(per_round, 3),
+                                "set_up_s": round(fits[0][1] - 2 * per_round, 2),
+                                "train_time_s": round(fits[1][1], 2), "rounds": 2 + args.boost_rounds})
             if want("ensemble"):
                 measure(py(FAKE_MEMBERS, art, shards))
                 record("ensemble", n, run_rss(gz("ensemble", "--method", "inverse_mae", "--out", art)))
@@ -249,11 +267,12 @@ def main() -> None:
                 r = run_rss(gz("predict", "--model", art / "resnet50", *tests, "--out", d / "pred.parquet",
                                "--workers", args.workers, "--batch-size", 256))
                 record("predict", n, {**r, "images": _predicted(d / "pred.parquet")})
-            shutil.rmtree(art, ignore_errors=True)
-            shutil.rmtree(shards, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(art, ignore_errors=True)
+                shutil.rmtree(shards, ignore_errors=True)
         for stage, by_n in results.items():
             ns = sorted(by_n)
-            key = "seconds_per_round" if stage.startswith("boost") else "seconds"
+            key = "train_time_s" if stage.startswith("boost") else "seconds"  # a difference of two fits is noisy
             emit({"stage": stage, "growth_exponent_time": fit_exponent(ns, [by_n[k].get(key) for k in ns]),
                   "growth_exponent_rss": fit_exponent(ns, [by_n[k].get("peak_rss_mb") for k in ns]),
                   "sizes": ns, "machine": machine()})
@@ -278,18 +297,22 @@ def _predicted(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _boost_settings() -> list[tuple[str, list[str]]]:
-    """Today's `full` preset and the `full` preset's chosen defaults (see gzpipe/study/config.py)."""
+def _boost_settings(names: list[str]) -> list[tuple[str, list[str]]]:
+    """The `full` preset's boosting options (gzpipe/study/config.py) and, as ``full-old``, the preset before they
+    were measured (max_bin 256, colsample 0.5, all features)."""
     from gzpipe.study.config import PRESETS
 
-    full = PRESETS["full"]["boost"]
-    opts = []
-    for k, v in full.items():
-        if k in ("rounds", "early_stopping"):
-            continue
-        opts += [f"--{k.replace('_', '-')}", str(v)] if k in ("max_bin", "colsample", "learning_rate", "pca",
-                                                              "subsample") else ["--param", f"{k}={v}"]
-    return [("full preset", opts)]
+    settings = {"full": PRESETS["full"]["boost"], "full-old": {"max_bin": 256, "colsample": 0.5}}
+    out = []
+    for name in names:
+        opts = []
+        for k, v in settings[name].items():
+            if k in ("rounds", "early_stopping"):
+                continue
+            opts += [f"--{k.replace('_', '-')}", str(v)] if k in ("max_bin", "colsample", "learning_rate", "pca",
+                                                                  "subsample") else ["--param", f"{k}={v}"]
+        out.append((f"{name} preset" if name == "full" else name, opts))
+    return out
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ class FeaturesConfig:
     tta_kind: str | None = None
 
 
+ROW_GROUP = 8192  # rows per parquet row group (8192 x 2048 float16 = 32 MB held before each write)
+
+
 def feature_columns(width: int) -> list[str]:
     return [f"f{i:04d}" for i in range(width)]
 
@@ -103,15 +106,24 @@ def run_features(cfg: FeaturesConfig) -> dict:
         # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error
         with atomic_open(path, "wb") as f, progress_bar(f"features {name} {split}", total=len(loader), unit="batch") \
                 as bar, pq.ParquetWriter(f, schema_for(width, cfg.dtype)) as writer:
+            # one row group per ROW_GROUP rows, not per batch: a writer keeps every row group's metadata for every
+            # one of the ~2,000 columns until it closes, which grew its memory with the number of batches (+400 MB
+            # from 10k to 50k rows at batch 256, benchmarks/RESULTS.md)
+            pending: list[pa.Table] = []
             with ends_loading():
                 for batch in loader:
                     STOP.check()  # the partial file is removed; finished splits are kept
                     feats = torch.stack([trained.features_and_predictions(v)[0] for v in
                                          views(batch.images, tta["views"], tta["kind"])]).mean(0)
-                    writer.write_table(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
-                                              batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
+                    pending.append(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
+                                          batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
                     rows += len(batch)
+                    if sum(len(t) for t in pending) >= ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
                     bar.advance(1)
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
         meta["splits"][split] = {"rows": rows, "file": path.name, "sha256": runs.digest(path)}
         write_json(meta_path, meta)
         print(f"{name}: {split} features {rows} x {width} ({cfg.dtype}) -> {path}", flush=True)

@@ -245,3 +245,42 @@ def test_real_sample_shards_and_trains_a_step(real_sample, tmp_path):
     assert r["epochs_run"] == 1 and 0 < r["test"]["mae"] < 0.6
     cfg = resolve_study("real", None)  # the preset points at the same sample
     assert Path(cfg.data.catalog).name == "labels_manifest_800.csv" and Path(cfg.data.catalog).exists()
+
+
+def test_ema_forgets_the_first_weights():
+    """The EMA's decay warms up: a fixed 0.99 would still hold 0.99**50 = 60% of the first weights after 50 steps
+    (and of BatchNorm's first running variance, which made the EMA model worse than the train mean)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from gzpipe.train.run import ema_update
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        m[0].weight.zero_()
+    ema = AveragedModel(m, multi_avg_fn=ema_update(0.99), use_buffers=True)
+    ema.update_parameters(m)  # step 0: a copy
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+        m[1].running_var.fill_(0.04)
+    for _ in range(50):
+        ema.update_parameters(m)
+    assert torch.allclose(ema.module[0].weight, torch.ones(2, 2), atol=0.05)
+    assert torch.allclose(ema.module[1].running_var, torch.full((2,), 0.04), atol=0.05)
+    assert int(ema.module[1].num_batches_tracked) == int(m[1].num_batches_tracked)
+
+
+def test_ema_model_is_evaluated_saved_and_resumed(train_shards, tmp_path):
+    full = run_train(_cfg(train_shards, tmp_path / "a", epochs=2, ema_decay=0.9))
+    assert run_train(_cfg(train_shards, tmp_path / "b", epochs=2, ema_decay=0.9, stop_after=1)) is None
+    resumed = run_train(_cfg(train_shards, tmp_path / "b", epochs=2, ema_decay=0.9))
+    _compare(full, resumed)
+    ckpts = tmp_path / "a/resnet50/checkpoints"
+    best = torch.load(ckpts / "best_model.pth", weights_only=False)
+    raw = torch.load(ckpts / "latest_checkpoint.pth", weights_only=False)
+    assert best["config"]["ema_decay"] == 0.9 and raw["ema"] is not None
+    w = "head.fc.weight"
+    assert full["best_epoch"] == full["epochs_run"] == 2  # so the best model is the last one
+    assert torch.equal(best["model"][w], raw["ema"][f"module.{w}"])  # the EMA model is the one saved ...
+    assert not torch.equal(best["model"][w], raw["model"][w])  # ... not the raw one
+    assert run_train(_cfg(train_shards, tmp_path / "a", epochs=2, ema_decay=0.9, mode="skip"))["test"]["mae"] == \
+        pytest.approx(full["test"]["mae"])

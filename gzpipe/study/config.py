@@ -45,7 +45,9 @@ PRESETS: dict[str, dict] = {
         "out": "artifacts",
         "data": {},
         "shard": {"shard_size": 1000, "val": 0.1, "test": 0.1, "workers": 8},
-        "train": {"image_size": 224, "workers": 8},  # batch, lr, epochs, patience: the per-backbone defaults
+        # batch, lr, epochs, patience: the per-backbone defaults; the 8 dihedral views at evaluation and in the
+        # features (on the real sample: test MAE 0.1851 -> 0.1826 for resnet50; 0.6 h of the projected H100 study)
+        "train": {"image_size": 224, "workers": 8, "tta": 8},
         # measured (benchmarks/RESULTS.md, "Boosting at scale"): 2,048 features -> 128 principal components and 64
         # bins fit each booster >10x faster than max_bin 256 on all features, at the same test MAE
         "boost": {"rounds": 2000, "early_stopping": 50, "pca": 128, "max_bin": 64, "colsample": 0.5},

@@ -114,9 +114,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     ema = None
     if cfg.ema_decay:  # validated, checkpointed and saved as the best model instead of the raw weights
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(net.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        ema = AveragedModel(net.model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True)
 
     epoch, history, wall = 0, [], 0.0
     early = {"best": math.inf, "best_epoch": None, "bad_epochs": 0}
@@ -224,6 +224,27 @@ def _restore_rng(s: dict, device: torch.device) -> None:
     random.setstate((3, tuple(s["python"]), None))
     if s.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(s["cuda"], device)
+
+
+def ema_update(decay: float):
+    """The EMA step for ``AveragedModel``, with the decay warmed up as min(decay, (1 + n) / (10 + n)) after n steps.
+
+    A fixed decay keeps decay^n of the first weights, and with them BatchNorm's first running statistics (variance
+    ~1 where the data's is ~0.04): after 255 steps at 0.99, 8% of them were left and the EMA model's val MAE was 0.29
+    against the raw model's 0.18 (benchmarks/RESULTS.md). Integer buffers (BatchNorm's batch counts) follow the
+    model's."""
+
+    @torch.no_grad()
+    def update(ema_params: list, model_params: list, n_averaged) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, model_params, 1.0 - d)
+        else:
+            for e, m in zip(ema_params, model_params, strict=True):
+                e.copy_(m)
+
+    return update
 
 
 _RUNTIME_KEYS = ("backend", "workers", "device", "eval_batch_size", "out", "tta", "tta_kind")  # how to run/evaluate
