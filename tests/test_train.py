@@ -269,6 +269,7 @@ def test_ema_forgets_the_first_weights():
     assert int(ema.module[1].num_batches_tracked) == int(m[1].num_batches_tracked)
 
 
+@pytest.mark.slow  # ~70 s: three short trainings
 def test_ema_model_is_evaluated_saved_and_resumed(train_shards, tmp_path):
     full = run_train(_cfg(train_shards, tmp_path / "a", epochs=2, ema_decay=0.9))
     assert run_train(_cfg(train_shards, tmp_path / "b", epochs=2, ema_decay=0.9, stop_after=1)) is None

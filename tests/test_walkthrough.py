@@ -31,6 +31,7 @@ def gz(*args, timeout: float = 600) -> subprocess.CompletedProcess:
 
 # 1. stale models ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # ~90 s: trains a backbone twice, with boosters and an ensemble between
 def test_a_retrained_backbone_makes_its_boosters_and_ensembles_stale(train_shards, tmp_path):
     art = tmp_path / "art"
     assert gz("train", "--backbone", "resnet50", "--shards", train_shards, "--out", art, "--epochs", "1",
