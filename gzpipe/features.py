@@ -110,6 +110,7 @@ def run_features(cfg: FeaturesConfig) -> dict:
             # one of the ~2,000 columns until it closes, which grew its memory with the number of batches (+400 MB
             # from 10k to 50k rows at batch 256, benchmarks/RESULTS.md)
             pending: list[pa.Table] = []
+            pending_rows = 0
             with ends_loading():
                 for batch in loader:
                     STOP.check()  # the partial file is removed; finished splits are kept
@@ -118,9 +119,10 @@ def run_features(cfg: FeaturesConfig) -> dict:
                     pending.append(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
                                           batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
                     rows += len(batch)
-                    if sum(len(t) for t in pending) >= ROW_GROUP:
+                    pending_rows += len(batch)
+                    if pending_rows >= ROW_GROUP:
                         writer.write_table(pa.concat_tables(pending))
-                        pending = []
+                        pending, pending_rows = [], 0
                     bar.advance(1)
             if pending:
                 writer.write_table(pa.concat_tables(pending))

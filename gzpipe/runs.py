@@ -182,6 +182,15 @@ def record_inputs(run_dir: str | Path, paths: dict[str, str | Path]) -> dict:
     return rec
 
 
+SHARDS_INPUT = "shards"  # the label of a backbone's training data in its inputs.json
+
+
+def changed_data(run_dir: str | Path) -> list[str]:
+    """Whether a backbone's training data changed (not its --weights file): what makes a finished or half-finished
+    training run out of date."""
+    return changed_inputs(run_dir, labels=lambda label: label == SHARDS_INPUT)
+
+
 def changed_inputs(run_dir: str | Path, labels=None, missing_ok: bool = False) -> list[str]:
     """Descriptions of the inputs that differ from the ones the run was built from ([] when current, or when the
     run predates input records). ``labels``: only inputs whose label passes this test; ``missing_ok``: an input

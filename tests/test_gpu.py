@@ -3,6 +3,8 @@ nvJPEG and DALI-mixed parity with `pil` is in test_loaders.py (test_gpu_backends
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,12 +56,11 @@ def trained(train_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_art")
     run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=64, batch_size=8, epochs=1,
                       device="cpu", workers=1, warmup_epochs=1, backend="pil"))
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~400 MB of checkpoints
 
 
 def test_features_on_cuda_equal_cpu_features_within_bf16(trained, tmp_path):
-    import shutil
-
     from gzpipe.features import FeaturesConfig, read_features, run_features
 
     cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"

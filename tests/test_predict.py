@@ -22,7 +22,8 @@ def model(train_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred_art")
     run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, batch_size=8, epochs=1,
                       workers=1, device="cpu", warmup_epochs=1, backend="pil"))
-    return out / "resnet50"
+    yield out / "resnet50"
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~400 MB of checkpoints
 
 
 def test_predicting_the_test_shard_reproduces_training_predictions(model, train_shards, tmp_path):

@@ -4,6 +4,7 @@ memory that does not grow with the inputs, and torchrun ranks sharing the parts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ def model(train_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("scale_art")
     run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, batch_size=8, epochs=1,
                       workers=0, device="cpu", warmup_epochs=1, backend="pil"))
-    return out / "resnet50"
+    yield out / "resnet50"
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~400 MB of checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ change by re-running a command, and every stage notices when what a run was buil
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ def art(train_shards, tmp_path_factory):
     """A finished resnet50 run at 32 px (not the default 224)."""
     out = tmp_path_factory.mktemp("runs_art")
     run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, epochs=2, **FAST))
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~600 MB of checkpoints
 
 
 def test_skip_evaluates_as_trained_and_never_changes_a_finished_run(art, train_shards, capsys):

@@ -38,7 +38,8 @@ def trained(train_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("art")
     run_train(resolve("resnet50", str(train_shards), None, out=str(out), image_size=32, batch_size=8, epochs=1,
                       workers=1, device="cpu", warmup_epochs=1, backend="pil"))
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~400 MB of checkpoints
 
 
 def test_features_shape_ids_and_up_to_date(trained, train_shards):

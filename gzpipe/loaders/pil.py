@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
 from gzpipe.loaders.presets import PRESETS, draw_affine, pixel_matrix
 from gzpipe.loaders.stream import ShardStream, rebatch
+from gzpipe.shard.images import jpeg_frame
 from gzpipe.stopping import dataloader_worker_init
 
 # One OpenCV thread, set before any warp can start OpenCV's thread pool: a pool started in this process would not
@@ -55,8 +56,6 @@ def decode(data: bytes, need: int | None) -> tuple[np.ndarray, bool]:
     and is reduced by the same factor with a box filter, so the same pixels reach the model through the same
     reduction whatever the file format."""
     if data[:3] == b"\xff\xd8\xff":
-        from gzpipe.shard.images import jpeg_frame
-
         try:
             w, h, _ = jpeg_frame(data, "image")
             factor = _reduction(w, h, need) if need else 1

@@ -263,7 +263,7 @@ def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
         shown = "; ".join(found.skipped[:3]) + (f"; and {len(found.skipped) - 3} more" if len(found.skipped) > 3 else "")
         notes.append(f"skipped {len(found.skipped)} file(s) that are not images: {shown}")
     if found.duplicates:
-        notes.append(f"{found.duplicates} input(s) given more than once were predicted once")
+        notes.append(f"{found.duplicates} duplicate input path(s) were predicted once")
     rate = (res.rows / res.seconds) if res.seconds > 0 else 0.0
     print(f"predicted {res.rows - res.errors} image(s) with {predictor.name} ({predictor.kind}"
           + (f", TTA x{cfg.tta} {cfg.tta_kind}" if cfg.tta > 1 else "") + f"; {rate:,.0f} img/s) -> {res.out}"

@@ -28,7 +28,7 @@ def kind_colours(kinds) -> dict[str, str]:
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
+        fig.savefig(f, dpi=110, format="png", bbox_inches="tight")  # legends placed outside the axes included
     plt.close(fig)
 
 
@@ -132,7 +132,7 @@ def stacked_weights(weights: dict[str, list[float]], path: Path) -> None:
             if data[i, j] >= 0.005:
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if data[i, j] > 0.6 * data.max() else "black")
-    fig.colorbar(im, ax=ax, label="weight (mean over the task's answers)")
+    fig.colorbar(im, ax=ax, label="weight (mean over answers)")
     ax.set_title("Stacked ensemble: each member's weight per task (fitted on the validation split)")
     _save(fig, path)
 
@@ -149,7 +149,8 @@ def tta_effect(table: pd.DataFrame, path: Path) -> None:
     ax.set_yticks(y, t["name"])
     ax.invert_yaxis()
     ax.set_xlabel("test MAE (lower is better)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(0, float(max(t["mae_without_tta"].max(), t["mae"].max())) * 1.18)  # room for the differences
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Test-time augmentation: test MAE with and without")
     _save(fig, path)

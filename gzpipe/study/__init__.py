@@ -80,8 +80,8 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
         mode = None
         if "train" in force:
             mode = "restart"
-        elif runs.is_complete(d, runs.BACKBONE) and runs.changed_inputs(d, labels=_SHARDS):
-            _say("train", runs.stale_message(d, runs.changed_inputs(d, labels=_SHARDS), "training it again"))
+        elif runs.is_complete(d, runs.BACKBONE) and (changed := runs.changed_data(d)):
+            _say("train", runs.stale_message(d, changed, "training it again"))
             mode = "restart"
         tcfg = resolve(b, str(shards), None, out=str(out), mode=mode, **cfg.train)
         if run_train(tcfg, restart_hint="`gzpipe study --force train`") is not None:
@@ -99,9 +99,10 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
         for b in trained:
             STOP.check()
             d = runs.booster_dir(out, engine, b)
-            stale = runs.is_complete(d, runs.BOOSTER) and bool(runs.changed_inputs(d))
+            changed = runs.changed_inputs(d) if runs.is_complete(d, runs.BOOSTER) else []
+            stale = bool(changed)
             if stale:
-                _say("boost", runs.stale_message(d, runs.changed_inputs(d), "training it again"))
+                _say("boost", runs.stale_message(d, changed, "training it again"))
             run_boost(BoostConfig(engine=engine, backbone=b, out=str(out), force="boost" in force or stale,
                                   params=params, **common))
     _say("boost", f"{len(cfg.engines) * len(trained)} boosters")
@@ -115,10 +116,6 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     rep = run_report(out)
     _say("report", f"{rep['models']} models -> {rep['dir']}")
     return rep
-
-
-def _SHARDS(label: str) -> bool:  # a backbone is out of date when its data changed (not its --weights file)
-    return label == "shards"
 
 
 def _synth_done(raw: Path, n: int) -> bool:

@@ -74,7 +74,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     if cfg.mode == "skip":
         return _skip(cfg, d, device)
     if cfg.mode == "resume" and runs.is_complete(run_dir, runs.BACKBONE):
-        changed = runs.changed_inputs(run_dir, labels=lambda lab: lab == "shards")
+        changed = runs.changed_data(run_dir)
         if changed:
             raise GzpipeError(runs.stale_message(run_dir, changed, f"{restart_hint} trains it again on the current "
                                                                    "data"))
@@ -124,7 +124,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     state = ckpt.load_latest(ckpt_dir) if cfg.mode == "resume" else None
     if state is not None:
         _check_compatible(state["config"], cfg)
-        changed = runs.changed_inputs(run_dir, labels=lambda lab: lab == "shards")
+        changed = runs.changed_data(run_dir)
         if changed:
             raise GzpipeError(runs.stale_message(run_dir, changed, "resuming would mix two data sets; --restart "
                                                  "starts over on the current data"))
@@ -145,7 +145,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if d.main:
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
-        inputs = {"shards": Path(cfg.shards) / MANIFEST, **({"weights": cfg.weights} if cfg.weights else {})}
+        inputs = {runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **({"weights": cfg.weights} if cfg.weights else {})}
         runs.record_inputs(run_dir, inputs)
 
     def full_state(es_now: EpochState) -> dict:

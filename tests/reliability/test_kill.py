@@ -59,7 +59,8 @@ def trained(train_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
     run_ok(gzpipe("train", "--backbone", "resnet50", "--shards", train_shards, "--out", out, "--epochs", "1",
                   "--image-size", "32", "--batch-size", "4", "--workers", "1", "--device", "cpu", "--backend", "pil"))
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # a resnet50 run is ~400 MB of checkpoints
 
 
 def _features_cmd(out: Path) -> list[str]:
