@@ -8,7 +8,8 @@ image counts, hard links to the real sample's JPEGs) for the largest size, then 
 that can run on this machine as a `gzpipe` command in its own process, measuring wall time and the peak RSS of the
 stage's main process:
 
-  catalog (read + join) | shard (pass-through, --verify decode and header) beside `tar cf` of the same files |
+  catalog (read + join) | shard (pass-through, --verify decode and header) beside `tar cf` of the same files, alone
+  and followed by a sync of its output (medians of --shard-repeats interleaved runs) |
   shard --resize 256 (on up to --resize-rows galaxies) | verify | loader (time to first batch, steady images/s) |
   features (32 px) | boost, both engines (seconds per round at N train rows) | ensemble | report | predict (test
   split of the shard folder)
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -144,6 +146,12 @@ def fit_exponent(ns: list[int], values: list[float]) -> float | None:
     return round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx else None
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (its own peak RSS), with every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [r["seconds"] for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,50000", help="comma list of catalogue row counts [10000,50000]; the "
@@ -160,6 +168,7 @@ def main() -> None:
     ap.add_argument("--features-max", type=int, default=60_000, help="largest N at which features, boost and "
                                                                      "predict run (they take minutes per 10k here)")
     ap.add_argument("--stages", default="all", help="comma list of stages to run [all]")
+    ap.add_argument("--shard-repeats", type=int, default=3, help="timed runs of shard and tar per size (medians) [3]")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     stages = None if args.stages == "all" else set(args.stages.split(","))
@@ -195,19 +204,38 @@ def main() -> None:
                 record("catalog", n, run_rss(py(CATALOG, cat, rel["images"], rel["mapping"])))
             shards = d / "shards"
             if want("shard"):
-                r = run_rss(gz("shard", *base, "--out", shards, "--workers", args.workers))
-                m = json.loads((shards / "manifest.json").read_text())
+                # Interleaved repeats, medians; `sync` before each timed command so that none pays for the dirty
+                # pages of the one before. gzpipe's shards are durable (one syncfs at the end), tar's output is not:
+                # tar is timed alone and with a sync of its output.
                 files = d / "files.txt"
-                files.write_text("\n".join(f"{s_id}.jpg" for s_id in _written_assets(m)) + "\n")
-                t_tar = run_rss(["tar", "--hard-dereference", "-cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T", str(files)])
-                (d / "plain.tar").unlink()
-                record("tar cf", n, t_tar)
-                record("shard", n, {**r, "written": m["counts"]["written"], "rejected": m["counts"]["rejected"],
-                                    "vs_tar": round(r["seconds"] / t_tar["seconds"], 2)})
-                h = run_rss(gz("shard", *base, "--out", d / "shards_h", "--workers", args.workers, "--verify",
-                               "header"))
-                record("shard --verify header", n, {**h, "vs_tar": round(h["seconds"] / t_tar["seconds"], 2)})
+                runs: dict[str, list[dict]] = {}
+                for rep in range(args.shard_repeats):
+                    for label, extra, dest in (("shard", [], shards), ("shard --verify header", ["--verify", "header"],
+                                                                       d / "shards_h")):
+                        shutil.rmtree(dest, ignore_errors=True)
+                        os.sync()
+                        runs.setdefault(label, []).append(
+                            run_rss(gz("shard", *base, "--out", dest, "--workers", args.workers, *extra)))
+                    if not files.exists():
+                        m = json.loads((shards / "manifest.json").read_text())
+                        files.write_text("\n".join(f"{s_id}.jpg" for s_id in _written_assets(m)) + "\n")
+                    tar = ["tar", "--hard-dereference", "-cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T",
+                           str(files)]
+                    for label, cmd in (("tar cf", tar), ("tar cf + sync", ["sh", "-c", shlex.join(tar) + " && sync -f "
+                                                                           + shlex.quote(str(d / "plain.tar"))])):
+                        os.sync()
+                        runs.setdefault(label, []).append(run_rss(cmd))
+                        (d / "plain.tar").unlink()
                 shutil.rmtree(d / "shards_h")
+                med = {label: _median_run(rs) for label, rs in runs.items()}
+                m = json.loads((shards / "manifest.json").read_text())
+                record("tar cf", n, med["tar cf"])
+                record("tar cf + sync", n, med["tar cf + sync"])
+                for label in ("shard", "shard --verify header"):
+                    record(label, n, {**med[label], "written": m["counts"]["written"],
+                                      "rejected": m["counts"]["rejected"],
+                                      "vs_tar": round(med[label]["seconds"] / med["tar cf"]["seconds"], 2),
+                                      "vs_tar_sync": round(med[label]["seconds"] / med["tar cf + sync"]["seconds"], 2)})
             if want("resize") and want("shard"):
                 frac = min(1.0, args.resize_rows / n)
                 r = run_rss(gz("shard", *base, "--out", d / "shards_r", "--workers", args.workers, "--resize", 256,

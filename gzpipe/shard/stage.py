@@ -304,6 +304,7 @@ def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo]
 
 
 _FORKED_JOBS: list = []
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder, not one per sample
 
 
 def _run_forked_job(index: int, out: Path):
@@ -328,6 +329,8 @@ def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection], list[_R
         except (ValueError, KeyError, TypeError):
             pass  # unreadable record: rebuild the shard
     samples, rejected, converted = [], [], []
+    targets = job.targets.astype("<f4")
+    masks = job.masks.astype("u1")
     for i, row in enumerate(job.rows):
         try:
             jpg, note = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
@@ -340,9 +343,9 @@ def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection], list[_R
             meta = {**meta, "converted": note}
         samples.append((job.keys[i], {
             "jpg": jpg,
-            "targets": job.targets[i].astype("<f4").tobytes(),
-            "mask": job.masks[i].astype("u1").tobytes(),
-            "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+            "targets": targets[i].tobytes(),
+            "mask": masks[i].tobytes(),
+            "json": _JSON.encode(meta).encode(),
         }))
     info = write_shard(tar, job.split, samples, durable=False)
     rec = {"plan": plan_digest, "info": asdict(info), "index_sha256": sha256_file(tar.with_suffix(".idx")),

@@ -50,17 +50,29 @@ _TEMPLATE_SUM = sum(_TEMPLATE)  # the checksum is a byte sum: only the name and 
 def ustar_header(name: str, size: int) -> bytes:
     """A 512-byte ustar header for a regular file: mode 0644, uid/gid 0, mtime 0, no owner names."""
     raw = name.encode("utf-8")
+    return _header(raw, sum(raw), size)
+
+
+def _header(raw: bytes, raw_sum: int, size: int) -> bytearray:
+    """``ustar_header`` from the encoded name and its byte sum (a sample's members share the key's sum)."""
     if len(raw) > 100:
-        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+        raise ValueError(f"member name longer than 100 bytes: {raw.decode('utf-8', 'replace')!r}")
     size_field = b"%011o\x00" % size
     h = bytearray(_TEMPLATE)
     h[0 : len(raw)] = raw
     h[124:136] = size_field
-    h[148:156] = b"%06o\x00 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
-    return bytes(h)
+    h[148:156] = b"%06o\x00 " % (_TEMPLATE_SUM + raw_sum + sum(size_field))
+    return h
 
 
 _PAD = bytes(BLOCK)
+_SUFFIX: dict[str, tuple[bytes, int]] = {}
+
+
+def _suffix(ext: str) -> tuple[bytes, int]:
+    raw = f".{ext}".encode("utf-8")
+    _SUFFIX[ext] = (raw, sum(raw))
+    return _SUFFIX[ext]
 
 
 def start_writeback(fd: int) -> None:
@@ -90,16 +102,19 @@ def write_shard(path: Path, split: str, samples: list[tuple[str, dict[str, bytes
     with atomic_open(path, "wb", durable=durable) as f:
         for key, members in samples:
             parts, pieces = [], []
+            kraw = key.encode("utf-8")
+            ksum = sum(kraw)
             for ext, data in members.items():
-                name = f"{key}.{ext}"
-                pieces.append(ustar_header(name, len(data)))
+                suffix = _SUFFIX.get(ext) or _suffix(ext)
+                n = len(data)
+                pieces.append(_header(kraw + suffix[0], ksum + suffix[1], n))
                 pos += BLOCK
-                parts.append(f"{ext} {pos} {len(data)} {name}")
+                parts.append(f"{ext} {pos} {n} {key}.{ext}")
                 pieces.append(data)
-                pos += len(data)
-                if len(data) % BLOCK:
-                    pieces.append(_PAD[: BLOCK - len(data) % BLOCK])
-                    pos += BLOCK - len(data) % BLOCK
+                pad = -n % BLOCK
+                if pad:
+                    pieces.append(_PAD[:pad])
+                pos += n + pad
             block = b"".join(pieces)  # one write and one hash update per sample
             digest.update(block)
             f.write(block)
