@@ -241,3 +241,66 @@ def test_epochs_reshuffle_with_persistent_workers(marker_shards, backend):
     loader.set_epoch(1)
     if backend == "pil":  # an epoch can be replayed (resume): same seed + epoch -> same order
         assert _all(loader)[0] == orders[1]
+
+
+class _Numbered(torch.utils.data.IterableDataset):
+    """Image i is filled with i % 251; its id is i (pil's sample tuple: image, targets, mask, id, error)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        for i in range(info.id, self.n, info.num_workers) if info else range(self.n):
+            yield (torch.full((8, 8, 3), i % 251, dtype=torch.uint8), torch.zeros(30),
+                   torch.ones(30, dtype=torch.bool), str(i), "")
+
+
+@pytest.mark.timeout(120)
+def test_reused_batch_buffers_are_never_overwritten_while_read():
+    """Workers write batches into a ring of reused shared-memory buffers (one per worker here, so most batches find
+    it still held): a batch read slowly, after later batches were made, still holds its own images; a partial
+    batch, or one made while the buffer is held, comes without one; an epoch left early leaves no worker waiting."""
+    import time
+
+    from gzpipe.loaders.slots import BatchSlots
+
+    slots = BatchSlots(workers=2, batch_size=4, per_worker=1)
+    dl = torch.utils.data.DataLoader(_Numbered(30), batch_size=4, num_workers=2, collate_fn=slots.collate,
+                                     persistent_workers=True, prefetch_factor=2)
+    seen, flags = [], []
+    for images, _, _, ids, _, flag in dl:
+        time.sleep(0.02)  # the workers run ahead as far as they are let
+        assert all(int(images[k, 0, 0, 0]) == int(i) % 251 for k, i in enumerate(ids))
+        assert flag == -1 or len(ids) == 4
+        seen += ids
+        flags.append(flag)
+        slots.release(flag)
+    assert sorted(map(int, seen)) == list(range(30))
+    assert {0, 1} <= set(flags)  # each worker's buffer was used
+    for _ in range(2):  # two epochs broken off after one batch, buffers never handed back ...
+        slots.reset()
+        next(iter(dl))
+    slots.reset()  # ... a new epoch starts with every buffer free
+    assert sorted(int(i) for b in dl for i in b[3] if slots.release(b[-1]) is None) == list(range(30))
+    images, *_, flag = slots.collate([_Numbered(3).__iter__().__next__()] * 4)  # main process: no buffer
+    assert flag == -1 and images.shape == (4, 8, 8, 3)
+
+
+def test_cpu_normalisation_reuses_dropped_outputs_only():
+    from gzpipe.loaders.contract import normalise_nhwc_uint8
+
+    x = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD])
+    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    want = (x.float() * scale + shift).permute(0, 3, 1, 2)
+    kept = [normalise_nhwc_uint8(x) for _ in range(5)]  # kept batches are never written over
+    assert len({k.data_ptr() for k in kept}) == 5 and all(torch.equal(k, want) for k in kept)
+    a = normalise_nhwc_uint8(x)
+    dropped = {a.data_ptr()} | {k.data_ptr() for k in kept}
+    del a, kept
+    b = normalise_nhwc_uint8(x + 1)
+    c = normalise_nhwc_uint8(x)  # b is still held: c gets another array
+    assert c.data_ptr() != b.data_ptr() and torch.equal(c, want)
+    assert {b.data_ptr(), c.data_ptr()} <= dropped  # dropped outputs were reused
+    assert c.is_contiguous(memory_format=torch.channels_last)

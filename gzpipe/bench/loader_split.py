@@ -5,8 +5,9 @@
 * ``warp``: OpenCV's affine warp to the output size;
 * ``normalise_sample``: one sample to float32, normalised (what a worker would do);
 * ``normalise_batch``: the same per image, done once per uint8 batch (what the main process does);
-* ``transfer_uint8`` / ``transfer_float32``: a DataLoader with the given workers handing over ready-made batches of
-  each type (shared memory, pickling, the queue): the cost of moving a batch, without any work to make it;
+* ``transfer_uint8`` / ``transfer_float32``: a DataLoader with the given workers handing over ready-made images of
+  each type (uint8 into the backend's reused shared-memory buffers, float32 into fresh shared memory per batch as
+  the DataLoader does by default; pickling, the queue): the cost of moving a batch, without any work to make it;
 * ``transform_ceiling``: workers / (decode + warp) per image, the rate if nothing but the transform cost anything;
 * ``decode_ceiling``: workers / decode.
 """
@@ -33,24 +34,34 @@ def _per_image(fn, n: int, repeats: int = 3) -> float:
 
 
 class _Ready(torch.utils.data.IterableDataset):
-    """Hands out ready-made batches: what the DataLoader costs when making a batch costs nothing."""
+    """Hands out ready-made images: what the DataLoader costs when making them costs nothing."""
 
-    def __init__(self, batch: torch.Tensor, batches: int):
-        self.batch, self.batches = batch, batches
+    def __init__(self, image: torch.Tensor, images: int):
+        self.image, self.images = image, images
+        self.targets, self.mask = torch.zeros(30), torch.ones(30, dtype=torch.bool)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        share = self.batches // (info.num_workers if info else 1)
-        for _ in range(share):
-            yield self.batch.clone()
+        for i in range(self.images // (info.num_workers if info else 1)):
+            yield self.image, self.targets, self.mask, str(i), ""
 
 
-def _transfer(batch: torch.Tensor, workers: int, batches: int = 40) -> float:
-    dl = torch.utils.data.DataLoader(_Ready(batch, batches), batch_size=None, num_workers=workers)
+def _transfer(image: torch.Tensor, workers: int, batch_size: int, images: int = 2560) -> float:
+    """Milliseconds per image to hand batches of ``image`` from the workers to the main process the way the `pil`
+    backend does (uint8 into reused shared-memory buffers, gzpipe/loaders/slots.py); float32 images go the
+    DataLoader's default way (fresh shared memory per batch), as the backend did before."""
+    from gzpipe.loaders.slots import BatchSlots
+
+    slots = BatchSlots(workers, batch_size, per_worker=6)
+    collate = slots.collate if image.dtype == torch.uint8 else None
+    dl = torch.utils.data.DataLoader(_Ready(image, images), batch_size=batch_size, num_workers=workers,
+                                     collate_fn=collate, prefetch_factor=4 if workers else None)
     n = 0
     t = time.perf_counter()
     for b in dl:
-        n += len(b)
+        n += len(b[0])
+        if collate is not None:
+            slots.release(b[-1])
     return (time.perf_counter() - t) / max(n, 1) * 1e3
 
 
@@ -107,8 +118,8 @@ def time_split(shards: str | Path, split: str = "train", image_size: int = 224, 
         "normalise_batch_ms": round(_per_image(norm_batch, max(1, n // batch_size) * len(batch_u8)), 4),
         "collate_float32_ms": round(_per_image(lambda: torch.stack([i.float() for i in imgs[:batch_size]]),
                                                batch_size), 4),
-        "transfer_uint8_ms": round(_transfer(batch_u8, workers), 4),
-        "transfer_float32_ms": round(_transfer(batch_u8.float(), workers), 4),
+        "transfer_uint8_ms": round(_transfer(imgs[0], workers, batch_size), 4),
+        "transfer_float32_ms": round(_transfer(imgs[0].float(), workers, batch_size), 4),
     }
     w = max(1, workers)
     out["transform_ceiling_images_per_s"] = round(w / (decode + warp) * 1e3, 1)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
 from gzpipe.loaders.presets import PRESETS, draw_affine, pixel_matrix
+from gzpipe.loaders.slots import BatchSlots
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.shard.images import jpeg_frame
 from gzpipe.stopping import dataloader_worker_init
@@ -109,17 +110,34 @@ class _Transform:
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
           rank: int, shuffle_buffer: int):
     on_gpu = device.type == "cuda"
+    prefetch = 4
     ds = ShardStream(shards, _Transform(image_size, train), train, seed, rank, shuffle_buffer)
+    # each worker can have `prefetch` batches queued, one being consumed and one being written: reused buffers
+    slots = BatchSlots(workers, batch_size, per_worker=prefetch + 2)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(seed),
                     worker_init_fn=dataloader_worker_init, pin_memory=on_gpu, persistent_workers=workers > 0,
-                    prefetch_factor=4 if workers > 0 else None)
+                    prefetch_factor=prefetch if workers > 0 else None, collate_fn=slots.collate)
+    held: list[int] = []
+
+    def received():
+        """The workers' batches without their buffer flags (kept in ``held`` until the batch is consumed)."""
+        for *fields, flag in iter(dl):
+            held.append(flag)
+            yield tuple(fields)
 
     def batches(epoch: int):
         ds.epoch = epoch  # read by the (persistent) workers when this epoch's iteration starts
-        for images, targets, mask, ids, errors in rebatch(iter(dl), batch_size, drop_last=train):
+        slots.reset()  # buffers left in flight by an epoch that ended early are never read
+        held.clear()
+        for images, targets, mask, ids, errors in rebatch(received(), batch_size, drop_last=train):
             # uint8 crosses from the workers (a quarter of float32's bytes) and is normalised once per batch where it
-            # is consumed: on the GPU, or on the CPU in two in-place passes (measured: benchmarks/RESULTS.md)
+            # is consumed: on the GPU, or on the CPU in one look-up pass (measured: benchmarks/RESULTS.md)
             images = normalise_nhwc_uint8(images.to(device, non_blocking=True))
+            # every batch received so far is now consumed or copied (rebatch concatenates what it keeps): its
+            # buffer goes back to its worker
+            for flag in held:
+                slots.release(flag)
+            held.clear()
             yield Batch(images, targets.to(device, non_blocking=True), mask.to(device, non_blocking=True).bool(),
                         list(ids), list(errors) if any(errors) else None)
 
