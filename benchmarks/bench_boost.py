@@ -27,11 +27,16 @@ SETTINGS = {
     "full-old": {"max_bin": 256, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     # the demo / real presets
     "demo": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    "all-bin64": {"max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     "pca64": {"pca": 64, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     "pca128": {"pca": 128, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
                "early_stopping": 50},
     "pca256": {"pca": 256, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
                "early_stopping": 50},
+    "pca128-bin255": {"pca": 128, "max_bin": 255, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
+                      "early_stopping": 50},
+    "pca128-col1": {"pca": 128, "max_bin": 64, "colsample": 1.0, "learning_rate": 0.1, "rounds": 2000,
+                    "early_stopping": 50},
     "pca128-lr0.2": {"pca": 128, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.2, "rounds": 2000,
                      "early_stopping": 25},
     "pca128-sub0.5": {"pca": 128, "max_bin": 64, "colsample": 0.5, "subsample": 0.5, "learning_rate": 0.1,
@@ -48,13 +53,32 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _subset(src: Path, dest: Path, rows: int | None) -> None:
-    """A features folder for the booster: links to the splits, the train split cut to ``rows``."""
+def _subset(src: Path, dest: Path, rows: int | None, tile: int = 1) -> None:
+    """A features folder for the booster: links to the splits, the train split cut to ``rows``, or repeated
+    ``tile`` times with 1% jitter on the features (for the cost of a round at more rows, not for accuracy)."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     dest.mkdir(parents=True)
     for f in src.iterdir():
-        if f.name == "train.parquet" and rows:
+        if f.name == "train.parquet" and tile > 1:
+            df = pq.read_table(f).to_pandas()
+            feats = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
+            rng = np.random.default_rng(0)
+            x = df[feats].to_numpy(np.float32)
+            scale = 0.01 * x.std(axis=0, keepdims=True)
+            parts = []
+            for k in range(tile):
+                part = df.copy()
+                part["id"] = part["id"].astype(str) + f"-{k}"
+                part[feats] = (x + rng.standard_normal(x.shape, np.float32) * scale).astype(df[feats[0]].dtype)
+                parts.append(part)
+            import pandas as pd
+
+            pq.write_table(pa.Table.from_pandas(pd.concat(parts, ignore_index=True), preserve_index=False),
+                           dest / f.name)
+        elif f.name == "train.parquet" and rows:
             t = pq.read_table(f).slice(0, rows)
             pq.write_table(t, dest / f.name)
         else:
@@ -67,6 +91,8 @@ def main() -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma list of setting names")
     ap.add_argument("--engines", default="xgboost,lightgbm")
     ap.add_argument("--rows", type=int, default=None, help="cut the train split to this many rows")
+    ap.add_argument("--tile", type=int, default=1,
+                    help="repeat the train split this many times, jittered (timing at more rows, not accuracy)")
     ap.add_argument("--data", default="", help="a label for the data in the rows")
     ap.add_argument("--rounds", type=int, default=None, help="fixed rounds, early stopping off (seconds per round)")
     args = ap.parse_args()
@@ -81,7 +107,7 @@ def main() -> None:
         ckpt = args.features.parent / "checkpoints"
         if ckpt.exists():
             (out / backbone / "checkpoints").symlink_to(ckpt.resolve())
-        _subset(args.features, out / backbone / "features", args.rows)
+        _subset(args.features, out / backbone / "features", args.rows, args.tile)
         import pyarrow.parquet as pq
 
         n_train = pq.ParquetFile(out / backbone / "features/train.parquet").metadata.num_rows

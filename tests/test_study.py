@@ -146,6 +146,13 @@ def test_pca_reduction_is_fitted_on_train_and_travels_with_the_booster(tmp_path,
                               force=True))
 
 
+def test_pca_wider_than_its_fitted_rows_says_so(tmp_path, fakenet, capsys):
+    _fake_features(tmp_path, np.random.default_rng(0))
+    run_boost(BoostConfig(engine="lightgbm", backbone="fakenet", out=str(tmp_path), rounds=5, early_stopping=5,
+                          device="cpu", pca=8, pca_fit_rows=5))
+    assert "only 4 of the 8 components carry variance (5 train rows were fitted)" in capsys.readouterr().out
+
+
 def test_boost_without_features_says_what_to_run(tmp_path):
     with pytest.raises(GzpipeError, match="gzpipe features --backbone resnet50"):
         run_boost(BoostConfig(engine="xgboost", backbone="resnet50", out=str(tmp_path)))

@@ -29,6 +29,7 @@ class Reduction:
     mean: np.ndarray  # (width,)
     components: np.ndarray  # (k, width)
     explained: float  # share of the train features' variance the components keep
+    rows: int = 0  # train rows it was fitted on (not saved: only for the fit's own message)
 
     @property
     def width(self) -> int:
@@ -73,7 +74,7 @@ class Reduction:
         order = np.argsort(vals)[::-1][:k]
         total = float(vals.clip(min=0).sum()) or 1.0
         return Reduction(mean.astype(np.float32), vecs[:, order].T.astype(np.float32),
-                         float(vals[order].clip(min=0).sum() / total))
+                         float(vals[order].clip(min=0).sum() / total), rows=n)
 
 
 class FeatureData:

@@ -130,6 +130,10 @@ def run_boost(cfg: BoostConfig) -> dict:
         reduction.save(run_dir)
         print(f"{cfg.engine}_{cfg.backbone}: features reduced to {cfg.pca} principal components "
               f"({100 * reduction.explained:.1f}% of the train variance)", flush=True)
+        if cfg.pca > reduction.rows - 1:
+            print(f"{cfg.engine}_{cfg.backbone}: note: only {reduction.rows - 1} of the {cfg.pca} components carry "
+                  f"variance ({reduction.rows} train rows were fitted); a smaller --pca gives the same model "
+                  "faster", flush=True)
     data = FeatureData(cfg.out, cfg.backbone, reduction)
     predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0

@@ -9,6 +9,7 @@ offsets we wrote, so no second pass over the tar is needed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ _TEMPLATE_SUM = sum(_TEMPLATE)  # the checksum is a byte sum: only the name and 
 def ustar_header(name: str, size: int) -> bytes:
     """A 512-byte ustar header for a regular file: mode 0644, uid/gid 0, mtime 0, no owner names."""
     raw = name.encode("utf-8")
-    return _header(raw, sum(raw), size)
+    return bytes(_header(raw, sum(raw), size))
 
 
 def _header(raw: bytes, raw_sum: int, size: int) -> bytearray:
@@ -66,13 +67,11 @@ def _header(raw: bytes, raw_sum: int, size: int) -> bytearray:
 
 
 _PAD = bytes(BLOCK)
-_SUFFIX: dict[str, tuple[bytes, int]] = {}
-
-
+@functools.cache
 def _suffix(ext: str) -> tuple[bytes, int]:
+    """``.ext`` encoded, and its byte sum (a member's header checksum is the key's sum plus this)."""
     raw = f".{ext}".encode("utf-8")
-    _SUFFIX[ext] = (raw, sum(raw))
-    return _SUFFIX[ext]
+    return raw, sum(raw)
 
 
 def start_writeback(fd: int) -> None:
@@ -105,7 +104,7 @@ def write_shard(path: Path, split: str, samples: list[tuple[str, dict[str, bytes
             kraw = key.encode("utf-8")
             ksum = sum(kraw)
             for ext, data in members.items():
-                suffix = _SUFFIX.get(ext) or _suffix(ext)
+                suffix = _suffix(ext)
                 n = len(data)
                 pieces.append(_header(kraw + suffix[0], ksum + suffix[1], n))
                 pos += BLOCK

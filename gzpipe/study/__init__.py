@@ -100,10 +100,9 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
             STOP.check()
             d = runs.booster_dir(out, engine, b)
             changed = runs.changed_inputs(d) if runs.is_complete(d, runs.BOOSTER) else []
-            stale = bool(changed)
-            if stale:
+            if changed:
                 _say("boost", runs.stale_message(d, changed, "training it again"))
-            run_boost(BoostConfig(engine=engine, backbone=b, out=str(out), force="boost" in force or stale,
+            run_boost(BoostConfig(engine=engine, backbone=b, out=str(out), force="boost" in force or bool(changed),
                                   params=params, **common))
     _say("boost", f"{len(cfg.engines) * len(trained)} boosters")
     for method in cfg.methods:
