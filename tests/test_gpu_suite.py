@@ -8,9 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~55 s on 2 cores: in `make test-slow`, keeping the default run well under CI's 20 minutes
 def test_gpu_suite_dry_run_runs_every_step(tmp_path):
     r = subprocess.run([str(ROOT / "benchmarks/gpu_suite.sh"), "--dry-run", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=900, env={**os.environ, "GZPIPE_PROGRESS": "0"})
