@@ -6,7 +6,9 @@ Each setting is a set of `gzpipe boost` options (SETTINGS below; "full-old" is t
 measurement, "full" the preset now). For each engine and setting the booster is trained from scratch (early stopping
 on val, as the study does) and scored on test; one JSON row each: train time, rounds, trees, val and test MAE.
 With --rows N the train split is cut to its first N rows (the split is shuffled at write time), to see how the time
-grows with rows.
+grows with rows; with --tile K it is repeated K times (jittered) for the cost of a round at more rows; with --folds K
+the splits are pooled and every setting is fitted K times, each fold the test split once (a comparison with all
+galaxies as test rows instead of one small split's).
 """
 
 from __future__ import annotations
@@ -85,6 +87,25 @@ def _subset(src: Path, dest: Path, rows: int | None, tile: int = 1) -> None:
             (dest / f.name).symlink_to(f.resolve())
 
 
+def _folds(src: Path, k: int) -> list[dict]:
+    """All rows of the three splits pooled and shuffled (seed 0) into ``k`` folds; fold i: test = fold i, val = fold
+    i + 1, train = the rest. Every galaxy is scored once, by a booster that did not see it: a comparison of settings
+    with k times the test rows of one split."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pooled = pa.concat_tables([pq.read_table(src / f"{s}.parquet") for s in ("train", "val", "test")])
+    order = np.random.default_rng(0).permutation(pooled.num_rows)
+    parts = np.array_split(order, k)
+    out = []
+    for i in range(k):
+        val = (i + 1) % k
+        train = np.concatenate([p for j, p in enumerate(parts) if j not in (i, val)])
+        out.append({"train": pooled.take(train), "val": pooled.take(parts[val]), "test": pooled.take(parts[i])})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=Path, required=True, help="a <backbone>/features folder")
@@ -93,12 +114,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="cut the train split to this many rows")
     ap.add_argument("--tile", type=int, default=1,
                     help="repeat the train split this many times, jittered (timing at more rows, not accuracy)")
+    ap.add_argument("--folds", type=int, default=1,
+                    help="pool the three splits into K folds and fit each setting K times (each fold the test once)")
     ap.add_argument("--data", default="", help="a label for the data in the rows")
     ap.add_argument("--rounds", type=int, default=None, help="fixed rounds, early stopping off (seconds per round)")
     args = ap.parse_args()
     from gzpipe.boost import BoostConfig, run_boost
     from gzpipe.models import resolve_name
 
+    if args.folds == 2:
+        ap.error("--folds needs at least 3 (a test, a val and a train fold)")
     backbone = resolve_name(args.features.parent.name)
     tmp = Path(tempfile.mkdtemp(prefix="gzpipe-bench-boost-"))
     try:
@@ -110,25 +135,33 @@ def main() -> None:
         _subset(args.features, out / backbone / "features", args.rows, args.tile)
         import pyarrow.parquet as pq
 
-        n_train = pq.ParquetFile(out / backbone / "features/train.parquet").metadata.num_rows
-        for name in args.settings.split(","):
-            for engine in args.engines.split(","):
-                s = dict(SETTINGS[name])
-                if args.rounds:
-                    s.update(rounds=args.rounds, early_stopping=args.rounds)
-                t = time.perf_counter()
-                cpu0 = _cpu_seconds()
-                m = run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out), device="cpu", force=True,
-                                          **s))
-                emit({"engine": engine, "setting": name, **s, "data": args.data, "train_rows": n_train,
-                      "seconds": round(time.perf_counter() - t, 1), "train_time_s": round(m["train_time_s"], 1),
-                      "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
-                      "seconds_per_round": round(m["train_time_s"] / args.rounds, 2) if args.rounds else None,
-                      "trees": m.get("trees"), "rounds": m.get("best_iteration", None),
-                      "val_mae": round(m["val"]["mae"], 5), "test_mae": round(m["test"]["mae"], 5),
-                      "test_accuracy": round(m["test"]["accuracy"], 5), "pca_explained": m.get("pca_explained"),
-                      "machine": machine()})
-                shutil.rmtree(out / f"{engine}_{backbone}", ignore_errors=True)
+        feats = out / backbone / "features"
+        folds = _folds(args.features, args.folds) if args.folds > 1 else [None]
+        for fold, parts in enumerate(folds):
+            if parts is not None:  # this fold's test, the next fold's val, the rest train
+                for split, table in parts.items():
+                    (feats / f"{split}.parquet").unlink(missing_ok=True)
+                    pq.write_table(table, feats / f"{split}.parquet")
+            n_train = pq.ParquetFile(feats / "train.parquet").metadata.num_rows
+            for name in args.settings.split(","):
+                for engine in args.engines.split(","):
+                    s = dict(SETTINGS[name])
+                    if args.rounds:
+                        s.update(rounds=args.rounds, early_stopping=args.rounds)
+                    t = time.perf_counter()
+                    cpu0 = _cpu_seconds()
+                    m = run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out), device="cpu",
+                                              force=True, **s))
+                    emit({"engine": engine, "setting": name, **s, "data": args.data, "train_rows": n_train,
+                          "fold": fold if parts is not None else None,
+                          "seconds": round(time.perf_counter() - t, 1), "train_time_s": round(m["train_time_s"], 1),
+                          "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+                          "seconds_per_round": round(m["train_time_s"] / args.rounds, 2) if args.rounds else None,
+                          "trees": m.get("trees"), "rounds": m.get("best_iteration", None),
+                          "val_mae": round(m["val"]["mae"], 5), "test_mae": round(m["test"]["mae"], 5),
+                          "test_accuracy": round(m["test"]["accuracy"], 5), "pca_explained": m.get("pca_explained"),
+                          "machine": machine()})
+                    shutil.rmtree(out / f"{engine}_{backbone}", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
