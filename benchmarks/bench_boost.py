@@ -30,6 +30,10 @@ SETTINGS = {
     # the demo / real presets
     "demo": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     "all-bin64": {"max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    "all-bin64-col0.1": {"max_bin": 64, "colsample": 0.1, "learning_rate": 0.1, "rounds": 2000,
+                         "early_stopping": 50},
+    "all-bin32-col0.1": {"max_bin": 32, "colsample": 0.1, "learning_rate": 0.1, "rounds": 2000,
+                         "early_stopping": 50},
     "pca64": {"pca": 64, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     "pca128": {"pca": 128, "max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000,
                "early_stopping": 50},

@@ -31,6 +31,9 @@ def _cfg(tmp_path, text: str):
     ("boost: {max_depht: 3}\n", r"boost: unknown key 'max_depht' \(did you mean 'max_depth'\?\)"),
     ("boost: {colsample: 2}\n", r"colsample must be in \(0, 1\]"),
     ("boost: {num_leaves: 1}\n", r"num_leaves must be at least 2"),
+    ("boost: {lightgbm: 3}\n", r"boost: lightgbm must be a mapping of keys for that engine alone"),
+    ("boost: {lightgbm: {max_bins: 3}}\n", r"boost lightgbm: unknown key 'max_bins' \(did you mean 'max_bin'\?\)"),
+    ("boost: {xgboost: {colsample: 0}}\n", r"colsample must be in \(0, 1\]"),
     ("shard: {shard_size: 0}\n", r"shard_size must be at least 1"),
     ("shard: {resize: big}\n", r"shard.resize must be an integer"),
     ("data: {synth: {n: 0}}\n", r"data.synth.n must be at least 1"),
@@ -70,6 +73,17 @@ def test_preset_paths_do_not_depend_on_the_working_folder(tmp_path, monkeypatch)
     with pytest.raises(GzpipeError, match=r"elsewhere/data/gz2_sample/labels_manifest_800.csv not found; the sample "
                                           r"lives in .*elsewhere \(set GZPIPE_SHARED"):
         resolve_study("real", None)
+
+
+def test_an_engine_can_have_boost_keys_of_its_own(tmp_path):
+    from gzpipe.boost import split_boost_section
+
+    cfg = resolve_study(None, _cfg(tmp_path, "boost: {max_bin: 48, lightgbm: {max_bin: 16, colsample: 0.1}}\n"))
+    xgb, _ = split_boost_section(cfg.boost, engine_name="xgboost")
+    lgb, _ = split_boost_section(cfg.boost, engine_name="lightgbm")
+    assert (xgb["max_bin"], xgb["colsample"]) == (48, 0.25)  # the shared keys (the demo preset's colsample)
+    assert (lgb["max_bin"], lgb["colsample"]) == (16, 0.1)  # its own over them
+    assert split_boost_section(cfg.boost)[0]["max_bin"] == 48  # no engine named: the shared keys only
 
 
 def test_force_names_stages():

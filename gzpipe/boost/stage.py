@@ -68,8 +68,24 @@ def engine_params(name: str, values: dict, where: str = "boost") -> object:
     return p
 
 
-def split_boost_section(section: dict, where: str = "boost") -> tuple[dict, dict]:
-    """A ``boost:`` mapping -> (common BoostConfig keys, engine parameters), checked against every engine."""
+def split_boost_section(section: dict, where: str = "boost", engine_name: str | None = None) -> tuple[dict, dict]:
+    """A ``boost:`` mapping -> (common BoostConfig keys, engine parameters), checked against every engine.
+
+    A key named after an engine holds a mapping for that engine alone, over the shared keys (the `full` preset:
+    ``lightgbm: {pca: null, max_bin: 32, colsample: 0.1}``); with ``engine_name`` it is applied, and the other
+    engines' mappings are checked and left out."""
+    section = dict(section)
+    own: dict = {}
+    for name in ENGINES:
+        sub = section.pop(name, None)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise GzpipeError(f"{where}: {name} must be a mapping of keys for that engine alone, got {sub!r}")
+        split_boost_section(sub, f"{where} {name}")  # its keys checked
+        if name == engine_name:
+            own = sub
+    section.update(own)
     common = {k: v for k, v in section.items() if k in COMMON_KEYS}
     rest = {k: v for k, v in section.items() if k not in COMMON_KEYS}
     known = {f.name for e in ENGINES.values() for f in dataclasses.fields(e.impl().Params)}

@@ -94,8 +94,8 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     _say("features", ", ".join(trained))
     from gzpipe.boost import split_boost_section
 
-    common, params = split_boost_section(cfg.boost)
     for engine in cfg.engines:
+        common, params = split_boost_section(cfg.boost, engine_name=engine)
         for b in trained:
             STOP.check()
             d = runs.booster_dir(out, engine, b)
