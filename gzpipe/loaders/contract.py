@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,25 +62,27 @@ def _lut() -> np.ndarray:
 
 
 class _Buffers:
-    """Output arrays handed back once their batch is gone. A batch's tensors keep their array alive (torch holds a
-    reference to an array it wraps), so an array whose only holder is this pool belongs to a batch that every
-    consumer has dropped: it is safe to write over. A consumer that keeps its batches (a list of them) keeps their
-    arrays, and new ones are made. At most ``keep`` arrays are held."""
+    """Output arrays handed back once their batch is gone. Each batch gets a fresh view of a held array, and torch
+    keeps the view alive as long as any tensor of the batch (or a view of one) lives; a dead weak reference to the
+    view means every consumer has dropped the batch, so its array is safe to write over. A consumer that keeps its
+    batches (a list of them) keeps their arrays, and new ones are made. At most ``keep`` arrays are held."""
 
     def __init__(self, keep: int = 3):
         self.keep = keep
-        self._arrays: list[np.ndarray] = []
+        self._held: list[tuple[np.ndarray, weakref.ref]] = []
 
     def take(self, shape: tuple) -> np.ndarray:
-        for arr in self._arrays:
-            # 3 references: this list, the loop variable and getrefcount's argument
-            if arr.shape == shape and sys.getrefcount(arr) == 3:
-                return arr
+        for i, (arr, lent) in enumerate(self._held):
+            if arr.shape == shape and lent() is None:
+                view = arr.view()
+                self._held[i] = (arr, weakref.ref(view))
+                return view
         arr = np.empty(shape, np.float32)
-        self._arrays.append(arr)
-        if len(self._arrays) > self.keep:
-            self._arrays.pop(0)
-        return arr
+        view = arr.view()
+        self._held.append((arr, weakref.ref(view)))
+        if len(self._held) > self.keep:
+            self._held.pop(0)
+        return view
 
 
 _LUT = _lut()
