@@ -63,5 +63,4 @@ class BatchSlots:
             self.flags[flag] = 0
 
     def reset(self) -> None:
-        for i in range(len(self.flags)):
-            self.flags[i] = 0
+        self.flags[:] = bytes(len(self.flags))

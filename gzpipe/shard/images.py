@@ -188,13 +188,28 @@ except ImportError:  # pragma: no cover
     _simplejpeg = None
 
 
-def _decode_small(data: bytes, eoi: int, name: str) -> None:
+def _passes_fast(data: bytes, name: str, verify: str) -> bool:
+    """The checks that need no Pillow: the frame walk and the size limit (an oversized image is rejected here),
+    then, for a 3-channel JPEG, the header alone (``verify="header"``) or the strict decode. False: Pillow decides
+    (a header the walk does not follow, greyscale / CMYK, anything the strict decode did not pass)."""
     try:
         w, h, components = jpeg_frame(data, name)
     except ImageRejected:
-        w = h = components = 0  # Pillow decides below
-    if w * h <= MAX_PIXELS and components == 3 and _decodes_strictly(data):
-        return
+        if verify == "header":
+            raise
+        return False
+    if w * h > MAX_PIXELS:
+        raise ImageRejected(f"{name} is {w} x {h} px, over the {MAX_PIXELS // 10**6} Mpx limit (a "
+                            "decompression bomb, or not a galaxy cut-out)", "too_large")
+    return components == 3 and (verify == "header" or _decodes_strictly(data))
+
+
+def _decode_small(data: bytes, eoi: int, name: str) -> None:
+    try:
+        if _passes_fast(data, name, "decode"):
+            return
+    except ImageRejected:
+        pass  # oversized: Pillow's checks below word it as `predict` always has
     with _corrupt_as_rejection(name):
         im, stream = _open(data, name)
         im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (max(1, im.width // 8), max(1, im.height // 8)))
@@ -237,19 +252,8 @@ def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = Non
         raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
     name = os.path.basename(path)  # not a Path object: 240,000 of them cost seconds of a pass-through shard
     eoi = _markers(data, name)
-    if resize is None:
-        try:
-            w, h, components = jpeg_frame(data, name)
-        except ImageRejected:
-            if verify == "header":
-                raise
-            w = h = components = 0  # a header this walk does not follow: Pillow decides below
-        if w * h > MAX_PIXELS:
-            raise ImageRejected(f"{name} is {w} x {h} px, over the {MAX_PIXELS // 10**6} Mpx limit (a "
-                                "decompression bomb, or not a galaxy cut-out)", "too_large")
-        # stored as it is (greyscale and CMYK go on to be converted below); the decode check's fast path first
-        if components == 3 and (verify == "header" or _decodes_strictly(data)):
-            return data, None
+    if resize is None and _passes_fast(data, name, verify):
+        return data, None  # stored as it is; greyscale and CMYK go on to be converted below
     with _corrupt_as_rejection(name):
         im, stream = _open(data, name)
         mode = im.mode
