@@ -76,9 +76,21 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
                 *schema.zoobot_columns("total")}
     else:
         want = {"asset_id", "dr7objid", "gz2class", *METADATA}
-        for kind in ("count", "weighted_fraction", "fraction", *schema.TARGET_KINDS):
+        have = set(header)
+
+        def complete(kind: str) -> bool:
+            return all(f"{n}_{kind}" in have for n in schema.TARGET_NAMES)
+
+        # the target's family and the first family _reached_tasks reads (half the columns: 0.8 s less at 240k
+        # rows); every family when the target's is incomplete, so that the error can name the complete ones
+        reached = [k for k in _REACHED_KINDS if complete(k)][:1]
+        kinds = {target, *reached} if complete(target) else {*_REACHED_KINDS, *schema.TARGET_KINDS}
+        for kind in kinds:
             want.update(f"{n}_{kind}" for n in schema.TARGET_NAMES)
     return [c for c in header if c in want]
+
+
+_REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reached_tasks tries them in
 
 
 def read_header(path: str | Path) -> list[str]:
@@ -266,7 +278,7 @@ def _reached_tasks(df: pd.DataFrame) -> np.ndarray:
     those targets get mask 0. Without count or fraction columns every task counts as reached.
     """
     reached = np.ones((len(df), schema.N_TARGETS), dtype=bool)
-    for kind in ("count", "weighted_fraction", "fraction"):
+    for kind in _REACHED_KINDS:
         cols = [f"{n}_{kind}" for n in schema.TARGET_NAMES]
         if all(c in df.columns for c in cols):
             v = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()
