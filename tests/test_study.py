@@ -124,6 +124,8 @@ def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engi
     files = [f.name for f in d.rglob("*") if f.is_file()]
     assert not any(f.endswith((".pkl", ".pickle", ".joblib")) for f in files)
     assert ("model.ubj" in files) if engine == "xgboost" else (sum(f.endswith(".txt") and f[0].isdigit() for f in files) == 30)
+    if engine == "lightgbm":  # on the CPU: column-wise histograms (a tree pays for the features it samples only)
+        assert "[force_col_wise: 1]" in next((d / "models").glob("00_*.txt")).read_text()
     again = run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), device="cpu"))
     assert again["test"] == m["test"]  # finished: skipped
 

@@ -84,6 +84,13 @@ def test_an_engine_can_have_boost_keys_of_its_own(tmp_path):
     assert (xgb["max_bin"], xgb["colsample"]) == (48, 0.25)  # the shared keys (the demo preset's colsample)
     assert (lgb["max_bin"], lgb["colsample"]) == (16, 0.1)  # its own over them
     assert split_boost_section(cfg.boost)[0]["max_bin"] == 48  # no engine named: the shared keys only
+    from gzpipe.study.config import PRESETS
+
+    full = PRESETS["full"]["boost"]  # the measured choice (benchmarks/RESULTS.md, "Boosting at scale")
+    xgb, _ = split_boost_section(full, engine_name="xgboost")
+    lgb, _ = split_boost_section(full, engine_name="lightgbm")
+    assert (xgb["pca"], xgb["max_bin"], xgb["early_stopping"]) == (128, 64, 50)
+    assert (lgb["pca"], lgb["max_bin"], lgb["colsample"], lgb["early_stopping"]) == (None, 32, 0.05, 20)
 
 
 def test_force_names_stages():

@@ -78,6 +78,12 @@ def train(cfg, params: Params, run_dir: Path, data):
          **({"bagging_fraction": cfg.subsample, "bagging_freq": 1} if cfg.subsample < 1 else {})}
     ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params.min_data_in_leaf, "feature_pre_filter": False,
                  "verbose": -1}
+    if cfg.device == "cpu":
+        # Column-wise histograms: LightGBM's own choice, a timing test at the start of every booster, costs ~1 s a
+        # target and picks row-wise for backbone features whenever colsample is small, where row-wise builds every
+        # feature's histogram and col-wise only the sampled ones: 0.021 against 0.062 s a tree at 40,018 rows x
+        # 2,048 features, 32 bins, colsample 0.1 (benchmarks/RESULTS.md, "Boosting at scale")
+        ds_params["force_col_wise"] = True
     p.update(ds_params)
     dtrain = lgb.Dataset(xtr, label=np.nan_to_num(ytr[:, 0]), weight=mtr[:, 0].astype(np.float64),
                          params=ds_params, free_raw_data=False).construct()
