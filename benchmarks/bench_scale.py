@@ -271,7 +271,7 @@ def main() -> None:
                 rows = json.loads(run_rss(py(BOOST_ROWS, art / "resnet50/features"))["stdout"])
                 if want("boost"):
                     for engine in ("xgboost", "lightgbm"):
-                        for label, opts in _boost_settings(args.boost_settings.split(",")):
+                        for label, opts in _boost_settings(args.boost_settings.split(","), engine):
                             fits = []
                             for rounds in (2, 2 + args.boost_rounds):
                                 r = run_rss(gz("boost", "--engine", engine, "--backbone", "resnet50", "--out", art,
@@ -325,17 +325,19 @@ def _predicted(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _boost_settings(names: list[str]) -> list[tuple[str, list[str]]]:
-    """The `full` preset's boosting options (gzpipe/study/config.py) and, as ``full-old``, the preset before they
-    were measured (max_bin 256, colsample 0.5, all features)."""
+def _boost_settings(names: list[str], engine: str) -> list[tuple[str, list[str]]]:
+    """``engine``'s options in the `full` preset (gzpipe/study/config.py: the shared keys, then the engine's own)
+    and, as ``full-old``, the preset before they were measured (max_bin 256, colsample 0.5, all features)."""
+    from gzpipe.boost import split_boost_section
     from gzpipe.study.config import PRESETS
 
-    settings = {"full": PRESETS["full"]["boost"], "full-old": {"max_bin": 256, "colsample": 0.5}}
+    common, params = split_boost_section(PRESETS["full"]["boost"], engine_name=engine)
+    settings = {"full": {**common, **params}, "full-old": {"max_bin": 256, "colsample": 0.5}}
     out = []
     for name in names:
         opts = []
         for k, v in settings[name].items():
-            if k in ("rounds", "early_stopping"):
+            if k in ("rounds", "early_stopping") or v is None:  # fixed rounds here; None: the option left out
                 continue
             opts += [f"--{k.replace('_', '-')}", str(v)] if k in ("max_bin", "colsample", "learning_rate", "pca",
                                                                   "subsample") else ["--param", f"{k}={v}"]

@@ -99,3 +99,19 @@ def test_force_names_stages():
     assert parse_stages("train, boost") == {"train", "boost"} and parse_stages("all") == set(STAGES)
     with pytest.raises(GzpipeError, match="unknown stage trian"):
         parse_stages("trian")
+
+
+def test_the_scale_benchmark_passes_each_engine_its_own_full_preset_options():
+    """benchmarks/bench_scale.py times `gzpipe boost` with the `full` preset's options: the shared keys, then the
+    engine's own mapping (a mapping passed on as one --param would fail, or silently time something else)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/bench_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (_, xgb), = mod._boost_settings(["full"], "xgboost")
+    (_, lgb), = mod._boost_settings(["full"], "lightgbm")
+    assert xgb == ["--pca", "128", "--max-bin", "64", "--colsample", "0.5"]
+    assert lgb == ["--max-bin", "32", "--colsample", "0.05"]
