@@ -428,8 +428,8 @@ def predict(
 @app.command()
 def study(
     preset: Optional[Literal["demo", "real", "full"]] = typer.Option(
-        None, help="demo: synthetic, CPU, ~10 min; real: the 800-galaxy sample ($GZPIPE_SHARED); full: the original "
-                   "hyperparameters, for a GPU."),
+        None, help="demo: synthetic, CPU, ~10 min; real: the 800-galaxy sample ($GZPIPE_SHARED), < 30 min; full: "
+                   "the original hyperparameters, for a GPU."),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="YAML: a preset and overrides of data, shard, "
                                           "train, boost, backbones, engines, methods, out."),
     out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),
