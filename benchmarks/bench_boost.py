@@ -29,6 +29,11 @@ SETTINGS = {
     "full-old": {"max_bin": 256, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     # the demo / real presets
     "demo": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
+    "real": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 200, "early_stopping": 20},
+    "real-l1": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 200, "early_stopping": 20,
+                "objective": "l1"},
+    "real-l1-r1000": {"max_bin": 64, "colsample": 0.25, "learning_rate": 0.1, "rounds": 1000, "early_stopping": 20,
+                      "objective": "l1"},
     "all-bin64": {"max_bin": 64, "colsample": 0.5, "learning_rate": 0.1, "rounds": 2000, "early_stopping": 50},
     "all-bin64-col0.1": {"max_bin": 64, "colsample": 0.1, "learning_rate": 0.1, "rounds": 2000,
                          "early_stopping": 50},

@@ -242,7 +242,11 @@ def train(
                                                  help="Memory format [the backbone's default]."),
     head: Optional[Literal["sigmoid", "softmax"]] = typer.Option(None, help="Output activation; softmax is per "
                                                                             "task [sigmoid for debiased targets]."),
-    loss: Optional[Literal["mse", "bce"]] = typer.Option(None, help="Loss over valid entries only [mse]."),
+    loss: Optional[Literal["l1", "mse", "bce"]] = typer.Option(None, help="Loss over valid entries only; l1 is the "
+                                                                          "MAE the study reports [l1]."),
+    zero_init_residual: Optional[bool] = typer.Option(None, "--zero-init-residual/--no-zero-init-residual",
+                                                      help="From random initialisation, start every residual "
+                                                           "block as the identity [on]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     weights: Optional[Path] = typer.Option(None, metavar="FILE", help="Local state dict to start from (its "
                                                                       "ImageNet head is ignored)."),
@@ -277,7 +281,7 @@ def train(
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
-                  ema_decay=ema_decay)
+                  ema_decay=ema_decay, zero_init_residual=zero_init_residual)
     run_train(cfg)
 
 
@@ -328,7 +332,9 @@ def boost(
     out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder."),
     rounds: int = typer.Option(200, min=1, metavar="N", help="Maximum boosting rounds (trees per target)."),
     early_stopping: int = typer.Option(20, min=1, metavar="N", help="Stop after this many rounds without a better "
-                                                                    "validation RMSE."),
+                                                                    "validation RMSE (MAE with --objective l1)."),
+    objective: Literal["l2", "l1"] = typer.Option("l2", help="l2: squared error (mean fractions); l1: absolute "
+                                                            "error (medians: the MAE the study reports)."),
     learning_rate: float = typer.Option(0.1, metavar="X", callback=_positive, help="Shrinkage."),
     max_bin: int = typer.Option(64, min=2, metavar="N", help="Histogram bins per feature (64 is 2-4x faster than "
                                                              "256 here)."),
@@ -359,6 +365,7 @@ def boost(
     run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
                           early_stopping=early_stopping, learning_rate=learning_rate, max_bin=max_bin,
                           colsample=colsample, subsample=subsample, pca=pca, device=device, force=force,
+                          objective=objective,
                           dask_scheduler=dask_scheduler,
                           params=params))
 

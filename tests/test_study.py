@@ -131,6 +131,39 @@ def test_boosters_handle_masks_per_target_and_save_native_formats(tmp_path, engi
 
 
 @pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
+def test_the_l1_objective_predicts_medians_and_keeps_masks(tmp_path, engine, fakenet):
+    """Target 2 is 1 for a random 30% of the galaxies, else 0, whatever the features: squared error predicts about
+    the mean (0.3), absolute error the median (0) - the lower MAE. Target 1's masked wrong labels still count for
+    nothing. Small trees: on 160 rows deep ones fit the noise of target 2 whatever the objective."""
+    _fake_features(tmp_path, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for split in ("train", "val", "test"):
+        f = tmp_path / "fakenet/features" / f"{split}.parquet"
+        t = pq.read_table(f)
+        col = schema.TARGET_NAMES[2]
+        y2 = (rng.random(t.num_rows) < 0.3).astype(np.float32)
+        pq.write_table(t.set_column(t.schema.get_field_index(col), col, pa.array(y2)), f)
+    preds = {}
+    for objective in ("l2", "l1"):
+        out = tmp_path / objective
+        shutil.copytree(tmp_path / "fakenet", out / "fakenet")
+        run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(out), rounds=200, early_stopping=20,
+                              max_bin=32, colsample=1.0, device="cpu", objective=objective,
+                              params={"max_depth": 2} if engine == "xgboost" else {"min_data_in_leaf": 20}))
+        d = out / f"{engine}_fakenet"
+        assert json.loads((d / "config.json").read_text())["objective"] == objective
+        preds[objective] = pd.read_parquet(d / "test_predictions.parquet")[list(schema.TARGET_NAMES)].to_numpy()
+    ids, x, y, mk = read_features(tmp_path / "l1", "fakenet", "test")
+    p1, p2 = preds["l1"], preds["l2"]
+    assert 0.2 < p2[:, 2].mean() < 0.4 and np.median(p1[:, 2]) < 0.1
+    assert np.mean(np.abs(p1[:, 2] - y[:, 2])) < np.mean(np.abs(p2[:, 2] - y[:, 2]))
+    assert np.mean(np.abs(p1[:, 0] - y[:, 0])) < 0.08  # the easy target is still learnt
+    assert p1[:, 1].mean() < 0.15  # the masked rows' wrong label 1.0 does not pull target 1 up
+    with pytest.raises(GzpipeError, match="objective must be one of l2, l1"):
+        run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), objective="huber", force=True))
+
+
+@pytest.mark.parametrize("engine", ["xgboost", "lightgbm"])
 def test_pca_reduction_is_fitted_on_train_and_travels_with_the_booster(tmp_path, engine, fakenet):
     from gzpipe.boost import load_booster
 

@@ -183,6 +183,70 @@ def test_masked_loss_ignores_masked_entries():
     assert loss.item() == 0  # a NaN target under mask 0 cannot poison the loss
 
 
+def test_l1_loss_is_the_masked_mae():
+    from gzpipe.metrics import compute_metrics
+    from gzpipe.train.loop import masked_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(6, 30, generator=g), torch.rand(6, 30, generator=g)
+    mask = torch.rand(6, 30, generator=g) > 0.3
+    target_masked = torch.where(mask, target, torch.full_like(target, 99.0))  # masked values never count
+    loss, n = masked_loss(pred, torch.logit(pred), target_masked, mask, "l1")
+    assert n.item() == mask.sum().item()
+    assert loss.item() == pytest.approx(compute_metrics(pred.numpy(), target.numpy(), mask.numpy())["mae"], rel=1e-6)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_zero_init_residual_starts_each_residual_block_as_the_identity(backbone):
+    from gzpipe.models.build import zero_residual_branches
+
+    spec = BACKBONES[backbone]
+    model = create_model(backbone, zero_init_residual=True)
+    blocks = [m for m in model.backbone.modules()
+              if type(m).__name__ in {c for c, _ in spec.residual_norms} and getattr(m, "use_res_connect", True)]
+    plain = create_model(backbone)
+    norms = sum(1 for m in blocks for c, _ in spec.residual_norms if type(m).__name__ == c)
+    assert zero_residual_branches(plain.backbone, spec) == norms
+    plain = create_model(backbone)
+    zeros = lambda m: sum(int(p.dim() == 1 and not p.any()) for n, p in m.backbone.named_parameters()
+                          if n.endswith("weight"))  # noqa: E731
+    assert zeros(plain) == 0
+    if backbone == "convnext_base":  # its layer scale starts at 1e-6: nothing to zero
+        assert not spec.residual_norms and zeros(model) == 0
+        return
+    assert blocks and zeros(model) == norms
+    if backbone == "resnet50":  # a Bottleneck without downsampling now passes a non-negative input through unchanged
+        block = model.backbone.layer1[1].eval()
+        x = torch.rand(2, 256, 8, 8)
+        assert torch.equal(block(x), x)
+    if backbone == "efficientnet_v2_s":  # blocks without a shortcut keep their norm: zeroing it would cut the path
+        cut = [m for m in model.backbone.modules() if type(m).__name__ in ("MBConv", "FusedMBConv")
+               and not m.use_res_connect]
+        assert cut and all(m.block[-1][1].weight.abs().sum() > 0 for m in cut)
+
+
+def test_zero_init_leaves_loaded_weights_alone(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet50()
+    torch.save(ref.state_dict(), tmp_path / "r50.pth")
+    m = create_model("resnet50", weights=tmp_path / "r50.pth", zero_init_residual=True)
+    assert torch.equal(m.backbone.layer1[0].bn3.weight, ref.layer1[0].bn3.weight)
+    assert m.backbone.layer1[0].bn3.weight.abs().sum() > 0
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_its_old_meaning(train_shards, tmp_path):
+    from gzpipe.train.config import saved_value
+    from gzpipe.train.run import _check_compatible
+
+    old = _cfg(train_shards, tmp_path, zero_init_residual=False).to_dict()
+    old.pop("zero_init_residual")
+    assert saved_value(old, "zero_init_residual") is False
+    _check_compatible(old, _cfg(train_shards, tmp_path, zero_init_residual=False))  # same run: resumes
+    with pytest.raises(GzpipeError, match="zero_init_residual: checkpoint False, now True"):
+        _check_compatible(old, _cfg(train_shards, tmp_path))
+
+
 class _DeadWorkerLoader:
     """Yields one batch, then fails as torch does when a DataLoader worker has exited."""
 

@@ -20,6 +20,7 @@ from gzpipe.progress import progress_bar
 from gzpipe.stopping import STOP
 
 MODELS = "models"
+OBJECTIVES = {"l2": "regression", "l1": "regression_l1"}  # the val metric that early-stops follows the objective
 
 
 @dataclass
@@ -71,7 +72,8 @@ def train(cfg, params: Params, run_dir: Path, data):
         return _train_dask(cfg, params, run_dir)
     _, xtr, ytr, mtr = data.read("train")
     _, xva, yva, mva = data.read("val")
-    p = {"objective": "regression", "learning_rate": cfg.learning_rate, "num_leaves": params.num_leaves,
+    p = {"objective": OBJECTIVES[cfg.objective], "learning_rate": cfg.learning_rate,
+         "num_leaves": params.num_leaves,
          "max_bin": cfg.max_bin, "feature_fraction": cfg.colsample, "device_type": cfg.device, "verbose": -1,
          "seed": cfg.seed, "deterministic": True, "num_threads": cfg.threads or cpu_count(),
          "min_data_in_leaf": params.min_data_in_leaf,
@@ -158,7 +160,8 @@ def _train_dask(cfg, params: Params, run_dir: Path):
             reg = lgb.DaskLGBMRegressor(client=client, n_estimators=cfg.rounds, learning_rate=cfg.learning_rate,
                                         num_leaves=params.num_leaves, max_bin=cfg.max_bin,
                                         colsample_bytree=cfg.colsample, random_state=cfg.seed, verbose=-1,
-                                        min_child_samples=params.min_data_in_leaf)
+                                        min_child_samples=params.min_data_in_leaf,
+                                        objective=OBJECTIVES[cfg.objective])
             reg.fit(x, y, sample_weight=w)
             b = reg.to_local().booster_
             with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:

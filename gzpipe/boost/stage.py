@@ -22,6 +22,8 @@ from gzpipe.stopping import STOP
 from gzpipe.boost.data import REDUCTION, FeatureData, Reduction
 from gzpipe.boost.registry import ENGINES, engine
 
+OBJECTIVES = ("l2", "l1")
+
 
 @dataclass
 class BoostConfig:
@@ -34,6 +36,7 @@ class BoostConfig:
     max_bin: int = 64
     colsample: float = 0.25
     subsample: float = 1.0  # share of the train rows sampled per tree (1: all)
+    objective: str = "l2"  # l2: squared error (the mean fraction); l1: absolute error (the median: the study's MAE)
     pca: int | None = None  # reduce the features to this many principal components (fitted on train) first
     pca_fit_rows: int = 20_000  # train rows the reduction is fitted on
     device: str = "auto"
@@ -106,6 +109,8 @@ def validate(cfg: BoostConfig) -> object:
         raise GzpipeError(f"colsample must be in (0, 1], got {cfg.colsample}")
     if not 0 < cfg.subsample <= 1:
         raise GzpipeError(f"subsample must be in (0, 1], got {cfg.subsample}")
+    if cfg.objective not in OBJECTIVES:
+        raise GzpipeError(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
     if cfg.pca is not None and cfg.pca < 1:
         raise GzpipeError(f"pca must be at least 1 (components), got {cfg.pca}")
     if cfg.pca is not None and cfg.dask_scheduler:

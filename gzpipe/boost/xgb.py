@@ -2,8 +2,9 @@
 (never one big frame), ``tree_method="hist"`` on ``device="cuda"`` when a GPU is there, else the CPU.
 
 One multi-output booster predicts all 30 targets. Masked targets are stored in the label matrix as -1 (a value
-real fractions never take), and the custom objective - squared error - gives those entries zero gradient *and*
-zero hessian: they add nothing to split finding or leaf values while the row still trains the other 29 targets.
+real fractions never take), and the custom objective - squared or absolute error - gives those entries zero
+gradient *and* zero hessian: they add nothing to split finding or leaf values while the row still trains the other
+29 targets.
 Because the objective reads only its own DMatrix's labels, the same function runs per worker under
 ``xgboost.dask`` (``--dask-scheduler``).
 
@@ -63,11 +64,21 @@ def encode_labels(y: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def masked_objective(predt: np.ndarray, dtrain):
+    """Squared error (``objective: l2``)."""
     # Always (rows, 30): a Dask worker that holds no rows gets a flat empty array, which would read as 1 target.
     predt = predt.reshape(-1, schema.N_TARGETS)
     y = dtrain.get_label().reshape(predt.shape)
     valid = (y >= 0).astype(np.float32)
     return (predt - y) * valid, valid  # masked: no gradient, no hessian
+
+
+def masked_l1_objective(predt: np.ndarray, dtrain):
+    """Absolute error (``objective: l1``): the sign of the residual as gradient and a unit hessian, so a leaf moves
+    by at most the learning rate a round, toward the median of its rows' targets."""
+    predt = predt.reshape(-1, schema.N_TARGETS)
+    y = dtrain.get_label().reshape(predt.shape)
+    valid = (y >= 0).astype(np.float32)
+    return np.sign(predt - y).astype(np.float32) * valid, valid
 
 
 def masked_rmse_metric(predt: np.ndarray, dmat):
@@ -76,6 +87,17 @@ def masked_rmse_metric(predt: np.ndarray, dmat):
     ok = y >= 0
     d = (predt - y)[ok]
     return "masked_rmse", float(np.sqrt(np.mean(d * d))) if d.size else 0.0
+
+
+def masked_mae_metric(predt: np.ndarray, dmat):
+    predt = predt.reshape(-1, schema.N_TARGETS)
+    y = dmat.get_label().reshape(predt.shape)
+    ok = y >= 0
+    return "masked_mae", float(np.mean(np.abs((predt - y)[ok]))) if ok.any() else 0.0
+
+
+# objective -> (gradient and hessian, the early-stopping metric on val)
+OBJECTIVES = {"l2": (masked_objective, masked_rmse_metric), "l1": (masked_l1_objective, masked_mae_metric)}
 
 
 def _iterator(data, split):
@@ -134,9 +156,10 @@ def train(cfg, params: Params, run_dir: Path, data):
     else:
         dtrain = xgb.QuantileDMatrix(_iterator(data, "train"), max_bin=cfg.max_bin)
         dval = xgb.QuantileDMatrix(_iterator(data, "val"), ref=dtrain, max_bin=cfg.max_bin)
+        obj, metric = OBJECTIVES[cfg.objective]
         with progress_bar(f"xgboost_{cfg.backbone}", total=cfg.rounds, unit="rounds") as bar:
             booster = xgb.train(_params(cfg, params), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
-                                obj=masked_objective, custom_metric=masked_rmse_metric,
+                                obj=obj, custom_metric=metric,
                                 early_stopping_rounds=cfg.early_stopping, verbose_eval=False,
                                 callbacks=[_Progress(bar)])
     best = getattr(booster, "best_iteration", None)
@@ -197,7 +220,8 @@ def _train_dask(cfg, params: Params):
         dval = xgb.dask.DaskQuantileDMatrix(client, xva, yva, ref=dtrain, max_bin=cfg.max_bin)
         p = _params(cfg, params)
         p.pop("nthread")
+        obj, metric = OBJECTIVES[cfg.objective]
         out = xgb.dask.train(client, p, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
-                             obj=masked_objective, custom_metric=masked_rmse_metric,
+                             obj=obj, custom_metric=metric,
                              early_stopping_rounds=cfg.early_stopping, verbose_eval=False)
         return out["booster"]

@@ -57,7 +57,12 @@ def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
 
 
 def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = None,
-                 pretrained: bool = False) -> GZModel:
+                 pretrained: bool = False, zero_init_residual: bool = False) -> GZModel:
+    """``zero_init_residual`` (from random initialisation only: weights that are loaded are left as they are) zeroes
+    the scale of the norm layer that ends each residual branch (``BackboneSpec.residual_norms``), so every block
+    starts as the identity and the network as a shallow one (Goyal et al. 2017, torchvision's option of the same
+    name for ResNets). Trained from scratch on the real sample it lowered resnet50's val MAE by 5%
+    (benchmarks/RESULTS.md)."""
     spec = BACKBONES[resolve_name(name)]
     if head not in HEADS:
         raise GzpipeError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -66,8 +71,27 @@ def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = 
     backbone = _build(spec, pretrained)
     if weights is not None:
         load_backbone_weights(backbone, spec, Path(weights))
+    elif zero_init_residual and not pretrained:
+        zero_residual_branches(backbone, spec)
     _set_module(backbone, spec.classifier, nn.Identity())
     return GZModel(backbone, HEADS[head](spec.features), spec)
+
+
+def zero_residual_branches(backbone: nn.Module, spec: BackboneSpec) -> int:
+    """Zero the weight (and bias) of the norm layer ending each residual branch; returns how many were zeroed."""
+    done = 0
+    for block in backbone.modules():
+        for cls, path in spec.residual_norms:
+            if type(block).__name__ != cls or not getattr(block, "use_res_connect", True):
+                continue
+            norm = block
+            for part in path.split("."):
+                norm = norm[int(part)] if part.lstrip("-").isdigit() else getattr(norm, part)
+            nn.init.zeros_(norm.weight)
+            if getattr(norm, "bias", None) is not None:
+                nn.init.zeros_(norm.bias)
+            done += 1
+    return done
 
 
 def parameter_count(name: str) -> int:

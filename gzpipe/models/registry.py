@@ -25,6 +25,9 @@ class BackboneSpec:
     channels_last_cpu: bool = True  # default on the CPU (measured: benchmarks/RESULTS.md, "channels-last")
     defaults: dict = field(default_factory=dict)  # training defaults of this backbone (lr, batch_size, ...)
     build: Callable[[], object] | None = None  # returns a torch.nn.Module  # a network without pretrained weights, for non-torchvision ones
+    # (block class name, dotted path of the norm layer that ends its residual branch), for ``zero_init_residual``;
+    # a block whose ``use_res_connect`` is False has no shortcut and is left alone
+    residual_norms: tuple[tuple[str, str], ...] = ()
 
     def channels_last(self, device_type: str) -> bool:
         return self.channels_last_cuda if device_type == "cuda" else self.channels_last_cpu
@@ -51,13 +54,17 @@ def unregister(name: str) -> None:
         del ALIASES[a]
 
 
-register(BackboneSpec("resnet50", "resnet50", "fc", 2048))
-register(BackboneSpec("efficientnet_v2_s", "efficientnet_v2_s", "classifier.1", 1280))
+register(BackboneSpec("resnet50", "resnet50", "fc", 2048, residual_norms=(("Bottleneck", "bn3"),)))
+register(BackboneSpec("efficientnet_v2_s", "efficientnet_v2_s", "classifier.1", 1280,
+                      residual_norms=(("MBConv", "block.-1.1"), ("FusedMBConv", "block.-1.1"))))
+# ConvNeXt's blocks already start near the identity: their layer scale is initialised to 1e-6.
 register(BackboneSpec("convnext_base", "convnext_base", "classifier.2", 1024))
-register(BackboneSpec("swin_v2_s", "swin_v2_s", "head", 768))
+register(BackboneSpec("swin_v2_s", "swin_v2_s", "head", 768,
+                      residual_norms=(("SwinTransformerBlockV2", "norm1"), ("SwinTransformerBlockV2", "norm2"))))
 # A reported benchmark found RegNetY much slower in channels-last on a GPU (not yet re-measured here: no GPU was
 # lent); on this CPU channels-last is 18% faster for it, so only the CUDA default is off.
-register(BackboneSpec("regnety_8gf", "regnet_y_8gf", "fc", 2016, channels_last_cuda=False), "regnet_y_8gf")
+register(BackboneSpec("regnety_8gf", "regnet_y_8gf", "fc", 2016, channels_last_cuda=False,
+                      residual_norms=(("ResBottleneckBlock", "f.c.1"),)), "regnet_y_8gf")
 
 
 def resolve_name(name: str) -> str:

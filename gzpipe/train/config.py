@@ -23,10 +23,13 @@ STUDY_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "epochs": 250, "patience": 12, "
                   "warmup_epochs": 3}
 
 MODES = ("resume", "restart", "skip")
-LOSSES = ("mse", "bce")
+LOSSES = ("l1", "mse", "bce")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
-               "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay")
+               "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
+               "zero_init_residual")
+# What a key missing from an older run's saved config meant when that run was trained (before the key existed).
+SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse"}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
@@ -54,7 +57,7 @@ class TrainConfig:
     amp: str = "bf16"
     channels_last: bool | None = None
     head: str | None = None
-    loss: str = "mse"
+    loss: str = "l1"
     weights: str | None = None
     pretrained: bool = False
     mode: str = "resume"
@@ -64,6 +67,7 @@ class TrainConfig:
     tta: int = 1  # views averaged when the finished model is evaluated (and by `features`); 1 = none
     tta_kind: str = "dihedral"
     ema_decay: float | None = None  # keep, validate and save an exponential moving average of the weights
+    zero_init_residual: bool = True  # from random initialisation: every residual block starts as the identity
 
     @property
     def run_dir(self) -> Path:
@@ -71,6 +75,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def saved_value(saved: dict, key: str):
+    """``key`` of a run's saved config, reading an older run's missing key as what it meant then."""
+    return saved.get(key, SAVED_BEFORE.get(key))
 
 
 def defaults_for(backbone: str) -> dict:

@@ -34,7 +34,7 @@ from gzpipe.models.heads import default_head
 from gzpipe.stopping import STOP, Stopped, handling_stops
 from gzpipe.train import checkpoint as ckpt
 from gzpipe.train import distributed as ddp
-from gzpipe.train.config import RESUME_KEYS, TrainConfig, warn_short_run
+from gzpipe.train.config import RESUME_KEYS, TrainConfig, saved_value, warn_short_run
 from gzpipe.train.loop import EpochState, LogitsModel, evaluate, lr_lambda, train_one_epoch
 from gzpipe.train.plots import training_curves
 
@@ -79,8 +79,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
             raise GzpipeError(runs.stale_message(run_dir, changed, f"{restart_hint} trains it again on the current "
                                                                    "data"))
         saved = runs.read_json(run_dir, runs.CONFIG)
-        diff = [f"{k} {saved.get(k)!r} -> {cfg.to_dict().get(k)!r}" for k in RESUME_KEYS
-                if k in saved and saved.get(k) != cfg.to_dict().get(k)]
+        diff = [f"{k} {saved_value(saved, k)!r} -> {cfg.to_dict().get(k)!r}" for k in RESUME_KEYS
+                if saved_value(saved, k) is not None and saved_value(saved, k) != cfg.to_dict().get(k)]
         _log(d, f"{cfg.backbone}: already trained ({run_dir / runs.MARKERS[runs.BACKBONE]}); skipping"
                 + (f", although these settings differ from that run: {'; '.join(diff)}" if diff else "")
                 + f". {restart_hint} trains again" + (", --skip re-evaluates." if restart_hint == "--restart" else "."))
@@ -94,7 +94,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         warn_short_run(cfg)
 
     seed_everything(cfg.seed)
-    model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained)
+    model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
+                         zero_init_residual=cfg.zero_init_residual)
     net = LogitsModel(model).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -208,7 +209,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
 
 def _check_compatible(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    diff = [f"{k}: checkpoint {saved_value(saved, k)!r}, now {now.get(k)!r}" for k in RESUME_KEYS
+            if saved_value(saved, k) != now.get(k)]
     if diff:
         raise GzpipeError(f"{cfg.run_dir} holds a run with other settings ({'; '.join(diff)}); use the same "
                           "options to resume it, or --restart to start over")
@@ -283,7 +285,7 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
         loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
                                world_size=d.world)
-        results[split] = evaluate(net, loader, device, cfg.amp, t.config.get("loss", "mse"), ddp.gather_eval(d),
+        results[split] = evaluate(net, loader, device, cfg.amp, saved_value(t.config, "loss"), ddp.gather_eval(d),
                                   tta=cfg.tta, tta_kind=cfg.tta_kind)
         if results[split] is None:
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while evaluating the best model; training is "
