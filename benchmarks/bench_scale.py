@@ -209,23 +209,33 @@ def main() -> None:
                 # tar is timed alone and with a sync of its output.
                 files = d / "files.txt"
                 runs: dict[str, list[dict]] = {}
-                for rep in range(args.shard_repeats):
-                    for label, extra, dest in (("shard", [], shards), ("shard --verify header", ["--verify", "header"],
-                                                                       d / "shards_h")):
-                        shutil.rmtree(dest, ignore_errors=True)
-                        os.sync()
-                        runs.setdefault(label, []).append(
-                            run_rss(gz("shard", *base, "--out", dest, "--workers", args.workers, *extra)))
-                    if not files.exists():
+
+                def shard_run(label: str, extra: list, dest: Path) -> None:
+                    shutil.rmtree(dest, ignore_errors=True)
+                    os.sync()
+                    runs.setdefault(label, []).append(
+                        run_rss(gz("shard", *base, "--out", dest, "--workers", args.workers, *extra)))
+                    if not files.exists():  # the files tar packs: those the first shard run wrote
                         m = json.loads((shards / "manifest.json").read_text())
                         files.write_text("\n".join(f"{s_id}.jpg" for s_id in _written_assets(m)) + "\n")
+
+                def tar_run(label: str, sync: bool) -> None:
                     tar = ["tar", "--hard-dereference", "-cf", str(d / "plain.tar"), "-C", str(rel["images"]), "-T",
                            str(files)]
-                    for label, cmd in (("tar cf", tar), ("tar cf + sync", ["sh", "-c", shlex.join(tar) + " && sync -f "
-                                                                           + shlex.quote(str(d / "plain.tar"))])):
-                        os.sync()
-                        runs.setdefault(label, []).append(run_rss(cmd))
-                        (d / "plain.tar").unlink()
+                    cmd = ["sh", "-c", shlex.join(tar) + " && sync -f " + shlex.quote(str(d / "plain.tar"))] if sync \
+                        else tar
+                    os.sync()
+                    runs.setdefault(label, []).append(run_rss(cmd))
+                    (d / "plain.tar").unlink()
+
+                commands = [lambda: shard_run("shard", [], shards),
+                            lambda: shard_run("shard --verify header", ["--verify", "header"], d / "shards_h"),
+                            lambda: tar_run("tar cf", False), lambda: tar_run("tar cf + sync", True)]
+                for rep in range(args.shard_repeats):
+                    # each repeat starts one command later (with 4 repeats every command runs once in each
+                    # position): the page cache a command finds depends on what ran before it
+                    for k in range(len(commands)):
+                        commands[(k + rep) % len(commands)]()
                 shutil.rmtree(d / "shards_h")
                 med = {label: _median_run(rs) for label, rs in runs.items()}
                 m = json.loads((shards / "manifest.json").read_text())
