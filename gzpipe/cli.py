@@ -333,8 +333,9 @@ def boost(
     rounds: int = typer.Option(200, min=1, metavar="N", help="Maximum boosting rounds (trees per target)."),
     early_stopping: int = typer.Option(20, min=1, metavar="N", help="Stop after this many rounds without a better "
                                                                     "validation RMSE (MAE with --objective l1)."),
-    objective: Literal["l2", "l1"] = typer.Option("l2", help="l2: squared error (mean fractions); l1: absolute "
-                                                            "error (medians: the MAE the study reports)."),
+    objective: Optional[Literal["l2", "l1"]] = typer.Option(
+        None, help="l2: squared error (mean fractions); l1: absolute error (medians: the MAE the study reports) "
+                   "[l1 for lightgbm, l2 for xgboost: measured]."),
     learning_rate: float = typer.Option(0.1, metavar="X", callback=_positive, help="Shrinkage."),
     max_bin: int = typer.Option(64, min=2, metavar="N", help="Histogram bins per feature (64 is 2-4x faster than "
                                                              "256 here)."),

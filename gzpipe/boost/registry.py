@@ -1,7 +1,8 @@
 """The boosting engine registry (no heavy import: the CLI lists its names in `--help`). An engine is one module -
 ``Params`` (its own parameters), ``pick_device(cfg)``, ``train(cfg, params, run_dir, data)`` (``data``: a
 ``gzpipe.boost.data.FeatureData``, the features through the booster's reduction) and
-``load(run_dir, config, metrics)`` - and one ``register`` line; nothing else in gzpipe names it."""
+``load(run_dir, config, metrics)``, optionally ``DEFAULT_OBJECTIVE`` (``l2`` when absent) - and one ``register``
+line; nothing else in gzpipe names it."""
 
 from __future__ import annotations
 

@@ -36,7 +36,9 @@ class BoostConfig:
     max_bin: int = 64
     colsample: float = 0.25
     subsample: float = 1.0  # share of the train rows sampled per tree (1: all)
-    objective: str = "l2"  # l2: squared error (the mean fraction); l1: absolute error (the median: the study's MAE)
+    # l2: squared error (the mean fraction); l1: absolute error (the median: the study's MAE); None: the engine's
+    # ``DEFAULT_OBJECTIVE`` (measured per engine: benchmarks/RESULTS.md, "Boosters with the absolute error")
+    objective: str | None = None
     pca: int | None = None  # reduce the features to this many principal components (fitted on train) first
     pca_fit_rows: int = 20_000  # train rows the reduction is fitted on
     device: str = "auto"
@@ -109,6 +111,8 @@ def validate(cfg: BoostConfig) -> object:
         raise GzpipeError(f"colsample must be in (0, 1], got {cfg.colsample}")
     if not 0 < cfg.subsample <= 1:
         raise GzpipeError(f"subsample must be in (0, 1], got {cfg.subsample}")
+    if cfg.objective is None:
+        cfg.objective = getattr(engine(cfg.engine).impl(), "DEFAULT_OBJECTIVE", "l2")
     if cfg.objective not in OBJECTIVES:
         raise GzpipeError(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
     if cfg.pca is not None and cfg.pca < 1:
