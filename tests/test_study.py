@@ -277,6 +277,24 @@ def test_stacked_weights_are_per_target_non_negative_and_fitted_on_val_only(trai
     assert again["weights"] == r["weights"] and again["test"]["mae"] != r["test"]["mae"]
 
 
+def test_stacked_sharing_is_chosen_by_cross_validation_within_val():
+    """Members that differ by a constant quality on every target: one shared weight vector fits as well as 30 and
+    cross-validates better on a small val split; every grouping covers each target once."""
+    from gzpipe.ensemble.stacked import GROUPINGS, StackConfig, fit_stack, groups
+
+    for g in GROUPINGS:
+        assert sorted(j for grp in groups(g) for j in grp) == list(range(30))
+    rng = np.random.default_rng(0)
+    y = rng.random((40, 30))
+    preds = np.stack([np.clip(y + rng.normal(0, s, y.shape), 0, 1) for s in (0.05, 0.2, 0.3)], axis=1)
+    w, how = fit_stack(preds, y, np.ones_like(y, bool), StackConfig(bags=5))
+    assert len(how["cv_mae"]) == len(GROUPINGS) * 4 and how["grouping"] in GROUPINGS
+    assert min(how["cv_mae"], key=how["cv_mae"].get) == f"{how['grouping']} shrink {how['shrink']}"
+    assert (w >= 0).all() and np.allclose(w.sum(0), 1) and (w[0] > w[1]).all()
+    if how["grouping"] == "all":
+        assert np.allclose(w, w[:, :1])
+
+
 def test_report_with_18_models(train_shards, tmp_path):
     from gzpipe.boost import ENGINES
     from gzpipe.models import BACKBONES

@@ -7,8 +7,13 @@ member may be added again: its weight grows). Against overfitting a small val sp
 * **bagging**: the selection runs on ``bags`` random halves of the val galaxies, and the weights are the mean of the
   bags' weights (a member that only helps on a few galaxies is diluted);
 * **a cap**: at most ``steps`` additions per bag (weights are multiples of 1 / steps);
-* **shrinkage**: the bagged weights are pulled toward equal weights over the members by ``shrink``, chosen from a
-  few values by K-fold cross-validation *within* val (fit on K-1 folds, score on the held-out one).
+* **shrinkage**: the bagged weights are pulled toward equal weights over the members by ``shrink``;
+* **sharing**: one weight vector per target, per task (its answers share one) or for all 30 targets together
+  (``grouping``): fewer weights to fit where val is too small to tell the targets apart.
+
+Grouping and shrinkage are chosen together by K-fold cross-validation *within* val (fit on K-1 folds, score on the
+held-out one). On the demo's 66 val galaxies per-target weights cross-validated worse than the best single member
+(benchmarks/RESULTS.md); sharing is how the selection can say so.
 
 Test is never read to fit anything; it is only scored. Weights are saved in ``weights.json`` as {member: [30]}.
 """
@@ -26,12 +31,18 @@ from gzpipe.fileio import remove_stale_tmp, write_json
 from gzpipe.metrics import compute_metrics
 
 
+GROUPINGS = ("target", "task", "all")
+SHARING = {"target": "one weight vector per target", "task": "one weight vector per task",
+           "all": "one weight vector for all 30 targets"}
+
+
 @dataclass
 class StackConfig:
     steps: int = 25
     bags: int = 20
     bag_share: float = 0.5
     shrink_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    groupings: tuple[str, ...] = GROUPINGS
     folds: int = 5
     seed: int = 0
     max_rows: int = 5000  # val galaxies the weights are chosen on (a random subset beyond; the cost is linear)
@@ -51,9 +62,8 @@ def _select(p: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-def fit_target(p: np.ndarray, y: np.ndarray, cfg: StackConfig, rng: np.random.Generator,
-               shrink: float) -> np.ndarray:
-    """Bagged, shrunk selection weights of one target (see the module docstring)."""
+def _bagged(p: np.ndarray, y: np.ndarray, cfg: StackConfig, rng: np.random.Generator) -> np.ndarray:
+    """Bagged selection weights (M,) of one group's pooled rows, before shrinkage."""
     n, m = p.shape
     if n == 0:
         return np.full(m, 1.0 / m)
@@ -62,39 +72,64 @@ def fit_target(p: np.ndarray, y: np.ndarray, cfg: StackConfig, rng: np.random.Ge
     for _ in range(cfg.bags):
         rows = rng.choice(n, size=size, replace=False)
         w += _select(p[rows], y[rows], cfg.steps)
-    w /= cfg.bags
-    return (1 - shrink) * w + shrink / m
+    return w / cfg.bags
 
 
-def choose_shrink(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConfig) -> tuple[float, dict]:
-    """The shrinkage with the lowest K-fold cross-validated MAE on val (all targets together)."""
+def groups(grouping: str) -> list[list[int]]:
+    """The targets that share one weight vector: each target alone, each task's answers, or all 30 together."""
+    if grouping == "target":
+        return [[j] for j in range(schema.N_TARGETS)]
+    if grouping == "task":
+        return [list(range(s.start, s.stop)) for s in schema.TASK_SLICES.values()]
+    return [list(range(schema.N_TARGETS))]
+
+
+def _pooled(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, rows: np.ndarray, targets: list[int]):
+    """(rows x targets of the group, M) predictions and their targets, valid entries only."""
+    ps = [preds[rows & mask[:, j], :, j] for j in targets]
+    ys = [y[rows & mask[:, j], j] for j in targets]
+    return np.concatenate(ps), np.concatenate(ys)
+
+
+def _raw_weights(preds, y, mask, rows, grouping: str, cfg: StackConfig, salt: int) -> np.ndarray:
+    """Unshrunk weights (M, 30) fitted on ``rows`` of val with one weight vector per group of ``grouping``."""
+    w = np.zeros((preds.shape[1], schema.N_TARGETS))
+    for g, targets in enumerate(groups(grouping)):
+        p, t = _pooled(preds, y, mask, rows, targets)
+        rng = np.random.default_rng([cfg.seed, GROUPINGS.index(grouping), g, salt])
+        w[:, targets] = _bagged(p, t, cfg, rng)[:, None]
+    return w
+
+
+def _shrunk(w: np.ndarray, shrink: float) -> np.ndarray:
+    return (1 - shrink) * w + shrink / w.shape[0]
+
+
+def choose(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConfig) -> tuple[tuple[str, float], dict]:
+    """The (grouping, shrinkage) with the lowest K-fold cross-validated MAE on val (all targets together)."""
     n = preds.shape[0]
-    rng = np.random.default_rng(cfg.seed)
-    fold = rng.permutation(n) % max(2, min(cfg.folds, n))
-    scores = {}
-    for s in cfg.shrink_grid:
-        err, count = 0.0, 0
-        for f in np.unique(fold):
-            tr, te = fold != f, fold == f
-            for j in range(schema.N_TARGETS):
-                a, b = tr & mask[:, j], te & mask[:, j]
-                if not b.any():
-                    continue
-                w = fit_target(preds[a, :, j], y[a, j], cfg, np.random.default_rng([cfg.seed, j, int(f)]), s)
-                err += np.abs(preds[b, :, j] @ w - y[b, j]).sum()
-                count += int(b.sum())
-        scores[s] = err / max(count, 1)
-    best = min(scores, key=scores.get)
-    return best, scores
+    fold = np.random.default_rng(cfg.seed).permutation(n) % max(2, min(cfg.folds, n))
+    err: dict = {}
+    count = 0
+    for f in np.unique(fold):
+        tr, te = fold != f, fold == f
+        count += int((mask & te[:, None]).sum())
+        for grouping in cfg.groupings:
+            raw = _raw_weights(preds, y, mask, tr, grouping, cfg, int(f) + 1)
+            for s in cfg.shrink_grid:
+                w = _shrunk(raw, s)
+                p = np.einsum("nmj,mj->nj", preds[te], w)
+                err[(grouping, s)] = err.get((grouping, s), 0.0) + float(np.abs(p - y[te])[mask[te]].sum())
+    scores = {k: v / max(count, 1) for k, v in err.items()}
+    return min(scores, key=scores.get), scores
 
 
 def fit_stack(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConfig) -> tuple[np.ndarray, dict]:
     """preds (n, M, 30), y (n, 30), mask (n, 30) of the val split -> weights (M, 30) and how they were chosen."""
-    shrink, scores = choose_shrink(preds, y, mask, cfg)
-    weights = np.stack([fit_target(preds[mask[:, j], :, j], y[mask[:, j], j], cfg,
-                                   np.random.default_rng([cfg.seed, j]), shrink)
-                        for j in range(schema.N_TARGETS)], axis=1)
-    return weights, {"shrink": shrink, "cv_mae_by_shrink": scores}
+    (grouping, shrink), scores = choose(preds, y, mask, cfg)
+    weights = _shrunk(_raw_weights(preds, y, mask, np.ones(len(preds), bool), grouping, cfg, 0), shrink)
+    return weights, {"grouping": grouping, "shrink": shrink,
+                     "cv_mae": {f"{g} shrink {s}": round(v, 6) for (g, s), v in scores.items()}}
 
 
 def base_models(out: Path) -> list[str]:
@@ -134,13 +169,14 @@ def run_stacked(out: Path, members: list[str] | None = None, cfg: StackConfig | 
         result[split] = compute_metrics(p, *labels[split])
         runs.write_predictions(run_dir, split, ids[split], p)
     write_json(run_dir / runs.WEIGHTS, {k: result[k] for k in ("method", "models", "weights", "weights_from",
-                                                                "member_val_metrics", "shrink", "cv_mae_by_shrink")})
+                                                                "member_val_metrics", "grouping", "shrink",
+                                                                "cv_mae")})
     write_json(run_dir / runs.METRICS, {"model": "ensemble_stacked", **result})
     runs.record_inputs(run_dir, {f"{b} {split} predictions": runs.predictions_path(out / b, split)
                                  for b in used for split in runs.EVAL_SPLITS})
     runs.mark_complete(run_dir, runs.ENSEMBLE, f"ensemble_stacked: test MAE {result['test']['mae']:.5f}")
     top = sorted(used, key=lambda b: -weights[used.index(b)].mean())[:4]
-    print(f"ensemble_stacked of {len(used)} models (shrink {how['shrink']}): test MAE {result['test']['mae']:.4f}  "
+    print(f"ensemble_stacked of {len(used)} models ({SHARING[how['grouping']]}, shrink {how['shrink']}): test MAE {result['test']['mae']:.4f}  "
           f"accuracy {result['test']['accuracy']:.4f}  mean weights "
           + ", ".join(f"{b} {weights[used.index(b)].mean():.3f}" for b in top), flush=True)
     return result

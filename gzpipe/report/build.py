@@ -63,7 +63,8 @@ def run_report(out: str | Path = "artifacts") -> dict:
         figs["Predicted vs true"] = "predicted_vs_true.png"
     stacked = next((n for n in table["name"] if raw[n].get("method") == "stacked"), None)
     if stacked:
-        figures.stacked_weights(raw[stacked]["weights"], dest / "stacked_weights.png")
+        figures.stacked_weights(raw[stacked]["weights"], dest / "stacked_weights.png", raw[stacked].get("grouping"),
+                                raw[stacked].get("shrink"))
         figs["Stacked ensemble weights"] = "stacked_weights.png"
     if "mae_without_tta" in table and table["mae_without_tta"].notna().any():
         figures.tta_effect(table, dest / "tta_effect.png")

@@ -118,8 +118,10 @@ def all_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
     _save(fig, path)
 
 
-def stacked_weights(weights: dict[str, list[float]], path: Path) -> None:
-    """The stacked ensemble's weights: members (rows) x tasks (columns, the mean over the task's answers)."""
+def stacked_weights(weights: dict[str, list[float]], path: Path, grouping: str | None = None,
+                    shrink: float | None = None) -> None:
+    """The stacked ensemble's weights: members (rows) x tasks (columns, the mean over the task's answers), with the
+    sharing and shrinkage that cross-validation on val chose."""
     members = sorted(weights, key=lambda m: -float(np.mean(weights[m])))
     tasks = list(schema.TASK_SLICES)
     data = np.array([[np.mean(np.asarray(weights[m])[schema.TASK_SLICES[t]]) for t in tasks] for m in members])
@@ -133,7 +135,12 @@ def stacked_weights(weights: dict[str, list[float]], path: Path) -> None:
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if data[i, j] > 0.6 * data.max() else "black")
     fig.colorbar(im, ax=ax, label="weight (mean over answers)")
-    ax.set_title("Stacked ensemble: each member's weight per task (fitted on the validation split)")
+    from gzpipe.ensemble.stacked import SHARING
+
+    chosen = ", ".join(x for x in (grouping and SHARING.get(grouping, grouping),
+                                   shrink is not None and f"shrinkage {shrink:g}") if x)
+    ax.set_title("Stacked ensemble: each member's weight per task (fitted on the validation split)"
+                 + (f"\n{chosen}, chosen by cross-validation within val" if chosen else ""))
     _save(fig, path)
 
 
