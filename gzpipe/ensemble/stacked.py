@@ -1,5 +1,6 @@
 """The `stacked` ensemble: non-negative weights over every finished base model (backbones and boosters), for each
-target (which may share them: see below), chosen on the validation split only by greedy forward selection with replacement (Caruana et al. 2004).
+target (which may share them: see below), chosen on the validation split only by greedy forward selection with
+replacement (Caruana et al. 2004).
 
 Selection adds, one step at a time, the member whose inclusion most lowers the val MAE of the running average (a
 member may be added again: its weight grows). Against overfitting a small val split:
