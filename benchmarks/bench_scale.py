@@ -273,6 +273,8 @@ def main() -> None:
             art = d / "art"
             (art / "resnet50").mkdir(parents=True)
             shutil.copytree(ckpt_art / "resnet50/checkpoints", art / "resnet50/checkpoints")
+            for f in ("metrics.json", "training_complete.txt"):  # a finished run: predict refuses unfinished ones
+                shutil.copy(ckpt_art / "resnet50" / f, art / "resnet50" / f)
             cfg = json.loads((ckpt_art / "resnet50/config.json").read_text())
             (art / "resnet50/config.json").write_text(json.dumps({**cfg, "shards": str(shards)}))
             if want("features"):
@@ -297,7 +299,8 @@ def main() -> None:
                                 "train_time_s": round(fits[1][1], 2), "rounds": 2 + args.boost_rounds})
             if want("ensemble"):
                 measure(py(FAKE_MEMBERS, art, shards))
-                record("ensemble", n, run_rss(gz("ensemble", "--method", "inverse_mae", "--out", art)))
+                record("ensemble", n, run_rss(gz("ensemble", "--method", "inverse_mae", "--out", art, "--backbones",
+                                                  "efficientnet_v2_s,regnety_8gf,convnext_base")))
                 record("report", n, run_rss(gz("report", "--out", art)))
             if want("predict"):
                 tests = [shards / s["name"] for s in json.loads((shards / "manifest.json").read_text())["shards"]
