@@ -32,12 +32,19 @@ class Params:
 
     num_leaves: int = 31
     min_data_in_leaf: int = 5
+    # Rows LightGBM samples to place its bin edges (its bin_construct_sample_cnt). It holds the sample as
+    # 16 bytes a value while it bins: its default, 200,000 rows, cost 6 GB at GZ2's 190,000 train rows x 2,048
+    # features (peak RSS 7.35 GB); 20,000 rows bound it at 0.65 GB, and place 32-64 bin edges just as well
+    # (benchmarks/RESULTS.md, "Full GZ2 scale").
+    bin_sample_rows: int = 20_000
 
     def validate(self) -> None:
         if self.num_leaves < 2:
             raise GzpipeError(f"num_leaves must be at least 2, got {self.num_leaves}")
         if self.min_data_in_leaf < 1:
             raise GzpipeError(f"min_data_in_leaf must be at least 1, got {self.min_data_in_leaf}")
+        if self.bin_sample_rows < 100:
+            raise GzpipeError(f"bin_sample_rows must be at least 100, got {self.bin_sample_rows}")
 
 
 def _learner_works(lgb, device_type: str) -> tuple[bool, str]:
@@ -82,7 +89,7 @@ def train(cfg, params: Params, run_dir: Path, data):
          "min_data_in_leaf": params.min_data_in_leaf,
          **({"bagging_fraction": cfg.subsample, "bagging_freq": 1} if cfg.subsample < 1 else {})}
     ds_params = {"max_bin": cfg.max_bin, "min_data_in_leaf": params.min_data_in_leaf, "feature_pre_filter": False,
-                 "verbose": -1}
+                 "bin_construct_sample_cnt": params.bin_sample_rows, "verbose": -1}
     if cfg.device == "cpu":
         # Column-wise histograms: LightGBM's own choice, a timing test at the start of every booster, costs ~1 s a
         # target and picks row-wise for backbone features whenever colsample is small, where row-wise builds every
@@ -164,6 +171,7 @@ def _train_dask(cfg, params: Params, run_dir: Path):
                                         num_leaves=params.num_leaves, max_bin=cfg.max_bin,
                                         colsample_bytree=cfg.colsample, random_state=cfg.seed, verbose=-1,
                                         min_child_samples=params.min_data_in_leaf,
+                                        bin_construct_sample_cnt=params.bin_sample_rows,
                                         objective=OBJECTIVES[cfg.objective])
             reg.fit(x, y, sample_weight=w)
             b = reg.to_local().booster_
