@@ -148,13 +148,27 @@ def features_meta(out: str | Path, backbone: str) -> Path:
 def read_features(out: str | Path, backbone: str, split: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(ids, X float32, targets, mask) of one split; for data that fits in memory (use ``iter_feature_batches``
     to stream)."""
-    ids, xs, ys, ms = [], [], [], []
-    for i, x, y, m in iter_feature_batches(out, backbone, split):
+    return gather_batches(iter_feature_batches(out, backbone, split), features_path(out, backbone, split))
+
+
+def gather_batches(batches, path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """A split's (ids, x, y, mask) batches, from the features file at ``path``, as whole arrays, each batch written
+    into arrays sized from the file's row count: one copy in memory, not the batches and their concatenation
+    (3.1 GB instead of 1.6 at GZ2's 190,000 train rows x 2,048 features). ``x`` may be a transform of the file's
+    features (a booster's reduction), so its width is the first batch's."""
+    n = pq.ParquetFile(path).metadata.num_rows
+    ids: list[str] = []
+    x = y = m = None
+    for i, xb, yb, mb in batches:
+        if x is None:
+            x, y, m = (np.empty((n, b.shape[1]), b.dtype) for b in (xb, yb, mb))
+        a = len(ids)
+        x[a:a + len(xb)], y[a:a + len(xb)], m[a:a + len(xb)] = xb, yb, mb
         ids += i
-        xs.append(x)
-        ys.append(y)
-        ms.append(m)
-    return ids, np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
+    if x is None:
+        raise GzpipeError(f"{path} holds no galaxies; every split needs some (shard again with other --val / "
+                          "--test shares)")
+    return ids, x, y, m
 
 
 def features_path(out: str | Path, backbone: str, split: str) -> Path:
