@@ -349,8 +349,10 @@ def boost(
     num_leaves: Optional[int] = typer.Option(None, min=2, metavar="N", help="LightGBM leaves per tree [31]."),
     multi_strategy: Optional[Literal["one_output_per_tree", "multi_output_tree"]] = typer.Option(
         None, help="XGBoost's multi-output trees [one_output_per_tree: faster, measured]."),
-    param: list[str] = typer.Option([], "--param", metavar="KEY=VALUE", help="Any other parameter of the engine "
-                                    "(repeatable), e.g. --param min_data_in_leaf=20."),
+    param: list[str] = typer.Option([], "--param", metavar="KEY=VALUE", help="One of the engine's own parameters "
+                                    "(repeatable): lightgbm num_leaves, min_data_in_leaf, bin_sample_rows (rows "
+                                    "sampled to place bin edges); xgboost max_depth, multi_strategy; a plug-in "
+                                    "engine's own. E.g. --param min_data_in_leaf=20."),
     device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
     force: bool = typer.Option(False, help="Retrain a finished booster."),
     dask_scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Train with xgboost.dask / "

@@ -17,6 +17,18 @@ def test_help_explains(cmd):
     assert r.exit_code == 0 and "Usage" in r.output and len(r.output) > 120
 
 
+def test_boost_param_help_names_every_builtin_engine_key():
+    import dataclasses
+    import re
+
+    from gzpipe.boost.registry import engine
+
+    text = " ".join(runner.invoke(app, ["boost", "--help"], terminal_width=200).output.split())
+    for name in ("lightgbm", "xgboost"):
+        for f in dataclasses.fields(engine(name).impl().Params):
+            assert re.search(rf"\b{f.name}\b", text), f"--param help does not name {name}'s {f.name}"
+
+
 def test_info_reports_versions_cuda_dali_cpus():
     r = runner.invoke(app, ["info"])
     assert r.exit_code == 0
