@@ -1,0 +1,139 @@
+"""Commands that make and check the inputs: info, synth, download, shard, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gzpipe.cli.common import Format, Target, Verify, app, out
+
+@app.command()
+def info() -> None:
+    """Print library versions, whether CUDA and DALI are usable, and the CPU count."""
+    from gzpipe.info import collect
+
+    for k, v in collect().items():
+        out.print(f"[bold]{k:>14}[/bold]  {v}")
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write images/, gz2_hart16.csv and "
+                                                             "gz2_filename_mapping.csv into."),
+    n: int = typer.Option(1000, "--n", min=1, metavar="N", help="Number of galaxies."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed: the same seed gives the same bytes."),
+    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality of the 424 x 424 images."),
+    workers: int = typer.Option(1, min=1, metavar="N", help="Processes rendering in parallel (the output does not "
+                                                            "depend on it)."),
+) -> None:
+    """Render a synthetic GZ2 release (images, Hart16 table, filename mapping) from physical galaxy models."""
+    from gzpipe.synth import SynthConfig, synth as run
+
+    summary = run(SynthConfig(out=out_dir, n=n, seed=seed, quality=quality, workers=workers))
+    out.print(f"wrote {summary['galaxies']} galaxies to {summary['out']}")
+    out.print(f"next: gzpipe shard --catalog {summary['catalog']} --mapping {summary['mapping']} "
+              f"--images {summary['images']} --out SHARDS")
+
+
+@app.command()
+def download(
+    dest: Path = typer.Option(Path("data/gz2"), metavar="DIR", help="Folder for the release files (and images/ "
+                                                                    "unpacked)."),
+    what: str = typer.Option("labels,mapping,images", metavar="LIST", help="Comma list of: labels "
+                             "(gz2_hart16.csv.gz), mapping, images (the 3.4 GB zip)."),
+    base_url: Optional[str] = typer.Option(None, metavar="URL", help="A mirror serving the files under their "
+                                                                     "release names."),
+    checksums: Optional[Path] = typer.Option(None, metavar="FILE", help="File of '<md5>  <file name>' lines (for a "
+                                                                        "mirror's files)."),
+    timeout: float = typer.Option(60.0, min=0.1, metavar="SECONDS", help="Network timeout."),
+) -> None:
+    """Fetch the GZ2 release (Hart16 table, filename mapping, image zip), resumable, with checksum checks and a
+    safe unzip."""
+    from gzpipe.download import DownloadConfig, run_download
+
+    run_download(DownloadConfig(str(dest), tuple(w.strip() for w in what.split(",") if w.strip()), base_url,
+                                str(checksums) if checksums else None, timeout))
+    out.print(f"next: gzpipe shard --catalog {dest}/gz2_hart16.csv.gz --mapping {dest}/gz2_filename_mapping.csv "
+              f"--images {dest}/images --out SHARDS")
+
+
+@app.command()
+def shard(
+    catalog: Path = typer.Option(..., metavar="FILE", help="Labels: gz2_hart16.csv[.gz], a CSV with asset_id and "
+                                 "Hart16 columns, Kaggle's training_solutions, or a galaxy-datasets (Zoobot) "
+                                 "catalogue (CSV or Parquet)."),
+    images: Path = typer.Option(..., metavar="DIR", help="Folder of the images (<asset_id>.jpg for Hart16, "
+                                "<GalaxyID>.jpg for Kaggle; file_loc paths of a Zoobot catalogue are relative "
+                                "to it)."),
+    out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for the tars, their .idx files and "
+                                                                   "manifest.json."),
+    mapping: Optional[Path] = typer.Option(None, metavar="FILE", help="gz2_filename_mapping.csv (needed when the "
+                                           "catalogue has dr7objid but no asset_id)."),
+    format: Format = typer.Option("auto", "--format", help="Catalogue format; auto tells them apart by their "
+                                                          "columns."),
+    target: Target = typer.Option("debiased", help="Hart16 column family to train on."),
+    fraction: float = typer.Option(1.0, min=0.0, max=1.0, metavar="F", help="Keep this share of galaxies (by id "
+                                   "hash: a larger fraction keeps a superset)."),
+    val: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the validation split."),
+    test: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the test split."),
+    seed: int = typer.Option(42, metavar="N", help="Seed of the split, subsample and write-order hashes."),
+    resize: Optional[int] = typer.Option(None, min=8, max=4096, metavar="PX", help="Re-encode images at this size "
+                                         "(square) instead of storing the originals."),
+    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality when --resize re-encodes."),
+    shard_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per tar shard."),
+    workers: int = typer.Option(1, min=1, metavar="N", help="Processes packing shards in parallel."),
+    verify: Verify = typer.Option("decode", help="decode: decode each JPEG (catches corrupt data); header: check "
+                                                 "markers only (faster)."),
+    max_rejected: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Fail (exit 2, the manifest still "
+                                       "written) when more than this share of the rows is rejected."),
+) -> None:
+    """Pack a catalogue and its images into WebDataset tar shards with DALI indexes and a manifest."""
+    from gzpipe.shard import ShardConfig, run_shard
+
+    cfg = ShardConfig(catalog=catalog, images=images, out=out_dir, mapping=mapping, format=format, target=target,
+                      fraction=fraction, val=val, test=test, seed=seed, resize=resize, quality=quality,
+                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected)
+    m = run_shard(cfg)
+    _print_shard_summary(m, out_dir)
+
+
+def _print_shard_summary(m: dict, out_dir: Path) -> None:
+    c = m["counts"]
+    out.print(f"[bold]{c['written']}[/bold] written, [bold]{c['rejected']}[/bold] rejected of {c['inputs']} inputs "
+              f"({c['catalog_rows']} catalogue rows, {c['excluded_by_fraction']} left out by --fraction)")
+    out.print("splits: " + ", ".join(f"{k} {v}" for k, v in c["per_split"].items())
+              + f"; {len(m['shards'])} shards in {out_dir}")
+    if m["rejected_by_reason"]:
+        out.print("rejected: " + ", ".join(f"{k} {v}" for k, v in m["rejected_by_reason"].items())
+                  + f" (each row with its reason in {out_dir / 'manifest.json'})")
+    if c.get("converted"):
+        out.print(f"converted: {c['converted']} greyscale/CMYK JPEGs stored as RGB (listed under `converted` in the "
+                  "manifest)")
+
+
+@app.command()
+def verify(
+    shards: Path = typer.Argument(..., metavar="SHARDS", help="Shard folder written by `gzpipe shard`."),
+    quick: bool = typer.Option(False, "--quick", help="Check presence, sizes and indexes only (no sha256 of the "
+                                                      "tars)."),
+) -> None:
+    """Check every shard against manifest.json (present, size, sha256, index, samples). Exits 1 and names each
+    damaged file and the `gzpipe shard` command that rebuilds just those."""
+    from gzpipe.shard.verify import rebuild_command, verify_shards
+
+    checks = verify_shards(shards, quick)
+    bad = [c for c in checks if not c.ok]
+    for c in bad:
+        out.print(f"[bold red]damaged[/bold red] {shards / c.name}: {c.problem}", highlight=False)
+    if not bad:
+        empty = sum(1 for c in checks if c.samples == 0)
+        out.print(f"{len(checks)} shards OK in {shards}" + (" (sizes and indexes; without --quick the sha256 too)"
+                                                             if quick else "")
+                  + (f"; {empty} of them hold no samples" if empty else ""))
+        return
+    out.print(f"{len(bad)} of {len(checks)} shards damaged. Rebuild just those (the rest are reused) with:\n"
+              f"  {rebuild_command(shards)}", highlight=False, markup=False)
+    raise typer.Exit(1)
+

@@ -1,0 +1,99 @@
+"""Commands that use finished models: report, predict, study, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+
+from gzpipe.cli.common import DEVICE_HELP, Backend, Device, TtaKind, _device_option, app, out
+
+@app.command()
+def report(out_dir: Path = typer.Option(Path("artifacts"), "--out", metavar="DIR", help="Artifacts folder.")) -> None:
+    """Comparison tables, figures and a self-contained report.html in <out>/model_comparison/."""
+    from gzpipe.report import run_report
+
+    run_report(out_dir)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., metavar="INPUTS...", help="Image files, folders, tar files, shard "
+                                        "folders, or catalogues (.csv / .parquet with an id and an image path "
+                                        "column, e.g. galaxy-datasets' id_str and file_loc)."),
+    model: Path = typer.Option(..., metavar="DIR", help="A finished model: artifacts/<backbone>, "
+                               "artifacts/<engine>_<backbone> or artifacts/ensemble_<method>."),
+    out_file: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Output .parquet or .csv "
+                                            "[predictions.csv; predictions.parquet beyond 5,000 rows]."),
+    tta: int = typer.Option(1, min=1, metavar="N", help="Test-time augmentation: average N views."),
+    tta_kind: TtaKind = typer.Option("dihedral", help="dihedral: exact rotations by 90 degrees and mirrors (up to "
+                                                      "8); rotate: N evenly spaced angles."),
+    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle-style cumulative fractions "
+                                                                "(Class1.1 ...)."),
+    batch_size: int = typer.Option(32, min=1, metavar="N", help="Images per batch."),
+    workers: int = typer.Option(2, min=0, metavar="N", help="Decoding worker processes."),
+    device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
+    backend: Backend = typer.Option("auto", help="Loader backend (dali reads shard folders only)."),
+    part_size: int = typer.Option(10_000, min=1, metavar="N", help="Images per part: each part is saved when done, "
+                                                                   "so a killed run resumes."),
+    images: Optional[Path] = typer.Option(None, metavar="DIR", help="Folder that a catalogue's relative image paths "
+                                                                    "start from [the catalogue's folder]."),
+    id_column: Optional[str] = typer.Option(None, metavar="NAME", help="A catalogue's id column [id_str, id, "
+                                                                       "asset_id, ...]."),
+    path_column: Optional[str] = typer.Option(None, metavar="NAME", help="A catalogue's image path column "
+                                                                         "[file_loc, path, ...]."),
+) -> None:
+    """Predict the 30 GZ2 vote fractions for new galaxy images with any finished model. Unreadable files get a row
+    with the reason in the `error` column; the rest go on. Under `torchrun` the processes share the work."""
+    from gzpipe.predict import PredictConfig, run_predict
+
+    run_predict(PredictConfig(model=str(model), inputs=[str(p) for p in inputs],
+                              out=str(out_file) if out_file else None, tta=tta, tta_kind=tta_kind,
+                              cumulative=cumulative, batch_size=batch_size, workers=workers, device=device,
+                              backend=backend, part_size=part_size, images=str(images) if images else None,
+                              id_column=id_column, path_column=path_column))
+
+
+@app.command()
+def study(
+    preset: Optional[Literal["demo", "real", "full"]] = typer.Option(
+        None, help="demo: synthetic, CPU, ~10 min; real: the 800-galaxy sample ($GZPIPE_SHARED), < 30 min; full: "
+                   "the original hyperparameters, for a GPU."),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="YAML: a preset and overrides of data, shard, "
+                                          "train, boost, backbones, engines, methods, out."),
+    out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),
+    force: Optional[str] = typer.Option(None, metavar="STAGES", help="Re-do these stages even where finished: a "
+                                        "comma list of synth, shard, train, features, boost, ensemble, report, or "
+                                        "all."),
+    restart: bool = typer.Option(False, "--restart", help="Same as --force all: everything from scratch."),
+) -> None:
+    """Run the whole model comparison, skipping what is finished and current, re-doing what is out of date and
+    resuming what was interrupted. The resolved configuration is saved as <out>/study_config.yaml."""
+    from gzpipe.report.collect import collect
+    from gzpipe.study import STAGES, parse_stages, resolve_study, run_study
+
+    stages = set(STAGES) if restart else parse_stages(force)
+    cfg = resolve_study(preset, config, out_dir)
+    run_study(cfg, stages)
+    table, _, _ = collect(Path(cfg.out))
+    _print_summary(table)
+
+
+def _print_summary(table) -> None:
+    from rich.table import Table
+
+    t = Table(title="gzpipe study: test split")
+    for col in ("model", "kind", "accuracy", "MAE", "RMSE"):
+        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for _, r in table.sort_values("mae").iterrows():
+        t.add_row(r["name"], r["kind"], f"{r['accuracy']:.4f}", f"{r['mae']:.4f}", f"{r['rmse']:.4f}")
+    out.print(t)
+
+
+@app.command()
+def demo(out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder "
+                                                                                  "[artifacts].")) -> None:
+    """Same as `gzpipe study --preset demo`."""
+    study(preset="demo", config=None, out_dir=out_dir, force=None, restart=False)
+
