@@ -19,6 +19,7 @@ Three formats are read:
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,27 +96,46 @@ _REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reache
 
 def read_header(path: str | Path) -> list[str]:
     """A catalogue's column names, without reading its rows."""
+    path = _catalog_file(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        with _read_errors(path, None):
+            return [str(c).strip() for c in pq.read_schema(path).names]
+    sep = sniff_delimiter(path)
+    with _read_errors(path, sep):
+        cols = pd.read_csv(path, sep=sep, nrows=0).columns
+    return [str(c).strip() for c in cols]
+
+
+def _catalog_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CatalogError(f"catalogue not found: {path}")
     if path.is_dir():
         raise CatalogError(f"{path} is a folder; give the catalogue file")
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+    return path
 
-        try:
-            return [str(c).strip() for c in pq.read_schema(path).names]
-        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
-            raise CatalogError(f"{path}: cannot read it as Parquet ({type(e).__name__})") from None
+
+@contextmanager
+def _read_errors(path: Path, sep: str | None):
+    """The reader's exceptions as one-line ``CatalogError``s: Parquet (``sep`` None) or ``sep``-separated text."""
     try:
-        cols = pd.read_csv(path, sep=sniff_delimiter(path), nrows=0).columns
+        yield
+    except CatalogError:
+        raise
     except pd.errors.EmptyDataError:
         raise CatalogError(f"{path}: the catalogue is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
+        if sep is None:
+            raise CatalogError(f"{path}: cannot read it as Parquet ({type(e).__name__})") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        what = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}[sniff_delimiter(path)]
+        what = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}[sep]
         raise CatalogError(f"{path}: cannot read it as {what}-separated text: {first[:200]}") from None
-    return [str(c).strip() for c in cols]
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+        if sep is None:
+            raise CatalogError(f"{path}: cannot read it as Parquet ({type(e).__name__})") from None
+        raise
 
 
 def detect_format(df: pd.DataFrame, name: Path | str = "catalogue") -> str:
@@ -166,16 +186,10 @@ def read_table(path: str | Path, dtype=None, usecols: list[str] | None = None) -
     """A catalogue file as a DataFrame: Parquet, or delimited text (comma, tab, semicolon or bar, found from the
     header; ``.gz`` too). ``dtype`` as pandas takes it (for text; Parquet keeps its own types); ``usecols``: only
     these columns (names as the header has them)."""
-    path = Path(path)
-    if not path.exists():
-        raise CatalogError(f"catalogue not found: {path}")
-    if path.is_dir():
-        raise CatalogError(f"{path} is a folder; give the catalogue file")
+    path = _catalog_file(path)
     if path.suffix.lower() == ".parquet":
-        try:
+        with _read_errors(path, None):
             df = pd.read_parquet(path, columns=usecols)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
-            raise CatalogError(f"{path}: cannot read it as Parquet ({type(e).__name__})") from None
         if dtype is str:
             df = df.astype(str).where(df.notna(), None)
     else:
@@ -183,7 +197,7 @@ def read_table(path: str | Path, dtype=None, usecols: list[str] | None = None) -
         # pyarrow's parser is ~1.5x faster on the full release (231 columns x 240k rows); pandas' own is kept for
         # small files, where its row-by-row leniency is what the bad-catalogue tests pin down
         fast = path.stat().st_size > LARGE_CSV_BYTES and not str(path).endswith(".gz")
-        try:
+        with _read_errors(path, sep):
             if fast:
                 if isinstance(dtype, dict):
                     with open(path, errors="replace") as f:
@@ -194,12 +208,6 @@ def read_table(path: str | Path, dtype=None, usecols: list[str] | None = None) -
                 keep = None if usecols is None else set(usecols)
                 df = pd.read_csv(path, sep=sep, dtype=dtype, low_memory=False,
                                  usecols=None if keep is None else (lambda c: str(c).strip() in keep))
-        except pd.errors.EmptyDataError:
-            raise CatalogError(f"{path}: the catalogue is empty (no header, no rows)") from None
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            what = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}[sep]
-            raise CatalogError(f"{path}: cannot read it as {what}-separated text: {first[:200]}") from None
     if len(df) == 0:
         raise CatalogError(f"{path}: the catalogue has a header but no rows")
     df.columns = [str(c).strip() for c in df.columns]
