@@ -3,7 +3,7 @@
 Stream of work:
   catalogue rows -> (fraction) inputs -> row checks (reader reasons, duplicate ids) -> split by id hash
   -> per split, shuffled by id hash -> planned shards of ``shard_size`` -> per shard (in worker processes):
-  read + check each JPEG, write the tar and its index atomically, record a done-file.
+  read + check each JPEG, write the tar and its index atomically, record a done-file (``gzpipe.shard.jobs``).
 Every input row ends as written or rejected-with-a-reason; the manifest lists both.
 
 Each sample holds ``<key>.jpg``, ``<key>.targets`` (30 little-endian float32; masked targets stored as 0),
@@ -12,10 +12,7 @@ Each sample holds ``<key>.jpg``, ``<key>.targets`` (30 little-endian float32; ma
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import multiprocessing
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -27,16 +24,13 @@ import pandas as pd
 from gzpipe import __version__, schema
 from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp, sha256_file, sync_folder, write_json
+from gzpipe.fileio import atomic_open, remove_stale_tmp, sync_folder, write_json
 from gzpipe.manifest import LABELS, MANIFEST
-from gzpipe.progress import progress_bar
-from gzpipe.stopping import worker_map
-from gzpipe.shard.images import VERIFY_MODES, ImageRejected, load_jpeg
+from gzpipe.shard.images import VERIFY_MODES
+from gzpipe.shard.jobs import DONE_DIR, MANIFEST_VERSION, Job, Rejection, execute
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
-from gzpipe.shard.tarwrite import ShardInfo, write_shard
+from gzpipe.shard.tarwrite import ShardInfo
 
-MANIFEST_VERSION = 1
-DONE_DIR = ".done"
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 
 
@@ -81,40 +75,6 @@ class ShardConfig:
             raise GzpipeError(str(e)) from None
 
 
-@dataclass
-class _Job:
-    """One shard's work. Its rows' metadata travel as columns (``meta_cols`` / ``meta_values``): the worker builds
-    the per-sample JSON, so the main process does no per-row Python work for it."""
-
-    name: str
-    split: str
-    rows: list[int]
-    keys: list[str]
-    paths: list[str]
-    targets: np.ndarray
-    masks: np.ndarray
-    ids: list[str]
-    meta_cols: list[str]
-    meta_values: list[list]  # one list per column, the rows' values
-    resize: int | None = None
-    quality: int = 90
-    verify: str = "decode"
-
-    @property
-    def meta(self) -> list[dict]:
-        cols = [_column(c) for c in self.meta_values]
-        return [{"id": gid, "row": int(r), **{c: col[k] for c, col in zip(self.meta_cols, cols)}}
-                for k, (gid, r) in enumerate(zip(self.ids, self.rows))]
-
-
-@dataclass
-class _Rejection:
-    row: int
-    id: str
-    reason: str
-    code: str
-
-
 def key_for(galaxy_id: str) -> str:
     """A WebDataset key: no dots (they separate key from extension) and no path characters."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", galaxy_id)
@@ -137,7 +97,7 @@ def run_shard(cfg: ShardConfig) -> dict:
     bad_rows = {r.row for r in rejected}
     good = [i for i in range(n_rows) if keep[i] and i not in bad_rows]
     jobs = _plan(table, good, cfg, keys)
-    infos, image_rejections, converted = _execute(jobs, out, cfg.workers)
+    infos, image_rejections, converted = execute(jobs, out, cfg.workers)
     sync_folder(out)  # the shards are on disk before the manifest that vouches for them
     rejected += image_rejections
     rejected.sort(key=lambda r: r.row)
@@ -178,7 +138,7 @@ def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
     return ""
 
 
-def _write_labels(out: Path, jobs: list[_Job], rejected_rows: set[int]) -> None:
+def _write_labels(out: Path, jobs: list[Job], rejected_rows: set[int]) -> None:
     """``labels.parquet``: id, split, 30 targets, 30 masks of every written sample, in write order - what the
     ensemble and report stages need without reading JPEGs back."""
     ids, splits, ys, ms = [], [], [], []
@@ -202,7 +162,7 @@ def keys_for(ids: pd.Series) -> np.ndarray:
     return ids.astype(str).str.replace(r"[^A-Za-z0-9_-]", "_", regex=True).to_numpy(dtype=object)
 
 
-def _row_rejections(table: pd.DataFrame, keep: np.ndarray, keys: np.ndarray) -> list[_Rejection]:
+def _row_rejections(table: pd.DataFrame, keep: np.ndarray, keys: np.ndarray) -> list[Rejection]:
     """Rows the reader gave a reason, and rows whose key repeats an earlier kept row's (vectorised: the per-row
     work is for the rejected rows only)."""
     ids = table["id"].astype(str).to_numpy(dtype=object)
@@ -219,21 +179,21 @@ def _row_rejections(table: pd.DataFrame, keep: np.ndarray, keys: np.ndarray) -> 
         reason = reasons[i]
         code = ("no_mapping" if "mapping" in reason else "out_of_range" if "outside" in reason or "exceeds" in reason
                 else "bad_row")
-        out.append(_Rejection(int(i), ids[i], reason, code))
+        out.append(Rejection(int(i), ids[i], reason, code))
     for i in candidates[dup]:
-        out.append(_Rejection(int(i), ids[i], f"duplicate id {ids[i]!r} (first seen on catalogue row "
+        out.append(Rejection(int(i), ids[i], f"duplicate id {ids[i]!r} (first seen on catalogue row "
                                               f"{first_row[keys[i]]})", "duplicate_id"))
     return sorted(out, key=lambda r: r.row)
 
 
-def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig, keys: np.ndarray) -> list[_Job]:
+def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig, keys: np.ndarray) -> list[Job]:
     ids = table["id"].astype(str).to_numpy(dtype=object)
     targets = np.nan_to_num(target_array(table), nan=0.0)  # masked targets stored as 0; the mask says so
     masks = mask_array(table)
     split = assign_splits(list(ids), cfg.seed, cfg.val, cfg.test)
     meta_cols = [c for c in table.columns if c not in ("id", "path", "reject")
                  and c not in schema.TARGET_NAMES and not c.startswith("mask:")]
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     good_arr = np.array(good, dtype=np.int64)
     columns = [table[c].to_numpy() for c in meta_cols]
     paths = table["path"].to_numpy()
@@ -243,117 +203,10 @@ def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig, keys: np.ndarr
         for k in range(math.ceil(len(rows) / cfg.shard_size)):
             r = rows[k * cfg.shard_size : (k + 1) * cfg.shard_size]
             gids = [str(i) for i in ids[r]]
-            jobs.append(_Job(f"{s}-{k:06d}.tar", s, r.tolist(), keys[r].tolist(), paths[r].tolist(),
+            jobs.append(Job(f"{s}-{k:06d}.tar", s, r.tolist(), keys[r].tolist(), paths[r].tolist(),
                              targets[r], masks[r], gids, meta_cols, [c[r].tolist() for c in columns],
                              resize=cfg.resize, quality=cfg.quality, verify=cfg.verify))
     return jobs
-
-
-def _column(values: list) -> list:
-    """A metadata column's values as JSON-ready Python values (NaN and NA as None), converting per value only the
-    columns that need it."""
-    if all(type(v) in (str, int, bool) for v in values):
-        return values
-    if all(type(v) in (float, int) for v in values):
-        return [None if v != v else v for v in values]
-    return [_py(v) for v in values]
-
-
-def _py(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if math.isnan(float(v)) else float(v)
-    if v is None or (isinstance(v, str) is False and pd.isna(v)):
-        return None
-    return v
-
-
-def _digest(job: _Job, meta: list[dict]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([job.name, job.keys, job.paths, meta, job.resize, job.quality, job.verify,
-                         MANIFEST_VERSION], default=str).encode())
-    h.update(job.targets.astype("<f4").tobytes())
-    h.update(job.masks.astype("u1").tobytes())
-    return h.hexdigest()
-
-
-def _execute(jobs: list[_Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[_Rejection], list[_Rejection]]:
-    total = sum(len(j.rows) for j in jobs)
-    infos: list[ShardInfo] = []
-    rejections: list[_Rejection] = []
-    converted: list[_Rejection] = []
-    workers = max(1, min(workers, len(jobs) or 1))
-    global _FORKED_JOBS
-    # Forked workers inherit the plan: they are sent a shard's number, not its thousand rows (pickling them cost
-    # seconds at 240,000 rows). Other start methods get each job as it is.
-    forked = workers > 1 and multiprocessing.get_start_method() == "fork"
-    _FORKED_JOBS = jobs if forked else []
-    fn, args = (_run_forked_job, range(len(jobs))) if forked else (_run_job, jobs)
-    try:
-        with progress_bar("shard", total=total, unit="img") as bar, \
-                worker_map(fn, args, [out] * len(jobs), workers=workers) as results:
-            for job, (info, rej, conv) in zip(jobs, results):
-                infos.append(info)
-                rejections += rej
-                converted += conv
-                bar.advance(len(job.rows))
-    finally:
-        _FORKED_JOBS = []
-    return infos, rejections, converted
-
-
-_FORKED_JOBS: list = []
-_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder, not one per sample
-
-
-def _run_forked_job(index: int, out: Path):
-    return _run_job(_FORKED_JOBS[index], out)
-
-
-def _run_job(job: _Job, out: Path) -> tuple[ShardInfo, list[_Rejection], list[_Rejection]]:
-    """Write one shard, or reuse it when a previous run already finished it from the same plan (its tar and index
-    checked against the sha256 the run recorded, so a file a crash left incomplete is rewritten: shards are written
-    without a flush each, and the run syncs them once at its end)."""
-    done = out / DONE_DIR / f"{job.name}.json"
-    tar = out / job.name
-    metas = job.meta
-    plan_digest = _digest(job, metas)
-    if done.exists() and tar.exists() and tar.with_suffix(".idx").exists():
-        try:
-            rec = json.loads(done.read_text())
-            if (rec["plan"] == plan_digest and rec["info"]["sha256"] == sha256_file(tar)
-                    and rec["index_sha256"] == sha256_file(tar.with_suffix(".idx"))):
-                return (ShardInfo(**rec["info"]), [_Rejection(**r) for r in rec["rejected"]],
-                        [_Rejection(**r) for r in rec["converted"]])
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable record: rebuild the shard
-    samples, rejected, converted = [], [], []
-    targets = job.targets.astype("<f4")
-    masks = job.masks.astype("u1")
-    for i, row in enumerate(job.rows):
-        try:
-            jpg, note = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
-        except ImageRejected as e:
-            rejected.append(_Rejection(row, job.ids[i], str(e), e.code))
-            continue
-        meta = metas[i]
-        if note:
-            converted.append(_Rejection(row, meta["id"], note, "converted"))
-            meta = {**meta, "converted": note}
-        samples.append((job.keys[i], {
-            "jpg": jpg,
-            "targets": targets[i].tobytes(),
-            "mask": masks[i].tobytes(),
-            "json": _JSON.encode(meta).encode(),
-        }))
-    info = write_shard(tar, job.split, samples, durable=False)
-    rec = {"plan": plan_digest, "info": asdict(info), "index_sha256": sha256_file(tar.with_suffix(".idx")),
-           "rejected": [asdict(r) for r in rejected],
-           "converted": [asdict(r) for r in converted]}
-    with atomic_open(done, "w", durable=False) as f:
-        json.dump(rec, f)
-    return info, rejected, converted
 
 
 def _remove_stale_shards(out: Path, planned: set[str]) -> None:
@@ -366,7 +219,7 @@ def _remove_stale_shards(out: Path, planned: set[str]) -> None:
 
 
 def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
-              rejected: list[_Rejection], converted: list[_Rejection]) -> dict:
+              rejected: list[Rejection], converted: list[Rejection]) -> dict:
     written = sum(i.samples for i in infos)
     inputs = int(keep.sum())
     assert inputs == written + len(rejected), "every input row must be written or rejected"
