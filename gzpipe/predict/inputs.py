@@ -85,7 +85,7 @@ def catalog_items(path: Path, images: Path | None = None, id_column: str | None 
     """Items of a catalogue (see the module docstring)."""
     import pandas as pd
 
-    from gzpipe.catalog import read_table
+    from gzpipe.tables import read_table
 
     df = read_table(path, dtype=str)
     cols = [str(c) for c in df.columns]
