@@ -349,3 +349,19 @@ def test_ema_model_is_evaluated_saved_and_resumed(train_shards, tmp_path):
     assert not torch.equal(best["model"][w], raw["model"][w])  # ... not the raw one
     assert run_train(_cfg(train_shards, tmp_path / "a", epochs=2, ema_decay=0.9, mode="skip"))["test"]["mae"] == \
         pytest.approx(full["test"]["mae"])
+
+
+def test_shards_stored_smaller_than_the_crop_needs_are_named_with_the_resize_that_would_not_blur():
+    import warnings
+
+    from gzpipe.train.config import TrainConfig, warn_upsampled_crop
+
+    cfg = TrainConfig(backbone="resnet50", shards="unused", image_size=64)
+    with pytest.warns(UserWarning, match=r"64 px images.*51 px.*--image-size 64.*--resize 80 or more"):
+        warn_upsampled_crop(cfg, {"stored_size": 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where the crop is downsampled or the originals are kept
+        warn_upsampled_crop(cfg, {"stored_size": 80})
+        warn_upsampled_crop(cfg, {"stored_size": 128})
+        warn_upsampled_crop(cfg, {"stored_size": "original"})
+        warn_upsampled_crop(TrainConfig(backbone="resnet50", shards="unused", image_size=48), {"stored_size": 64})

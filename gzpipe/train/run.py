@@ -34,7 +34,7 @@ from gzpipe.models.heads import default_head
 from gzpipe.stopping import STOP, Stopped, handling_stops
 from gzpipe.train import checkpoint as ckpt
 from gzpipe.train import distributed as ddp
-from gzpipe.train.config import RESUME_KEYS, TrainConfig, saved_value, warn_short_run
+from gzpipe.train.config import RESUME_KEYS, TrainConfig, saved_value, warn_short_run, warn_upsampled_crop
 from gzpipe.train.loop import EpochState, LogitsModel, evaluate, lr_lambda, train_one_epoch
 from gzpipe.train.plots import training_curves
 
@@ -92,6 +92,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     ddp.barrier(d)
     if d.main:
         warn_short_run(cfg)
+        warn_upsampled_crop(cfg, manifest)
 
     seed_everything(cfg.seed)
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
