@@ -80,7 +80,8 @@ def shard(
     test: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the test split."),
     seed: int = typer.Option(42, metavar="N", help="Seed of the split, subsample and write-order hashes."),
     resize: Optional[int] = typer.Option(None, min=8, max=4096, metavar="PX", help="Re-encode images at this size "
-                                         "(square) instead of storing the originals."),
+                                         "(square) instead of storing the originals; at least 1.25x the training "
+                                         "--image-size, or the 0.8 centre crop is enlarged and blurred."),
     quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality when --resize re-encodes."),
     shard_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per tar shard."),
     workers: int = typer.Option(1, min=1, metavar="N", help="Processes packing shards in parallel."),
