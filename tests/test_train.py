@@ -14,7 +14,7 @@ import torch
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
 from gzpipe.models import BACKBONES, create_model, resolve_name
-from gzpipe.train.config import resolve
+from gzpipe.train.config import SCRATCH_LR, STUDY_DEFAULTS, resolve
 from gzpipe.train.run import run_train
 
 FAST = dict(image_size=32, batch_size=8, workers=1, device="cpu", warmup_epochs=1, backend="pil",
@@ -50,7 +50,7 @@ def test_run_folder_is_complete_and_correct(train_shards, tmp_path):
               "test_predictions.parquet", "checkpoints/latest_checkpoint.pth", "checkpoints/best_model.pth"):
         assert (run / f).exists(), f
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["lr"] == 3e-4 and cfg["head"] == "sigmoid" and cfg["seed"] == 42 and cfg["image_size"] == 32
+    assert cfg["lr"] == 1e-3 and cfg["head"] == "sigmoid" and cfg["seed"] == 42 and cfg["image_size"] == 32
     for split in ("val", "test"):
         df = pd.read_parquet(run / f"{split}_predictions.parquet")
         assert list(df.columns) == ["id", *schema.TARGET_NAMES]
@@ -123,8 +123,20 @@ def test_early_stopping_with_patience(train_shards, tmp_path):
 
 def test_resuming_with_other_settings_is_refused(train_shards, tmp_path):
     assert run_train(_cfg(train_shards, tmp_path, epochs=3, stop_after=1)) is None
-    with pytest.raises(GzpipeError, match="lr: checkpoint 0.0003, now 0.001.*--restart"):
-        run_train(_cfg(train_shards, tmp_path, epochs=3, lr=1e-3))
+    with pytest.raises(GzpipeError, match="lr: checkpoint 0.001, now 0.0003.*--restart"):
+        run_train(_cfg(train_shards, tmp_path, epochs=3, lr=3e-4))
+
+
+def test_learning_rate_default_depends_on_the_starting_weights(train_shards, tmp_path):
+    assert resolve("resnet50", str(train_shards)).lr == SCRATCH_LR == 1e-3  # from random initialisation
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    assert resolve("resnet50", str(train_shards), weights=str(weights)).lr == STUDY_DEFAULTS["lr"] == 3e-4
+    assert resolve("resnet50", str(train_shards), pretrained=True).lr == 3e-4
+    assert resolve("resnet50", str(train_shards), lr=3e-4).lr == 3e-4  # a chosen value is kept, even the study's
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"lr": 3e-4}))
+    assert resolve("resnet50", str(train_shards), f).lr == 3e-4
 
 
 def test_config_file_and_flag_precedence(train_shards, tmp_path):

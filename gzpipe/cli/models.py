@@ -23,7 +23,9 @@ def train(
     epochs: Optional[int] = typer.Option(None, min=1, metavar="N", help="Maximum epochs [250]."),
     batch_size: Optional[int] = typer.Option(None, min=1, metavar="N", help="Batch size per process [32]."),
     lr: Optional[float] = typer.Option(None, metavar="X", callback=_positive, help="Peak learning rate of AdamW "
-                                                                                   "[3e-4]."),
+                                                                                   "[1e-3 from random initialisation"
+                                                                                   ", 3e-4 from --weights or "
+                                                                                   "--pretrained]."),
     weight_decay: Optional[float] = typer.Option(None, min=0.0, metavar="X", help="AdamW weight decay [0.05]."),
     warmup_epochs: Optional[float] = typer.Option(None, min=0.0, metavar="X", help="Linear warm-up before the cosine "
                                                                                    "decay, in epochs [3]."),
