@@ -88,9 +88,10 @@ def saved_value(saved: dict, key: str):
     return saved.get(key, SAVED_BEFORE.get(key))
 
 
-def defaults_for(backbone: str) -> dict:
-    """The study's defaults overridden by the backbone's own registry defaults."""
-    return {**STUDY_DEFAULTS, **BACKBONES[resolve_name(backbone)].defaults}
+def defaults_for(backbone: str, from_weights: bool = False) -> dict:
+    """The study's defaults (with ``SCRATCH_LR`` unless weights are loaded) overridden by the backbone's own."""
+    study = STUDY_DEFAULTS if from_weights else {**STUDY_DEFAULTS, "lr": SCRATCH_LR}
+    return {**study, **BACKBONES[resolve_name(backbone)].defaults}
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -111,13 +112,9 @@ def resolve(backbone: str, shards: str, config_file: str | Path | None = None, c
             **flags) -> TrainConfig:
     """Defaults < config file (JSON object of the same keys) < explicit flags (None = not given)."""
     name = resolve_name(backbone)
-    chosen: dict = dict(BACKBONES[name].defaults)
-    if config_file is not None:
-        chosen.update(read_config_file(config_file))
+    chosen: dict = read_config_file(config_file) if config_file is not None else {}
     chosen.update({k: v for k, v in flags.items() if v is not None and k not in ("out", "mode")})
-    values = {**STUDY_DEFAULTS, **chosen}
-    if "lr" not in chosen and not values.get("weights") and not values.get("pretrained"):
-        values["lr"] = SCRATCH_LR  # nobody chose a learning rate, and the weights start at random
+    values = {**defaults_for(name, from_weights=bool(chosen.get("weights") or chosen.get("pretrained"))), **chosen}
     where = f"config file {config_file}" if config_file is not None else "train options"
     cfg = from_mapping(TrainConfig, values, where, exclude=NOT_USER_KEYS, backbone=name, shards=str(shards),
                        **{k: flags[k] for k in ("out", "mode") if flags.get(k) is not None})
