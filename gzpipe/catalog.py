@@ -56,6 +56,8 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
         raise CatalogError(f"unknown --target {src.target!r}; choose one of {', '.join(schema.TARGET_KINDS)}")
     header = read_header(src.catalog)
     fmt = src.format if src.format != "auto" else detect_format(pd.DataFrame(columns=header), src.catalog)
+    if src.format != "auto":
+        _check_forced_format(fmt, header, src.catalog)
     df = _read_csv(src.catalog, usecols=_wanted(fmt, header, src.target))
     if fmt == "zoobot":
         table = _from_zoobot(df, src)
@@ -94,6 +96,23 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
 
 
 _REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reached_tasks tries them in
+
+
+_ID_COLUMNS = {"kaggle": ("GalaxyID",), "zoobot": ("id_str",), "hart16": ("asset_id", "dr7objid")}
+
+
+def _check_forced_format(fmt: str, header: list[str], name: Path) -> None:
+    """``--format X`` on a catalogue without X's id column: one line naming the column and the format it looks like."""
+    ids = _ID_COLUMNS[fmt]
+    if any(c in header for c in ids):
+        return
+    try:
+        looks = f"; it looks like the {detect_format(pd.DataFrame(columns=header), name)} format (--format auto " \
+                "tells them apart)"
+    except CatalogError:
+        looks = ""
+    raise CatalogError(f"{name}: --format {fmt} needs a {' or '.join(repr(c) for c in ids)} column, and the "
+                       f"catalogue has none (found {_show(header)}){looks}")
 
 
 def detect_format(df: pd.DataFrame, name: Path | str = "catalogue") -> str:

@@ -78,8 +78,9 @@ def from_mapping(cls, data: dict, where: str, exclude: tuple[str, ...] = (), **f
     return cls(**fixed, **values)
 
 
-def check_keys(data: dict, where: str, cls, exclude: tuple[str, ...] = ()) -> dict:
-    """Check ``data``'s keys and types against ``cls``'s fields without building it; returns the converted dict."""
+def check_keys(data: dict, where: str, cls, exclude: tuple[str, ...] = (), sep: str = ".") -> dict:
+    """Check ``data``'s keys and types against ``cls``'s fields without building it; returns the converted dict.
+    Errors name ``where``, ``sep`` and the key (``boost.rounds``; ``--param seed`` with ``sep=" "``)."""
     if not isinstance(data, dict):
         raise GzpipeError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -87,4 +88,4 @@ def check_keys(data: dict, where: str, cls, exclude: tuple[str, ...] = ()) -> di
     unknown = [k for k in data if k not in valid]
     if unknown:
         raise unknown_keys_error(where, unknown, valid)
-    return {k: check_value(f"{where}.{k}", v, hints[k]) for k, v in data.items()}
+    return {k: check_value(f"{where}{sep}{k}", v, hints[k]) for k, v in data.items()}

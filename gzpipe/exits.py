@@ -143,7 +143,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _interrupted(sig: str, finished: bool = False) -> str:
-    what = "as it finished: outputs are complete" if finished else ": finished outputs are kept"
+    what = " as it finished: outputs are complete" if finished else ": finished outputs are kept"
     err.print(f"[bold red]interrupted[/bold red] by {sig}{what}; re-run the same command to resume",
               highlight=False, soft_wrap=True)
     return sig

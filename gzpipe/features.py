@@ -5,12 +5,14 @@ AMP and channels-last on CUDA; the fastest loader available) and writes
 ``<out>/<backbone>/features/<split>.parquet``: ``id``, ``f0000 ... fNNNN`` (float16 by default, halving the
 ~2 GB that 240,000 x 2,048 float32 would take), the 30 targets and the 30 ``mask:`` columns. Rows are written
 in row groups as batches arrive, so memory stays bounded whatever the dataset size. ``features/meta.json``
-records the checkpoint's sha256: an up-to-date split is skipped, a changed checkpoint is re-extracted.
+records the checkpoint's and the shards' sha256: an up-to-date set is skipped, a changed checkpoint or shard set is
+re-extracted. A set is written in ``.features.replacing`` beside ``features/`` and swapped in whole.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gzpipe import runs, schema
+from gzpipe import rerun, runs, schema
 from gzpipe.device import check_device_name, resolve_device
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
+from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
 from gzpipe.loaders import check_backend_name, create_loader
 from gzpipe.loaders.tta import check_tta, views
 from gzpipe.manifest import manifest_digest
@@ -65,71 +67,114 @@ def schema_for(width: int, dtype: str) -> pa.Schema:
     return pa.schema(fields)
 
 
-def run_features(cfg: FeaturesConfig) -> dict:
+# What the features are compared on when they are found finished (``gzpipe.rerun``); the checkpoint's and the shards'
+# digests are their inputs: when those change, the features are re-extracted (they describe the model beside them)
+SETTINGS = ("dtype", "shards", "tta")
+INPUTS = ("checkpoint_sha256", "shards_manifest_sha256")
+
+
+def _read_meta(feat_dir: Path) -> dict:
+    try:
+        meta = json.loads((feat_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _complete(feat_dir: Path, meta: dict) -> bool:
+    return all(s in meta.get("splits", {}) and (feat_dir / f"{s}.parquet").exists() for s in SPLITS)
+
+
+def run_features(cfg: FeaturesConfig, force_hint: str = "--force") -> dict:
+    """Extract every split's features, following the re-run contract (``gzpipe.rerun``): a finished, current set is
+    skipped (or kept, with the differences listed); a new set - forced, or because the checkpoint or the shards
+    changed - is written beside the old one and swapped in when every split is done. An interrupted extraction
+    keeps its finished splits, and the same command resumes it."""
     name = resolve_name(cfg.backbone)
     if cfg.dtype not in DTYPES:
         raise GzpipeError(f"dtype must be one of {', '.join(DTYPES)}")
     check_device_name(cfg.device)
     check_backend_name(cfg.backend)
+    check_out_folder(cfg.out)
     run_dir = runs.backbone_dir(cfg.out, name)
     best = runs.best_checkpoint(run_dir)
     if not best.exists():
         raise GzpipeError(f"no trained model at {best}; run `gzpipe train --backbone {name}` first")
-    digest = runs.digest(best)
     tcfg = runs.trained_config(run_dir)
     shards = cfg.shards or tcfg["shards"]
-    feat_dir = runs.features_dir(run_dir)
-    remove_stale_tmp(feat_dir)
-    meta_path = feat_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    shards_digest = manifest_digest(shards)
+    if cfg.shards is not None and not (Path(cfg.shards) / "manifest.json").exists():
+        raise GzpipeError(f"--shards {cfg.shards}: no manifest.json there; give a folder written by `gzpipe shard`")
     tta = {"views": cfg.tta or tcfg.get("tta", 1), "kind": cfg.tta_kind or tcfg.get("tta_kind", "dihedral")}
     check_tta(tta["views"], tta["kind"])
-    if (meta.get("checkpoint_sha256") != digest or meta.get("dtype") != cfg.dtype or meta.get("shards") != str(shards)
-            or meta.get("shards_manifest_sha256") != shards_digest or meta.get("tta", {"views": 1, "kind": "dihedral"})
-            != tta):
-        meta = {"checkpoint_sha256": digest, "dtype": cfg.dtype, "shards": str(shards),
-                "shards_manifest_sha256": shards_digest, "backbone": name, "width": BACKBONES[name].features,
-                "image_size": tcfg["image_size"], "tta": tta, "splits": {}}
-    todo = [s for s in SPLITS if cfg.force or s not in meta["splits"] or not (feat_dir / f"{s}.parquet").exists()]
-    if not todo:
-        print(f"{name}: features up to date with {best.name} ({feat_dir})", flush=True)
-        return meta
+    final = runs.features_dir(run_dir)
+    staged = staging_dir(final)
+    finish_swap(final)
+    remove_stale_tmp(final)
+    remove_stale_tmp(staged)
+    want = {"checkpoint_sha256": runs.digest(best), "dtype": cfg.dtype, "shards": str(shards),
+            "shards_manifest_sha256": manifest_digest(shards), "tta": tta}
+    have = _read_meta(final)
+    what = f"{name} features"
+    if _complete(final, have) and not cfg.force:
+        changed = [k.split("_")[0] for k in INPUTS if have.get(k) != want[k]]
+        if not changed:
+            saved = {**{"tta": {"views": 1, "kind": "dihedral"}}, **have}
+            rerun.say(rerun.finished_line(what, final, rerun.differences(saved, want, SETTINGS), force_hint))
+            return have
+        rerun.say(f"{what}: re-extracting: the {' and the '.join(changed)} changed since they were extracted; "
+                  f"the old ones stay in {final} until the new ones are complete")
+    meta = _read_meta(staged)
+    if any(meta.get(k) != v for k, v in want.items()):  # another extraction's leftovers: start it over
+        shutil.rmtree(staged, ignore_errors=True)
+        meta = {**{k: want[k] for k in ("checkpoint_sha256", "dtype", "shards", "shards_manifest_sha256")},
+                "backbone": name, "width": BACKBONES[name].features, "image_size": tcfg["image_size"],
+                "tta": tta, "splits": {}}
+    todo = [s for s in SPLITS if s not in meta["splits"] or not (staged / f"{s}.parquet").exists()]
+    if len(todo) < len(SPLITS):
+        rerun.say(rerun.resuming_line(what, f"{', '.join(s for s in SPLITS if s not in todo)} reused from {staged}"))
     trained = runs.load_trained(run_dir, resolve_device(cfg.device), amp=cfg.amp)
+    for split in todo:
+        meta["splits"][split] = _extract(cfg, trained, shards, split, tta, staged, tcfg["seed"])
+        write_json(staged / "meta.json", meta)
+    swap_in(staged, final)
+    return meta
+
+
+def _extract(cfg: FeaturesConfig, trained, shards: str, split: str, tta: dict, folder: Path, seed: int) -> dict:
+    """One split's features to ``folder/<split>.parquet``, in row groups; returns its entry in meta.json."""
+    name = trained.name
     np_dtype, _ = DTYPES[cfg.dtype]
     width = BACKBONES[name].features
-    for split in todo:
-        loader = create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size, train=False,
-                               device=trained.device, workers=cfg.workers, seed=tcfg["seed"])
-        rows = 0
-        path = feat_dir / f"{split}.parquet"
-        # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error
-        with atomic_open(path, "wb") as f, progress_bar(f"features {name} {split}", total=len(loader), unit="batch") \
-                as bar, pq.ParquetWriter(f, schema_for(width, cfg.dtype)) as writer:
-            # one row group per ROW_GROUP rows, not per batch: a writer keeps every row group's metadata for every
-            # one of the ~2,000 columns until it closes, which grew its memory with the number of batches (+400 MB
-            # from 10k to 50k rows at batch 256, benchmarks/RESULTS.md)
-            pending: list[pa.Table] = []
-            pending_rows = 0
-            with ends_loading():
-                for batch in loader:
-                    STOP.check()  # the partial file is removed; finished splits are kept
-                    feats = torch.stack([trained.features_and_predictions(v)[0] for v in
-                                         views(batch.images, tta["views"], tta["kind"])]).mean(0)
-                    pending.append(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
-                                          batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
-                    rows += len(batch)
-                    pending_rows += len(batch)
-                    if pending_rows >= ROW_GROUP:
-                        writer.write_table(pa.concat_tables(pending))
-                        pending, pending_rows = [], 0
-                    bar.advance(1)
-            if pending:
-                writer.write_table(pa.concat_tables(pending))
-        meta["splits"][split] = {"rows": rows, "file": path.name, "sha256": runs.digest(path)}
-        write_json(meta_path, meta)
-        print(f"{name}: {split} features {rows} x {width} ({cfg.dtype}) -> {path}", flush=True)
-    return meta
+    loader = create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size, train=False,
+                           device=trained.device, workers=cfg.workers, seed=seed)
+    rows = 0
+    path = folder / f"{split}.parquet"
+    # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error
+    with atomic_open(path, "wb") as f, progress_bar(f"features {name} {split}", total=len(loader), unit="batch") \
+            as bar, pq.ParquetWriter(f, schema_for(width, cfg.dtype)) as writer:
+        # one row group per ROW_GROUP rows, not per batch: a writer keeps every row group's metadata for every
+        # one of the ~2,000 columns until it closes, which grew its memory with the number of batches (+400 MB
+        # from 10k to 50k rows at batch 256, benchmarks/RESULTS.md)
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        with ends_loading():
+            for batch in loader:
+                STOP.check()  # the partial file is removed; finished splits are kept
+                feats = torch.stack([trained.features_and_predictions(v)[0] for v in
+                                     views(batch.images, tta["views"], tta["kind"])]).mean(0)
+                pending.append(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
+                                      batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
+                rows += len(batch)
+                pending_rows += len(batch)
+                if pending_rows >= ROW_GROUP:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending, pending_rows = [], 0
+                bar.advance(1)
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
+    print(f"{name}: {split} features {rows} x {width} ({cfg.dtype}) -> {runs.features_dir(trained.run_dir) / path.name}",
+          flush=True)
+    return {"rows": rows, "file": path.name, "sha256": runs.digest(path)}
 
 
 def _table(ids: list[str], x: np.ndarray, y: np.ndarray, m: np.ndarray, schema: pa.Schema) -> pa.Table:

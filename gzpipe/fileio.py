@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from gzpipe.errors import GzpipeError
+
 _TMP_PID = re.compile(r"\.tmp-(\d+)")
 
 
@@ -121,3 +123,102 @@ def remove_stale_tmp(folder: str | Path, recursive: bool = False) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+# --- replacing a whole folder ---------------------------------------------------------------------------------
+# A finished run is replaced by building the new one beside it, under ``staging_dir(final)``, and swapping it in when
+# it is complete: the old folder is renamed aside, the new one renamed into place, the old one removed. A crash
+# between the two renames leaves the aside folder, which ``finish_swap`` resolves on the next start (only a complete
+# staging folder is ever swapped, so one found there goes in).
+
+def staging_dir(final: str | Path) -> Path:
+    """Where the replacement of the folder ``final`` is built: a hidden sibling (same parent, so paths recorded
+    relative to the parent stay valid after the swap)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.replacing")
+
+
+def _aside_dir(final: Path) -> Path:
+    return final.with_name(f".{final.name}.replaced")
+
+
+def _sync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def finish_swap(final: str | Path) -> None:
+    """Complete a swap that a crash interrupted (``final`` missing, its old version aside), or drop the old
+    version a crash left aside after the swap."""
+    import shutil
+
+    final = Path(final)
+    aside = _aside_dir(final)
+    if not aside.exists():
+        return
+    if not final.exists():
+        staged = staging_dir(final)
+        os.rename(staged if staged.is_dir() else aside, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def swap_in(staged: str | Path, final: str | Path) -> None:
+    """Put the complete folder ``staged`` where ``final`` is (or is not yet); the old ``final`` is removed after."""
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    aside = _aside_dir(final)
+    if aside.exists():
+        shutil.rmtree(aside)
+    had_old = final.exists()
+    if had_old:
+        os.rename(final, aside)
+    os.rename(staged, final)
+    _sync_dir(final.parent)
+    if had_old:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rebuilt(final: str | Path) -> Iterator[Path]:
+    """A fresh staging folder for a new version of ``final`` (for stages that never resume: leftovers of an earlier
+    attempt are removed first); swapped in when the block completes, removed on any exception or stop, so the old
+    ``final`` stays exactly as it was."""
+    import shutil
+
+    staged = staging_dir(final)
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        yield staged
+        swap_in(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def remove_folder_if_empty(folder: str | Path) -> None:
+    """Remove ``folder`` when it holds nothing (a stage that failed before writing leaves no empty folder)."""
+    try:
+        Path(folder).rmdir()
+    except OSError:
+        pass
+
+
+def check_out_folder(out: str | Path, option: str = "--out", what: str = "the artifacts folder") -> None:
+    """Every stage's output folder option: a folder or nothing yet, never a file (one line, exit 2)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise GzpipeError(f"{option} {p} is a file; give a folder ({what})")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GzpipeError(f"{option} {p}: {parent} is a file, not a folder")
+            break

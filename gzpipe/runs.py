@@ -31,6 +31,7 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, sha256_file, write_json
+from gzpipe.rerun import stale_line
 
 BACKBONE, BOOSTER, ENSEMBLE = "backbone", "booster", "ensemble"
 MARKERS = {BACKBONE: "training_complete.txt", BOOSTER: "boost_complete.txt", ENSEMBLE: "ensemble_complete.txt"}
@@ -231,7 +232,8 @@ def finished_runs(out: str | Path) -> list[RunInfo]:
     if not root.is_dir():
         return []
     runs = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    # hidden folders are replacements being built (``fileio.staging_dir``), never finished runs
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         kind = kind_of(d)
         if kind is not None:
             runs.append(RunInfo(d.name, kind, d))
@@ -250,10 +252,15 @@ def model_kind(run_dir: str | Path) -> str:
     if kind is not None:
         return kind
     if (d / CHECKPOINTS).is_dir() or (d / CONFIG).exists():
-        what = "training" if (d / CHECKPOINTS).is_dir() else "this run"
-        raise GzpipeError(f"{d} is an unfinished run ({what} was stopped before it completed); run the same "
-                          f"`gzpipe {'train' if (d / CHECKPOINTS).is_dir() else 'boost'}` command again to resume "
-                          "it, then predict")
+        try:
+            cfg = json.loads((d / CONFIG).read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        stage = ("boost" if "engine" in cfg else "ensemble" if "method" in cfg
+                 else "train" if (d / CHECKPOINTS).is_dir() or "backbone" in cfg else None)
+        command = f"run the same `gzpipe {stage}` command again" if stage else "re-run the stage that wrote it"
+        raise GzpipeError(f"{d} is an unfinished run (it was stopped before it completed); {command} to finish it, "
+                          "then predict")
     inside = finished_runs(d)
     if inside:
         names = ", ".join(r.name for r in inside[:12]) + (" ..." if len(inside) > 12 else "")
@@ -264,7 +271,7 @@ def model_kind(run_dir: str | Path) -> str:
 
 
 def stale_message(run_dir: str | Path, changes: list[str], fix: str) -> str:
-    return f"{Path(run_dir).name} is out of date: {'; '.join(changes)} since it was built; {fix}"
+    return stale_line(Path(run_dir).name, changes, fix)
 
 
 # --- loading a finished backbone -----------------------------------------------------------------------------

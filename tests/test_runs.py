@@ -54,8 +54,13 @@ def test_model_folders_explain_themselves(art, tmp_path):
         runs.model_kind(art)
     unfinished = tmp_path / "resnet50"
     (unfinished / "checkpoints").mkdir(parents=True)
-    with pytest.raises(GzpipeError, match="unfinished run .*`gzpipe train` command again to resume it"):
+    with pytest.raises(GzpipeError, match="unfinished run .*`gzpipe train` command again to finish it"):
         runs.model_kind(unfinished)
+    booster = tmp_path / "xgboost_resnet50"  # a booster's config names its engine: the advice names boost
+    booster.mkdir()
+    (booster / "config.json").write_text('{"engine": "xgboost", "backbone": "resnet50"}')
+    with pytest.raises(GzpipeError, match="unfinished run .*`gzpipe boost` command again"):
+        runs.model_kind(booster)
     with pytest.raises(GzpipeError, match="not found"):
         runs.model_kind(tmp_path / "nope")
     (tmp_path / "empty").mkdir()

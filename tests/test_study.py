@@ -19,8 +19,8 @@ from gzpipe.train.config import resolve
 from gzpipe.train.run import run_train
 
 
-def run_ensemble(method, out, backbones=None):
-    return _run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=backbones))
+def run_ensemble(method, out, backbones=None, force=False):
+    return _run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=backbones, force=force))
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_pca_reduction_is_fitted_on_train_and_travels_with_the_booster(tmp_path,
     assert m["test"]["mae"] < 0.1
     pred = pd.read_parquet(d / "test_predictions.parquet").set_index("id").loc[ids, list(schema.TARGET_NAMES)]
     np.testing.assert_allclose(load_booster(d).predict(x), pred.to_numpy(), atol=1e-5)  # the reduction travels
-    with pytest.raises(GzpipeError, match="pca must be between 1 and the feature width .16."):
+    with pytest.raises(GzpipeError, match="--pca 17 is more than the 16 features of fakenet"):
         run_boost(BoostConfig(engine=engine, backbone="fakenet", out=str(tmp_path), device="cpu", pca=17,
                               force=True))
 
@@ -267,13 +267,15 @@ def test_stacked_weights_are_per_target_non_negative_and_fitted_on_val_only(trai
     assert (w[0, :15][informative[:15]] > 0.6).all() and (w[1, 15:][informative[15:]] > 0.6).all()
     members = {m: json.loads((tmp_path / m / "metrics.json").read_text()) for m in r["models"]}
     assert members
-    single = [run_ensemble("equal", tmp_path, [m])["test"]["mae"] for m in r["models"]]
+    single = [run_ensemble("equal", tmp_path, [m], force=True)["test"]["mae"] for m in r["models"]]
     assert r["test"]["mae"] < min(single)  # better than its best member
     saved = json.loads((tmp_path / "ensemble_stacked/weights.json").read_text())
     assert saved["weights_from"] == "val" and saved["weights"] == r["weights"] and "shrink" in saved
     # test predictions play no part in the fit: other test predictions, the same weights
     _complementary(tmp_path, train_shards, test_scale=5.0)
-    again = run_ensemble("stacked", tmp_path)
+    with pytest.raises(GzpipeError, match="ensemble_stacked is out of date: resnet50 test predictions .* --force"):
+        run_ensemble("stacked", tmp_path)  # its members' predictions changed: never reused without a word
+    again = run_ensemble("stacked", tmp_path, force=True)
     assert again["weights"] == r["weights"] and again["test"]["mae"] != r["test"]["mae"]
 
 

@@ -30,7 +30,7 @@ def _cfg(tmp_path, text: str):
     ("methods: [median]\n", r"methods: unknown ensemble method 'median'"),
     ("boost: {max_depht: 3}\n", r"boost: unknown key 'max_depht' \(did you mean 'max_depth'\?\)"),
     ("boost: {colsample: 2}\n", r"colsample must be in \(0, 1\]"),
-    ("boost: {num_leaves: 1}\n", r"num_leaves must be at least 2"),
+    ("boost: {num_leaves: 1}\n", r"num_leaves must be between 2 and 131072"),
     ("boost: {lightgbm: {bin_sample_rows: 10}}\n", r"bin_sample_rows must be at least 100"),
     ("boost: {lightgbm: 3}\n", r"boost: lightgbm must be a mapping of keys for that engine alone"),
     ("boost: {lightgbm: {max_bins: 3}}\n", r"boost lightgbm: unknown key 'max_bins' \(did you mean 'max_bin'\?\)"),

@@ -123,7 +123,7 @@ def test_early_stopping_with_patience(train_shards, tmp_path):
 
 def test_resuming_with_other_settings_is_refused(train_shards, tmp_path):
     assert run_train(_cfg(train_shards, tmp_path, epochs=3, stop_after=1)) is None
-    with pytest.raises(GzpipeError, match="lr: checkpoint 0.001, now 0.0003.*--restart"):
+    with pytest.raises(GzpipeError, match="unfinished run with other settings .lr 0.001 -> 0.0003.*--restart"):
         run_train(_cfg(train_shards, tmp_path, epochs=3, lr=3e-4))
 
 
@@ -255,7 +255,7 @@ def test_a_run_saved_before_a_key_existed_resumes_with_its_old_meaning(train_sha
     old.pop("zero_init_residual")
     assert saved_value(old, "zero_init_residual") is False
     _check_compatible(old, _cfg(train_shards, tmp_path, zero_init_residual=False))  # same run: resumes
-    with pytest.raises(GzpipeError, match="zero_init_residual: checkpoint False, now True"):
+    with pytest.raises(GzpipeError, match="unfinished run with other settings .zero_init_residual False -> True"):
         _check_compatible(old, _cfg(train_shards, tmp_path))
 
 

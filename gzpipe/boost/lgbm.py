@@ -24,6 +24,11 @@ OBJECTIVES = {"l2": "regression", "l1": "regression_l1"}  # the val metric that 
 # Absolute error: 5 folds of the real sample, features of the real study's two best backbones: val MAE 9-10% lower
 # than squared error (benchmarks/RESULTS.md)
 DEFAULT_OBJECTIVE = "l1"
+MAX_LEAVES = 131072  # LightGBM's own upper bound for num_leaves
+# LightGBM keeps one histogram per leaf (features x bins x 16 bytes): --num-leaves 100000 on 95 rows x 2,048
+# features was killed by the kernel at 18 GB. Leaves beyond what the rows can fill are not asked for, and the pool
+# of histograms is capped at this share of the memory available (LightGBM then rebuilds the ones it dropped).
+HISTOGRAM_SHARE = 0.25
 
 
 @dataclass
@@ -39,8 +44,9 @@ class Params:
     bin_sample_rows: int = 20_000
 
     def validate(self) -> None:
-        if self.num_leaves < 2:
-            raise GzpipeError(f"num_leaves must be at least 2, got {self.num_leaves}")
+        if not 2 <= self.num_leaves <= MAX_LEAVES:
+            raise GzpipeError(f"num_leaves must be between 2 and {MAX_LEAVES} (LightGBM's own limit), got "
+                              f"{self.num_leaves}")
         if self.min_data_in_leaf < 1:
             raise GzpipeError(f"min_data_in_leaf must be at least 1, got {self.min_data_in_leaf}")
         if self.bin_sample_rows < 100:
@@ -97,6 +103,7 @@ def train(cfg, params: Params, run_dir: Path, data):
         # 2,048 features, 32 bins, colsample 0.1 (benchmarks/RESULTS.md, "Boosting at scale")
         ds_params["force_col_wise"] = True
     p.update(ds_params)
+    p.update(_memory_bounds(cfg, params, *xtr.shape))
     dtrain = lgb.Dataset(xtr, label=np.nan_to_num(ytr[:, 0]), weight=mtr[:, 0].astype(np.float64),
                          params=ds_params, free_raw_data=False).construct()
     dval = lgb.Dataset(xva, label=np.nan_to_num(yva[:, 0]), weight=mva[:, 0].astype(np.float64), reference=dtrain,
@@ -127,6 +134,29 @@ def train(cfg, params: Params, run_dir: Path, data):
             best.append(int(b.best_iteration or b.current_iteration()))
         bar.advance(1)
     return _predictor(boosters, best), {"best_iterations": best, "trees": int(sum(best)), "model_dir": MODELS}
+
+
+def _memory_bounds(cfg, params: Params, rows: int, width: int) -> dict:
+    """``num_leaves`` no larger than the train rows can fill (rows / min_data_in_leaf: more cannot be grown, so the
+    trees are the same) and a histogram pool within ``HISTOGRAM_SHARE`` of the available memory, with a note when
+    either applies."""
+    from gzpipe.info import available_memory
+
+    out = {}
+    leaves = min(params.num_leaves, max(2, rows // params.min_data_in_leaf))
+    if leaves < params.num_leaves:
+        out["num_leaves"] = leaves
+        print(f"lightgbm_{cfg.backbone}: note: {rows} train rows with min_data_in_leaf {params.min_data_in_leaf} "
+              f"fill at most {leaves} leaves a tree; asking LightGBM for {leaves}, not {params.num_leaves} (the "
+              "trees are the same, the memory is not)", flush=True)
+    per_leaf = width * min(cfg.max_bin + 1, max(rows, 2)) * 16
+    budget = int(available_memory() * HISTOGRAM_SHARE)
+    if leaves * per_leaf > budget:
+        out["histogram_pool_size"] = max(1.0, budget / 2**20)  # MB
+        print(f"lightgbm_{cfg.backbone}: note: {leaves} leaves' histograms would take {leaves * per_leaf / 2**30:.1f} "
+              f"GB; capped at {budget / 2**30:.1f} GB ({HISTOGRAM_SHARE:.0%} of the available memory; slower, the same "
+              "trees)", flush=True)
+    return out
 
 
 def _predictor(boosters: list, best: list[int]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,19 +11,20 @@ from typing import Callable
 
 import numpy as np
 
-from gzpipe import runs
+from gzpipe import rerun, runs
 from gzpipe.configs import check_keys, unknown_keys_error
 from gzpipe.device import check_device_name
 from gzpipe.errors import GzpipeError
 from gzpipe.features import features_meta, features_path, iter_feature_batches
-from gzpipe.fileio import remove_stale_tmp, write_json
+from gzpipe.fileio import check_out_folder, finish_swap, rebuilt, remove_stale_tmp, staging_dir, write_json
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import resolve_name
 from gzpipe.stopping import STOP
-from gzpipe.boost.data import REDUCTION, FeatureData, Reduction
+from gzpipe.boost.data import FeatureData, Reduction
 from gzpipe.boost.registry import ENGINES, engine
 
 OBJECTIVES = ("l2", "l1")
+MAX_BIN = 1024
 
 
 @dataclass
@@ -55,9 +57,10 @@ class BoostConfig:
 
 COMMON_KEYS = tuple(f.name for f in dataclasses.fields(BoostConfig)
                     if f.name not in ("engine", "backbone", "out", "force", "params"))
+PARAM_ONLY = ("seed", "threads", "pca_fit_rows")  # common keys without an option of their own: `--param seed=3`
 
 
-def engine_params(name: str, values: dict, where: str = "boost") -> object:
+def engine_params(name: str, values: dict, where: str = "boost", sep: str = ".") -> object:
     """The engine's ``Params`` from ``values``: keys that belong to another registered engine are left to it (a
     study's ``boost:`` section serves every engine); a key that no engine knows is an error."""
     impl = engine(name).impl()
@@ -66,11 +69,27 @@ def engine_params(name: str, values: dict, where: str = "boost") -> object:
     unknown = [k for k in values if k not in own and k not in others]
     if unknown:
         raise unknown_keys_error(where, unknown, sorted(set(COMMON_KEYS) | own | others))
-    checked = check_keys({k: v for k, v in values.items() if k in own}, where, impl.Params)
+    checked = check_keys({k: v for k, v in values.items() if k in own}, where, impl.Params, sep=sep)
     p = impl.Params(**checked)
     if hasattr(p, "validate"):
         p.validate()
     return p
+
+
+def split_param_option(values: dict, engine_name: str) -> tuple[dict, dict]:
+    """``--param KEY=VALUE`` pairs -> (common BoostConfig keys, the engine's own), each checked: a common key that has
+    an option of its own names that option; a value of the wrong type names the key and the value."""
+    common = {k: values[k] for k in values if k in COMMON_KEYS}
+    for k in common:
+        if k not in PARAM_ONLY:
+            raise GzpipeError(f"--param {k}: give it as --{k.replace('_', '-')} (its own option)")
+    rest = {k: v for k, v in values.items() if k not in common}
+    known = sorted({f.name for e in ENGINES.values() for f in dataclasses.fields(e.impl().Params)} | set(PARAM_ONLY))
+    unknown = [k for k in rest if k not in known]
+    if unknown:
+        raise unknown_keys_error("--param", unknown, known)
+    engine_params(engine_name, rest, "--param", sep=" ")  # checked now: names, types, ranges
+    return check_keys(common, "--param", BoostConfig, sep=" "), rest
 
 
 def split_boost_section(section: dict, where: str = "boost", engine_name: str | None = None) -> tuple[dict, dict]:
@@ -105,6 +124,9 @@ def validate(cfg: BoostConfig) -> object:
     for key, low in (("rounds", 1), ("early_stopping", 1), ("max_bin", 2), ("threads", 0)):
         if getattr(cfg, key) < low:
             raise GzpipeError(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    if cfg.max_bin > MAX_BIN:
+        raise GzpipeError(f"max_bin must be at most {MAX_BIN} (each leaf's or node's histogram grows with it), got "
+                          f"{cfg.max_bin}")
     if not cfg.learning_rate > 0:
         raise GzpipeError(f"learning_rate must be positive, got {cfg.learning_rate}")
     if not 0 < cfg.colsample <= 1:
@@ -117,6 +139,8 @@ def validate(cfg: BoostConfig) -> object:
         raise GzpipeError(f"objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
     if cfg.pca is not None and cfg.pca < 1:
         raise GzpipeError(f"pca must be at least 1 (components), got {cfg.pca}")
+    if cfg.dask_scheduler:
+        check_address(cfg.dask_scheduler)
     if cfg.pca is not None and cfg.dask_scheduler:
         raise GzpipeError("pca is not available with a Dask scheduler (the workers read the features themselves)")
     if cfg.pca_fit_rows < 2:
@@ -125,44 +149,122 @@ def validate(cfg: BoostConfig) -> object:
     return engine_params(cfg.engine, cfg.params)
 
 
-def run_boost(cfg: BoostConfig) -> dict:
+# BoostConfig keys that change what a booster is (the rest - device, threads, the scheduler - only how it is fitted)
+SETTINGS = ("rounds", "early_stopping", "learning_rate", "max_bin", "colsample", "subsample", "objective", "pca",
+            "pca_fit_rows", "seed")
+SCHEDULER_TIMEOUT_S = 10
+_ADDRESS = re.compile(r"^(?:(tcp|tls|inproc|ucx|ws|wss)://)?\[?[A-Za-z0-9_.:-]*[A-Za-z0-9_.-]\]?:\d{1,5}$")
+
+
+def settings(cfg: BoostConfig, params) -> dict:
+    """What a finished booster is compared on: the common settings and the engine's own parameters."""
+    return {**{k: getattr(cfg, k) for k in SETTINGS}, **asdict(params)}
+
+
+def saved_settings(saved: dict) -> dict:
+    return {**{k: saved[k] for k in SETTINGS if k in saved}, **saved.get("params", {})}
+
+
+def check_scheduler(address: str) -> None:
+    """A Dask scheduler that answers at ``address`` within ``SCHEDULER_TIMEOUT_S``: one line naming the address
+    otherwise, before any work (its form is checked by ``validate``)."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s"):
+            pass
+    except (OSError, TimeoutError, ValueError) as e:
+        why = "" if isinstance(e, TimeoutError) or not str(e).strip() else f" ({str(e).strip().splitlines()[0][:160]})"
+        raise GzpipeError(f"no Dask scheduler answered at {address} within {SCHEDULER_TIMEOUT_S} s{why}; start one "
+                          "(`dask scheduler`, then `dask worker ADDRESS`) or fix --dask-scheduler") from None
+
+
+def check_address(address: str) -> None:
+    if not _ADDRESS.match(address):
+        raise GzpipeError(f"--dask-scheduler {address!r} is not a scheduler address; give one as tcp://HOST:PORT "
+                          "(e.g. tcp://127.0.0.1:8786, what `dask scheduler` prints)")
+
+
+def check_data(cfg: BoostConfig, params, out: str, backbone: str) -> None:
+    """The options against the features they will read: every split present, --pca within the feature width."""
+    for split in ("train", "val", "test"):
+        features_path(out, backbone, split)  # the one-line error names the `gzpipe features` command
+    width = read_features_width(out, backbone)
+    if cfg.pca is not None and width is not None and cfg.pca > width:
+        raise GzpipeError(f"--pca {cfg.pca} is more than the {width} features of {backbone}; give at most {width} "
+                          "components")
+
+
+def read_features_width(out: str, backbone: str) -> int | None:
+    import json
+
+    try:
+        return int(json.loads(features_meta(out, backbone).read_text())["width"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_boost(cfg: BoostConfig, force_hint: str | None = None) -> dict:
+    """Train one booster, following the re-run contract (``gzpipe.rerun``): a finished one is skipped (or kept, the
+    differences listed); ``force`` checks everything, then builds the new booster beside the old one and swaps it
+    in when it is complete. A booster is never resumed: an interrupted fit starts over. ``force_hint`` is how the
+    caller's user replaces a finished one (named in the messages)."""
     params = validate(cfg)
     cfg.backbone = resolve_name(cfg.backbone)
-    run_dir = cfg.run_dir
-    remove_stale_tmp(run_dir, recursive=True)
-    if runs.is_complete(run_dir, runs.BOOSTER) and not cfg.force:
-        changed = runs.changed_inputs(run_dir)
+    name = f"{cfg.engine}_{cfg.backbone}"
+    final = cfg.run_dir
+    check_out_folder(cfg.out)
+    finish_swap(final)
+    remove_stale_tmp(final, recursive=True)
+    if runs.is_complete(final, runs.BOOSTER) and not cfg.force:
+        changed = runs.changed_inputs(final)
         if changed:
-            raise GzpipeError(runs.stale_message(run_dir, changed, f"`gzpipe boost --engine {cfg.engine} --backbone "
-                                                 f"{cfg.backbone} --force` retrains it"))
-        print(f"{cfg.engine}_{cfg.backbone}: already trained ({run_dir}); skipping (--force retrains)", flush=True)
-        return runs.read_json(run_dir, runs.METRICS)
-    for split in ("train", "val", "test"):
-        features_path(cfg.out, cfg.backbone, split)  # fail early, with the fix, when features are missing
-    inputs = {"features": features_meta(cfg.out, cfg.backbone),
-              "checkpoint": runs.best_checkpoint(runs.backbone_dir(cfg.out, cfg.backbone))}
+            raise GzpipeError(runs.stale_message(final, changed, (force_hint or f"`gzpipe boost --engine {cfg.engine} "
+                                                 f"--backbone {cfg.backbone} --force`") + " retrains it"))
+        diff = rerun.differences(saved_settings(runs.read_json(final, runs.CONFIG)), settings(cfg, params))
+        rerun.say(rerun.finished_line(name, final, diff, force_hint or "--force"))
+        return runs.read_json(final, runs.METRICS)
+    # every check that can refuse an option, before anything of an existing run is touched
+    check_data(cfg, params, cfg.out, cfg.backbone)
+    if cfg.dask_scheduler:
+        check_scheduler(cfg.dask_scheduler)
     impl = engine(cfg.engine).impl()
     device, why = impl.pick_device(cfg)
-    print(f"{cfg.engine}_{cfg.backbone}: device {device} ({why})", flush=True)
-    runs.unmark(run_dir, runs.BOOSTER)
+    inputs = {"features": features_meta(cfg.out, cfg.backbone),
+              "checkpoint": runs.best_checkpoint(runs.backbone_dir(cfg.out, cfg.backbone))}
+    if runs.is_complete(final, runs.BOOSTER):
+        rerun.say(rerun.replacing_line(name, staging_dir(final), final))
+    print(f"{name}: device {device} ({why})", flush=True)
+    with rebuilt(final) as staged:  # a fit is never resumed: an interrupted one starts over
+        metrics = _fit(cfg, params, impl, device, why, staged)
+        runs.record_inputs(staged, inputs)
+        runs.mark_complete(staged, runs.BOOSTER, f"{name}: test MAE {metrics['test']['mae']:.5f}")
+    print(f"{name}: test MAE {metrics['test']['mae']:.4f}  MSE {metrics['test']['mse']:.5f}  "
+          f"accuracy {metrics['test']['accuracy']:.4f}  ({metrics['train_time_s']:.1f}s, {device}) -> {final}",
+          flush=True)
+    return metrics
+
+
+def _fit(cfg: BoostConfig, params, impl, device: str, why: str, run_dir: Path) -> dict:
+    """Fit the engine into ``run_dir``, then predict val and test there; returns the metrics (written too)."""
+    name = f"{cfg.engine}_{cfg.backbone}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / REDUCTION).unlink(missing_ok=True)
     t0 = time.perf_counter()
     reduction = None
     if cfg.pca:
         reduction = Reduction.fit((x for _, x, _, _ in iter_feature_batches(cfg.out, cfg.backbone, "train")),
                                   cfg.pca, cfg.pca_fit_rows)
         reduction.save(run_dir)
-        print(f"{cfg.engine}_{cfg.backbone}: features reduced to {cfg.pca} principal components "
+        print(f"{name}: features reduced to {cfg.pca} principal components "
               f"({100 * reduction.explained:.1f}% of the train variance)", flush=True)
         if cfg.pca > reduction.rows - 1:
-            print(f"{cfg.engine}_{cfg.backbone}: note: only {reduction.rows - 1} of the {cfg.pca} components carry "
+            print(f"{name}: note: only {reduction.rows - 1} of the {cfg.pca} components carry "
                   f"variance ({reduction.rows} train rows were fitted); a smaller --pca gives the same model "
                   "faster", flush=True)
     data = FeatureData(cfg.out, cfg.backbone, reduction)
     predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0
-    metrics = {"model": f"{cfg.engine}_{cfg.backbone}", "engine": cfg.engine, "backbone": cfg.backbone,
+    metrics = {"model": name, "engine": cfg.engine, "backbone": cfg.backbone,
                "train_time_s": train_time, "device": device, "device_reason": why,
                "pca_explained": reduction.explained if reduction else None, **info}
     for split in runs.EVAL_SPLITS:
@@ -181,10 +283,6 @@ def run_boost(cfg: BoostConfig) -> dict:
         runs.write_predictions(run_dir, split, ids, pred)
     write_json(run_dir / runs.CONFIG, {**asdict(cfg), "params": asdict(params), "device": device})
     write_json(run_dir / runs.METRICS, metrics)
-    runs.record_inputs(run_dir, inputs)
-    runs.mark_complete(run_dir, runs.BOOSTER, f"{cfg.engine}_{cfg.backbone}: test MAE {metrics['test']['mae']:.5f}")
-    print(f"{cfg.engine}_{cfg.backbone}: test MAE {metrics['test']['mae']:.4f}  MSE {metrics['test']['mse']:.5f}  "
-          f"accuracy {metrics['test']['accuracy']:.4f}  ({train_time:.1f}s, {device}) -> {run_dir}", flush=True)
     return metrics
 
 

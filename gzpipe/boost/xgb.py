@@ -31,6 +31,12 @@ from gzpipe.stopping import STOP
 
 MASKED = -1.0
 MULTI_STRATEGIES = ("one_output_per_tree", "multi_output_tree")
+MAX_DEPTH = 64
+# XGBoost's hist keeps a histogram (features x bins x 16 bytes) for up to 65,536 tree nodes: 2 MiB each at 2,048
+# features and 64 bins, so a deep tree on many rows could ask for 128 GB. The cache is capped at this share of the
+# memory available (XGBoost rebuilds what it dropped: slower, the same trees).
+HISTOGRAM_SHARE = 0.25
+XGB_CACHED_NODES = 65536  # XGBoost's default max_cached_hist_node
 
 
 @dataclass
@@ -41,8 +47,8 @@ class Params:
     multi_strategy: str = "one_output_per_tree"
 
     def validate(self) -> None:
-        if self.max_depth < 1:
-            raise GzpipeError(f"max_depth must be at least 1, got {self.max_depth}")
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise GzpipeError(f"max_depth must be between 1 and {MAX_DEPTH}, got {self.max_depth}")
         if self.multi_strategy not in MULTI_STRATEGIES:
             raise GzpipeError(f"unknown --multi-strategy {self.multi_strategy!r}; choose one of "
                               f"{', '.join(MULTI_STRATEGIES)}")
@@ -142,6 +148,16 @@ def _Progress(bar):
     return Progress()
 
 
+def _cache_bound(width: int, max_bin: int) -> dict:
+    """``max_cached_hist_node`` within ``HISTOGRAM_SHARE`` of the available memory (only where XGBoost's default
+    would not fit in it)."""
+    from gzpipe.info import available_memory
+
+    per_node = width * (max_bin + 1) * 16
+    nodes = int(available_memory() * HISTOGRAM_SHARE // per_node)
+    return {"max_cached_hist_node": max(64, nodes)} if nodes < XGB_CACHED_NODES else {}
+
+
 def _params(cfg, params: Params) -> dict:
     return {"tree_method": "hist", "device": cfg.device, "max_depth": params.max_depth,
             "learning_rate": cfg.learning_rate, "max_bin": cfg.max_bin, "colsample_bytree": cfg.colsample,
@@ -160,8 +176,9 @@ def train(cfg, params: Params, run_dir: Path, data):
         dtrain = xgb.QuantileDMatrix(_iterator(data, "train"), max_bin=cfg.max_bin)
         dval = xgb.QuantileDMatrix(_iterator(data, "val"), ref=dtrain, max_bin=cfg.max_bin)
         obj, metric = OBJECTIVES[cfg.objective]
+        p = {**_params(cfg, params), **_cache_bound(dtrain.num_col(), cfg.max_bin)}
         with progress_bar(f"xgboost_{cfg.backbone}", total=cfg.rounds, unit="rounds") as bar:
-            booster = xgb.train(_params(cfg, params), dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
+            booster = xgb.train(p, dtrain, num_boost_round=cfg.rounds, evals=[(dval, "val")],
                                 obj=obj, custom_metric=metric,
                                 early_stopping_rounds=cfg.early_stopping, verbose_eval=False,
                                 callbacks=[_Progress(bar)])

@@ -64,6 +64,20 @@ def _positive(value):
     return value
 
 
+def _share(low_open: bool, high_open: bool):
+    """A callback for a share between 0 and 1 whose ends may be excluded (typer's min/max include both ends, and its
+    help would show the wrong range: the help text says the range instead)."""
+    def check(value):
+        if value is None:
+            return value
+        if value < 0 or value > 1 or (low_open and value == 0) or (high_open and value == 1):
+            lo, hi = ("0 <" if low_open else "0 <="), ("< 1" if high_open else "<= 1")
+            raise typer.BadParameter(f"must be {lo} F {hi}, got {value:g}")
+        return value
+
+    return check
+
+
 def _choices(*names: str):
     return Literal.__getitem__(tuple(names))
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from gzpipe.cli.common import Format, Target, Verify, app, out
+from gzpipe.cli.common import Format, Target, Verify, _share, app, out
 
 @app.command()
 def info() -> None:
@@ -74,10 +74,12 @@ def shard(
     format: Format = typer.Option("auto", "--format", help="Catalogue format; auto tells them apart by their "
                                                           "columns."),
     target: Target = typer.Option("debiased", help="Hart16 column family to train on."),
-    fraction: float = typer.Option(1.0, min=0.0, max=1.0, metavar="F", help="Keep this share of galaxies (by id "
-                                   "hash: a larger fraction keeps a superset)."),
-    val: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the validation split."),
-    test: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Share of galaxies in the test split."),
+    fraction: float = typer.Option(1.0, metavar="F", callback=_share(True, False), help="Keep this share of "
+                                   "galaxies, 0 < F <= 1 (by id hash: a larger fraction keeps a superset)."),
+    val: float = typer.Option(0.1, metavar="F", callback=_share(True, True),
+                              help="Share of galaxies in the validation split, 0 < F < 1 (val + test below 1)."),
+    test: float = typer.Option(0.1, metavar="F", callback=_share(True, True),
+                               help="Share of galaxies in the test split, 0 < F < 1 (val + test below 1)."),
     seed: int = typer.Option(42, metavar="N", help="Seed of the split, subsample and write-order hashes."),
     resize: Optional[int] = typer.Option(None, min=8, max=4096, metavar="PX", help="Re-encode images at this size "
                                          "(square) instead of storing the originals; at least 1.25x the training "
@@ -89,20 +91,27 @@ def shard(
                                                  "markers only (faster)."),
     max_rejected: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Fail (exit 2, the manifest still "
                                        "written) when more than this share of the rows is rejected."),
+    force: bool = typer.Option(False, help="Rebuild a finished shard folder with other settings: the new shards are "
+                                           "written beside it (room for both is needed) and replace it only when "
+                                           "complete."),
 ) -> None:
-    """Pack a catalogue and its images into WebDataset tar shards with DALI indexes and a manifest."""
+    """Pack a catalogue and its images into WebDataset tar shards with DALI indexes and a manifest. Re-run with
+    the same settings, it reuses every intact shard and rewrites missing or damaged ones; a finished folder with
+    other settings is kept unless --force."""
     from gzpipe.shard import ShardConfig, run_shard
 
     cfg = ShardConfig(catalog=catalog, images=images, out=out_dir, mapping=mapping, format=format, target=target,
                       fraction=fraction, val=val, test=test, seed=seed, resize=resize, quality=quality,
-                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected)
+                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected, force=force)
     m = run_shard(cfg)
-    _print_shard_summary(m, out_dir)
+    if not m["run"]["skipped"]:
+        _print_shard_summary(m, out_dir)
 
 
 def _print_shard_summary(m: dict, out_dir: Path) -> None:
     c = m["counts"]
-    out.print(f"[bold]{c['written']}[/bold] written, [bold]{c['rejected']}[/bold] rejected of {c['inputs']} inputs "
+    verb = "stored" if m["run"]["shards_reused"] else "written"  # a resume reuses shards (its own line says so)
+    out.print(f"[bold]{c['written']}[/bold] {verb}, [bold]{c['rejected']}[/bold] rejected of {c['inputs']} inputs "
               f"({c['catalog_rows']} catalogue rows, {c['excluded_by_fraction']} left out by --fraction)")
     out.print("splits: " + ", ".join(f"{k} {v}" for k, v in c["per_split"].items())
               + f"; {len(m['shards'])} shards in {out_dir}")

@@ -54,7 +54,10 @@ def train(
                                                                       "ImageNet head is ignored)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from torchvision's ImageNet "
                                                                          "weights (needs internet)."),
-    restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints."),
+    restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints: the new run "
+                                 "is trained beside the existing one and replaces it only when complete (a failed "
+                                 "or interrupted --restart leaves the existing run as it was; the same command "
+                                 "continues it)."),
     skip: bool = typer.Option(False, "--skip", help="Only evaluate the finished model, as it was trained."),
     checkpoint_minutes: Optional[float] = typer.Option(None, min=0.0, metavar="MIN", help="Also checkpoint within "
                                                        "an epoch at most this often [5]."),
@@ -100,7 +103,8 @@ def features(
     device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
     dtype: Literal["float16", "float32"] = typer.Option("float16", help="Storage type (float16 takes half the "
                                                                         "disk)."),
-    force: bool = typer.Option(False, help="Re-extract even when up to date."),
+    force: bool = typer.Option(False, help="Re-extract even when up to date (the new features replace the old "
+                                           "ones only when every split is done)."),
     tta: Optional[int] = typer.Option(None, min=1, metavar="N", help="Average the features over N test-time views, "
                                       "the same for every split [the backbone's own --tta, else 1]."),
 ) -> None:
@@ -139,40 +143,45 @@ def boost(
         None, help="l2: squared error (mean fractions); l1: absolute error (medians: the MAE the study reports) "
                    "[l1 for lightgbm, l2 for xgboost: measured]."),
     learning_rate: float = typer.Option(0.1, metavar="X", callback=_positive, help="Shrinkage."),
-    max_bin: int = typer.Option(64, min=2, metavar="N", help="Histogram bins per feature (64 is 2-4x faster than "
-                                                             "256 here)."),
+    max_bin: int = typer.Option(64, min=2, max=1024, metavar="N", help="Histogram bins per feature (64 is 2-4x "
+                                                                       "faster than 256 here)."),
     colsample: float = typer.Option(0.25, min=0.01, max=1.0, metavar="F", help="Share of features sampled per "
                                                                                "tree."),
     subsample: float = typer.Option(1.0, min=0.01, max=1.0, metavar="F", help="Share of train rows sampled per "
                                                                              "tree."),
     pca: Optional[int] = typer.Option(None, min=1, metavar="K", help="First reduce the features to K principal "
                                       "components, fitted on the train split (kept with the model)."),
-    max_depth: Optional[int] = typer.Option(None, min=1, metavar="N", help="XGBoost tree depth [6]."),
-    num_leaves: Optional[int] = typer.Option(None, min=2, metavar="N", help="LightGBM leaves per tree [31]."),
+    max_depth: Optional[int] = typer.Option(None, min=1, max=64, metavar="N", help="XGBoost tree depth [6]; its "
+                                            "histogram cache is held within a quarter of the free memory."),
+    num_leaves: Optional[int] = typer.Option(None, min=2, max=131072, metavar="N", help="LightGBM leaves per tree "
+                                             "[31]; no more are asked for than the train rows fill (rows / "
+                                             "min_data_in_leaf), and their histograms are held within a quarter of "
+                                             "the free memory."),
     multi_strategy: Optional[Literal["one_output_per_tree", "multi_output_tree"]] = typer.Option(
         None, help="XGBoost's multi-output trees [one_output_per_tree: faster, measured]."),
     param: list[str] = typer.Option([], "--param", metavar="KEY=VALUE", help="One of the engine's own parameters "
                                     "(repeatable): lightgbm num_leaves, min_data_in_leaf, bin_sample_rows (rows "
                                     "sampled to place bin edges); xgboost max_depth, multi_strategy; a plug-in "
-                                    "engine's own. E.g. --param min_data_in_leaf=20."),
+                                    "engine's own; or seed [42], threads [0: all cores], pca_fit_rows [20000]. E.g. "
+                                    "--param min_data_in_leaf=20."),
     device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
-    force: bool = typer.Option(False, help="Retrain a finished booster."),
+    force: bool = typer.Option(False, help="Retrain a finished booster: every option is checked first, and the new "
+                                           "booster replaces the old one only when complete."),
     dask_scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Train with xgboost.dask / "
                                                  "lightgbm.dask on this running Dask scheduler (tcp://host:port)."),
 ) -> None:
     """Gradient-boosted trees on a backbone's cached features, predicting the 30 targets (early-stopped on val,
     evaluated on test). Output: <out>/<engine>_<backbone>/."""
     from gzpipe.boost import BoostConfig, run_boost
+    from gzpipe.boost.stage import split_param_option
 
-    params = {k: v for k, v in (("max_depth", max_depth), ("num_leaves", num_leaves),
-                                ("multi_strategy", multi_strategy)) if v is not None}
-    params.update(_key_values(param))
+    common, params = split_param_option(_key_values(param), engine)
+    params.update({k: v for k, v in (("max_depth", max_depth), ("num_leaves", num_leaves),
+                                     ("multi_strategy", multi_strategy)) if v is not None})
     run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
                           early_stopping=early_stopping, learning_rate=learning_rate, max_bin=max_bin,
                           colsample=colsample, subsample=subsample, pca=pca, device=device, force=force,
-                          objective=objective,
-                          dask_scheduler=dask_scheduler,
-                          params=params))
+                          objective=objective, dask_scheduler=dask_scheduler, params=params, **common))
 
 
 @app.command()
@@ -184,9 +193,12 @@ def ensemble(
                                             "of backbones [every finished one]."),
     members: Optional[str] = typer.Option(None, metavar="LIST", help="stacked: comma list of run names (backbones "
                                           "and boosters) [every finished one]."),
+    force: bool = typer.Option(False, help="Refit a finished ensemble (the new one replaces it only when "
+                                           "complete)."),
 ) -> None:
-    """Combine finished models; weights from the validation split only, evaluated on test."""
+    """Combine finished models; weights from the validation split only, evaluated on test. A finished ensemble of
+    the same members is skipped; one of other members is kept until --force."""
     from gzpipe.ensemble import EnsembleConfig, run_ensemble
 
-    run_ensemble(EnsembleConfig(method=method, out=str(out_dir), backbones=backbones, members=members))
+    run_ensemble(EnsembleConfig(method=method, out=str(out_dir), backbones=backbones, members=members, force=force))
 

@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gzpipe import runs, schema
-from gzpipe.errors import GzpipeError
-from gzpipe.fileio import remove_stale_tmp, write_json
+from gzpipe.ensemble.members import member_predictions
 from gzpipe.metrics import compute_metrics
 
 
@@ -133,26 +132,9 @@ def fit_stack(preds: np.ndarray, y: np.ndarray, mask: np.ndarray, cfg: StackConf
                      "cv_mae": {f"{g} shrink {s}": round(v, 6) for (g, s), v in scores.items()}}
 
 
-def base_models(out: Path) -> list[str]:
-    """Every finished, current backbone and booster run in ``out`` (the stacked ensemble's members)."""
-    members = []
-    for r in runs.finished_runs(out):
-        if r.kind in (runs.BACKBONE, runs.BOOSTER) and not runs.changed_inputs(r.dir):
-            members.append(r.name)
-    return members
-
-
-def run_stacked(out: Path, members: list[str] | None = None, cfg: StackConfig | None = None) -> dict:
-    from gzpipe.ensemble.weighted import member_predictions
-
+def fit_stacked(out: Path, used: list[str], cfg: StackConfig | None = None) -> tuple[dict, dict, dict]:
+    """(result, {split: N x 30 predictions}, {split: ids}) of the stacked ensemble over ``used``."""
     cfg = cfg or StackConfig()
-    out = Path(out)
-    used = members or base_models(out)
-    if len(used) < 2:
-        raise GzpipeError(f"the stacked ensemble needs at least 2 finished models in {out}, found "
-                          f"{len(used)}; train backbones and boosters first")
-    run_dir = runs.ensemble_dir(out, "stacked")
-    remove_stale_tmp(run_dir)
     ids, preds, labels, _ = member_predictions(out, used)
     y_val, m_val = labels["val"]
     p_val = np.stack([preds["val"][b] for b in used], axis=1)  # (n, M, 30)
@@ -162,22 +144,19 @@ def run_stacked(out: Path, members: list[str] | None = None, cfg: StackConfig | 
     weights, how = fit_stack(p_val[rows], np.nan_to_num(y_val[rows]), m_val[rows].astype(bool), cfg)
     result: dict = {"method": "stacked", "models": used, "weights_from": "val", "evaluated_on": "test",
                     "weights": {b: weights[k].round(6).tolist() for k, b in enumerate(used)}, **how,
+                    "weights_fitted_on": int(len(rows)),
                     "member_val_metrics": {b: {"mae": compute_metrics(preds["val"][b], *labels["val"])["mae"]}
                                            for b in used}}
-    runs.unmark(run_dir, runs.ENSEMBLE)
+    out_preds = {}
     for split in runs.EVAL_SPLITS:
-        p = np.einsum("nmj,mj->nj", np.stack([preds[split][b] for b in used], axis=1), weights)
-        result[split] = compute_metrics(p, *labels[split])
-        runs.write_predictions(run_dir, split, ids[split], p)
-    write_json(run_dir / runs.WEIGHTS, {k: result[k] for k in ("method", "models", "weights", "weights_from",
-                                                                "member_val_metrics", "grouping", "shrink",
-                                                                "cv_mae")})
-    write_json(run_dir / runs.METRICS, {"model": "ensemble_stacked", **result})
-    runs.record_inputs(run_dir, {f"{b} {split} predictions": runs.predictions_path(out / b, split)
-                                 for b in used for split in runs.EVAL_SPLITS})
-    runs.mark_complete(run_dir, runs.ENSEMBLE, f"ensemble_stacked: test MAE {result['test']['mae']:.5f}")
-    top = sorted(used, key=lambda b: -weights[used.index(b)].mean())[:4]
-    print(f"ensemble_stacked of {len(used)} models ({SHARING[how['grouping']]}, shrink {how['shrink']}): test MAE {result['test']['mae']:.4f}  "
-          f"accuracy {result['test']['accuracy']:.4f}  mean weights "
-          + ", ".join(f"{b} {weights[used.index(b)].mean():.3f}" for b in top), flush=True)
-    return result
+        out_preds[split] = np.einsum("nmj,mj->nj", np.stack([preds[split][b] for b in used], axis=1), weights)
+        result[split] = compute_metrics(out_preds[split], *labels[split])
+    return result, out_preds, ids
+
+
+def summary(result: dict) -> str:
+    used = result["models"]
+    mean = {b: float(np.mean(result["weights"][b])) for b in used}
+    top = sorted(used, key=lambda b: -mean[b])[:4]
+    return (f"({SHARING[result['grouping']]}, shrink {result['shrink']}) mean weights "
+            + ", ".join(f"{b} {mean[b]:.3f}" for b in top))

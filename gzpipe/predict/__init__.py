@@ -170,21 +170,25 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     return _part_table(ids, paths, errors, pred, cfg.cumulative)
 
 
-def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int]:
-    """Stream the part files, in order, into ``out`` (Parquet row groups, or CSV chunks); returns (rows, errors)."""
+def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str]:
+    """Stream the part files, in order, into ``out`` (Parquet row groups, or CSV chunks); returns (rows, errors, the
+    first error's text)."""
     rows = errors = 0
+    first = ""
     with atomic_open(out, "wb" if out.suffix == ".parquet" else "w") as f, contextlib.ExitStack() as stack:
         writer = None
         for i, p in enumerate(parts):
             t = pq.read_table(parts_dir / f"{p.name}.parquet")
             rows += t.num_rows
-            errors += sum(1 for e in t.column("error").to_pylist() if e)
+            failed = [e for e in t.column("error").to_pylist() if e]
+            errors += len(failed)
+            first = first or (failed[0] if failed else "")
             if out.suffix == ".parquet":
                 writer = writer or stack.enter_context(pq.ParquetWriter(f, t.schema))
                 writer.write_table(t)
             else:
                 t.to_pandas().to_csv(f, index=False, header=(i == 0), float_format="%.6f")
-    return rows, errors
+    return rows, errors, first
 
 
 def run_predict(cfg: PredictConfig) -> PredictResult:
@@ -227,7 +231,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         ddp.barrier(d)
         if not d.main:
             return PredictResult(out, 0, 0, time.perf_counter() - t0, found.skipped)
-        rows, errors = _merge(parts_dir, parts, out)
+        rows, errors, first_error = _merge(parts_dir, parts, out)
         if not cfg.keep_parts:
             shutil.rmtree(parts_dir, ignore_errors=True)
         seconds = time.perf_counter() - t0
@@ -235,6 +239,9 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         ddp.cleanup(d)
     res = PredictResult(out, rows, errors, seconds, found.skipped)
     _summary(res, predictor, cfg, found)
+    if rows and errors == rows:  # like `shard` with nothing written: the output stays, for its error column
+        raise GzpipeError(f"no image could be predicted: all {rows} input(s) were unreadable (e.g. {first_error[:160]});"
+                          f" each with its reason in the error column of {out}")
     return res
 
 

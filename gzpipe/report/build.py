@@ -93,7 +93,8 @@ def _baseline(shards: str) -> dict:
             "rmse": r["rmse"], "test_galaxies": r["galaxies"]}
 
 
-_FORMATS = {"parameters": "{:,.0f}", "trees": "{:,.0f}", "training_time_s": "{:,.1f}", "throughput_per_s": "{:,.1f}"}
+_FORMATS = {"parameters": "{:,.0f}", "trees": "{:,.0f}", "training_time_s": "{:,.1f}", "throughput_per_s": "{:,.1f}",
+            "test_galaxies": "{:,.0f}", "val_galaxies": "{:,.0f}"}
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -103,8 +104,9 @@ def _table_html(df: pd.DataFrame) -> str:
 
 def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[str, str], best: str,
                 baseline: dict | None, stale: dict[str, list[str]]) -> None:
-    main_cols = ["name", "kind", "accuracy", "mae", "mse", "rmse", "parameters", "trees", "training_time_s",
-                 "throughput_per_s", "throughput_of"]
+    main_cols = [c for c in ("name", "kind", "members", "accuracy", "mae", "mse", "rmse", "test_galaxies",
+                              "val_galaxies", "parameters", "trees", "training_time_s", "throughput_per_s",
+                              "throughput_of") if c in table]
     task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
     tasks = table[task_cols].rename(columns=lambda c: c.replace("accuracy:", "").split("_", 1)[-1])
     imgs = "".join(
@@ -117,6 +119,16 @@ def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[st
         base_txt = (f" The trivial baseline that predicts the train split's mean of each target scores MAE "
                     f"{baseline['mae']:.4f}, accuracy {baseline['accuracy']:.4f}; {beat} of {len(table)} models beat "
                     "its MAE (dashed line in the first figure).")
+    n_test = int(table["test_galaxies"].max())
+    ens = table[table["kind"] == ENSEMBLE]
+    val_n = ens["val_galaxies"].dropna() if "val_galaxies" in ens else pd.Series(dtype=float)
+    ens_txt = (f" Ensemble weights were fitted on the validation split only ({int(val_n.max())} galaxies;"
+               " the column val_galaxies)." if len(val_n) else " Ensemble weights were fitted on the validation split "
+               "only.")
+    single = [n for n, mem in zip(ens["name"], ens.get("members", [])) if isinstance(mem, str) and mem.startswith("1 ")]
+    if single:
+        ens_txt += (f" <b>{', '.join(map(html.escape, single))}</b> {'has' if len(single) == 1 else 'have'} one member "
+                    f"only, so {'it is' if len(single) == 1 else 'each is'} that model itself, not an ensemble.")
     stale_txt = ""
     if stale:
         items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape('; '.join(c))}</li>" for n, c in stale.items())
@@ -128,9 +140,9 @@ table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}table.t td,table.
 border-bottom:1px solid #ddd;text-align:right}}table.t td:first-child,table.t th:first-child{{text-align:left}}
 img{{max-width:100%;border:1px solid #eee}}</style></head><body>
 <h1>gzpipe: Galaxy Zoo 2 model comparison</h1>
-<p>{len(table)} models evaluated on the test split: 30 vote fractions over 10 GZ2 tasks. Accuracy rounds prediction and
-target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE: <b>{html.escape(best)}</b>.
-Ensemble weights were fitted on the validation split only.{base_txt}</p>{stale_txt}
+<p>{len(table)} models evaluated on the test split ({n_test} galaxies): 30 vote fractions over 10 GZ2 tasks. Accuracy
+rounds prediction and target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE:
+<b>{html.escape(best)}</b>.{ens_txt}{base_txt}</p>{stale_txt}
 <h2>Comparison</h2>{_table_html(table[main_cols])}
 <h2>Deep models beside their boosters</h2>{_table_html(gb)}
 <h2>Per-task accuracy</h2>{_table_html(tasks)}

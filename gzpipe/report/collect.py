@@ -3,6 +3,7 @@ listed, with what changed)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -59,16 +60,30 @@ def collect(out: Path) -> tuple[pd.DataFrame, dict, dict[str, list[str]]]:
                    throughput_per_s=m.get("test_predict_rows_per_s"), throughput_of="prediction rows (features given)")
         rows.append(row)
         raw[r.name] = m
+    kinds = {row["name"]: row["kind"] for row in rows}
+    trees_of = {row["name"]: row["trees"] for row in rows if row.get("trees") is not None}
     for r in (r for r in current if r.kind == runs.ENSEMBLE):
         m = runs.read_json(r.dir, runs.METRICS)
         members = m["models"]
         row = _row(r.name, ENSEMBLE, "+".join(members), m)
-        row.update(parameters=sum(deep.get(b, (0, 0))[1] for b in members) or None, trees=None,
+        trees = sum(trees_of.get(b, 0) for b in members)
+        row.update(parameters=sum(deep.get(b, (0, 0))[1] for b in members) or None, trees=trees or None,
                    training_time_s=sum(deep.get(b, (0, 0))[0] for b in members), throughput_per_s=None,
-                   throughput_of="")
+                   throughput_of="", members=members_text(members, kinds),
+                   val_galaxies=(m.get("val") or {}).get("galaxies"))
         rows.append(row)
         raw[r.name] = m
     return pd.DataFrame(rows), raw, stale
+
+
+def members_text(members: list[str], kinds: dict[str, str]) -> str:
+    """What an ensemble is made of: "1 (resnet50)" for a single member (the ensemble is that model), else the count
+    of each kind ("5: 2 deep + 2 xgboost + 1 lightgbm")."""
+    if len(members) == 1:
+        return f"1 ({members[0]})"
+    counts = Counter(kinds.get(b, "other") for b in members)
+    order = sorted(counts, key=lambda k: (k != DEEP, k))  # deep models first, then each engine
+    return f"{len(members)}: " + " + ".join(f"{counts[k]} {k}" for k in order)
 
 
 def engines_in(table: pd.DataFrame) -> list[str]:

@@ -39,23 +39,37 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
     palette = kind_colours(t["kind"])
     colours = [palette[k] for k in t["kind"]]
     y = np.arange(len(t))
+    n_test = int(t["test_galaxies"].max()) if "test_galaxies" in t and t["test_galaxies"].notna().any() else None
     for ax, col, label in ((axes[0], "mae", "test MAE (lower is better)"),
                            (axes[1], "accuracy", "test accuracy, rounded to 0/1 (higher is better)")):
         ax.barh(y, t[col], color=colours)
+        if baseline is not None:  # behind the value labels, which sit on a white box: the line never hides them
+            ax.axvline(baseline[col], color="k", ls="--", lw=1, zorder=1)
         for yi, v in zip(y, t[col]):
-            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8, zorder=3,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.85})
         ax.set(xlabel=label)
         ax.grid(axis="x", alpha=0.3)
-        if baseline is not None:
-            ax.axvline(baseline[col], color="k", ls="--", lw=1)
-            ax.text(baseline[col], -0.9, f"train-mean baseline {baseline[col]:.3f}", fontsize=8, ha="center")
+    axes[0].set_xlim(0, float(max(t["mae"].max(), baseline["mae"] if baseline else 0)) * 1.15)
     axes[1].set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
-    axes[0].set_yticks(y, t["name"])
+    axes[0].set_yticks(y, [_label(r) for _, r in t.iterrows()])
     axes[0].invert_yaxis()
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
-    axes[1].legend(handles, palette.keys(), loc="lower right", fontsize=8)
-    fig.suptitle("All models on the test split (best first)")
+    names = list(palette.keys())
+    if baseline is not None:  # named in the legend, not written across the line
+        handles.append(plt.Line2D([0], [0], color="k", ls="--", lw=1))
+        names.append(f"train-mean baseline (MAE {baseline['mae']:.3f}, accuracy {baseline['accuracy']:.3f})")
+    axes[1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle("All models on the test split" + (f" ({n_test} galaxies)" if n_test else "") + ", best first")
     _save(fig, path)
+
+
+def _label(row) -> str:
+    """A model's name, flagged when it is an ensemble of a single member (that member itself)."""
+    members = row.get("members") if hasattr(row, "get") else None
+    if row["kind"] == "ensemble" and isinstance(members, str) and members.startswith("1 "):
+        return f"{row['name']} (one member)"
+    return row["name"]
 
 
 def per_task_heatmap(table: pd.DataFrame, path: Path) -> None:

@@ -87,8 +87,10 @@ def _digest(job: Job, meta: list[dict]) -> str:
     return h.hexdigest()
 
 
-def execute(jobs: list[Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[Rejection], list[Rejection]]:
+def execute(jobs: list[Job], out: Path, workers: int) -> tuple[list[ShardInfo], list[Rejection], list[Rejection], int]:
+    """Every job's shard, written or reused: (infos, rejections, conversions, how many shards were reused)."""
     total = sum(len(j.rows) for j in jobs)
+    reused = 0
     infos: list[ShardInfo] = []
     rejections: list[Rejection] = []
     converted: list[Rejection] = []
@@ -102,14 +104,15 @@ def execute(jobs: list[Job], out: Path, workers: int) -> tuple[list[ShardInfo], 
     try:
         with progress_bar("shard", total=total, unit="img") as bar, \
                 worker_map(fn, args, [out] * len(jobs), workers=workers) as results:
-            for job, (info, rej, conv) in zip(jobs, results):
+            for job, (info, rej, conv, was_reused) in zip(jobs, results):
+                reused += was_reused
                 infos.append(info)
                 rejections += rej
                 converted += conv
                 bar.advance(len(job.rows))
     finally:
         _FORKED_JOBS = []
-    return infos, rejections, converted
+    return infos, rejections, converted, reused
 
 
 _FORKED_JOBS: list = []
@@ -120,7 +123,7 @@ def _run_forked_job(index: int, out: Path):
     return _run_job(_FORKED_JOBS[index], out)
 
 
-def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Rejection]]:
+def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Rejection], bool]:
     """Write one shard, or reuse it when a previous run already finished it from the same plan (its tar and index
     checked against the sha256 the run recorded, so a file a crash left incomplete is rewritten: shards are written
     without a flush each, and the run syncs them once at its end)."""
@@ -134,7 +137,7 @@ def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Reje
             if (rec["plan"] == plan_digest and rec["info"]["sha256"] == sha256_file(tar)
                     and rec["index_sha256"] == sha256_file(tar.with_suffix(".idx"))):
                 return (ShardInfo(**rec["info"]), [Rejection(**r) for r in rec["rejected"]],
-                        [Rejection(**r) for r in rec["converted"]])
+                        [Rejection(**r) for r in rec["converted"]], True)
         except (ValueError, KeyError, TypeError):
             pass  # unreadable record: rebuild the shard
     samples, rejected, converted = [], [], []
@@ -162,4 +165,4 @@ def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Reje
            "converted": [asdict(r) for r in converted]}
     with atomic_open(done, "w", durable=False) as f:
         json.dump(rec, f)
-    return info, rejected, converted
+    return info, rejected, converted, False

@@ -12,6 +12,7 @@ Each sample holds ``<key>.jpg``, ``<key>.targets`` (30 little-endian float32; ma
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gzpipe import __version__, schema
+from gzpipe import __version__, rerun, schema
 from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp, sync_folder, write_json
+from gzpipe.fileio import (atomic_open, check_out_folder, finish_swap, remove_folder_if_empty, remove_stale_tmp,
+                           sha256_file, staging_dir, swap_in, sync_folder, write_json)
+from gzpipe.rerun import stale_line
 from gzpipe.manifest import LABELS, MANIFEST
 from gzpipe.shard.images import VERIFY_MODES
 from gzpipe.shard.jobs import DONE_DIR, MANIFEST_VERSION, Job, Rejection, execute
@@ -52,6 +55,7 @@ class ShardConfig:
     workers: int = 1
     verify: str = "decode"
     max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
+    force: bool = False  # rebuild a finished folder with other settings (beside it, swapped in when complete)
 
     def validate(self, check_paths: bool = True) -> None:
         if self.shard_size < 1:
@@ -66,13 +70,21 @@ class ShardConfig:
             raise GzpipeError(f"max_rejected must be in [0, 1], got {self.max_rejected}")
         if self.workers < 1:
             raise GzpipeError("workers must be at least 1")
-        if check_paths and not Path(self.images).is_dir():
-            raise GzpipeError(f"image folder not found: {self.images}")
         try:
             assign_splits([], self.seed, self.val, self.test)
             in_fraction([], self.seed, self.fraction)
         except ValueError as e:
             raise GzpipeError(str(e)) from None
+        for key in ("val", "test"):
+            if getattr(self, key) <= 0:
+                raise GzpipeError(f"{key} must be above 0 (got {getattr(self, key):g}): training early-stops and "
+                                  "weights its ensembles on the val split and scores every model on the test split")
+        check_out_folder(self.out, what="the shard folder")
+        if check_paths:
+            if Path(self.images).exists() and not Path(self.images).is_dir():
+                raise GzpipeError(f"--images {self.images} is a file; give the folder of the images")
+            if not Path(self.images).is_dir():
+                raise GzpipeError(f"image folder not found: {self.images}")
 
 
 def key_for(galaxy_id: str) -> str:
@@ -80,15 +92,119 @@ def key_for(galaxy_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", galaxy_id)
 
 
-def run_shard(cfg: ShardConfig) -> dict:
-    """Pack the catalogue into shards; returns the manifest (also written to ``out/manifest.json``)."""
+# ShardConfig keys that change what the shards hold (the rest - workers, max_rejected, force - only how they are
+# written); with the catalogue's and mapping's contents and the image folder, what a finished folder is compared on
+SETTINGS = ("format", "target", "fraction", "val", "test", "seed", "resize", "quality", "shard_size", "verify")
+
+
+def _sources(cfg: ShardConfig) -> dict:
+    """The catalogue and mapping by content (sha256) and absolute path, and the image folder's absolute path."""
+    rec = {"catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)}}
+    if cfg.mapping:
+        rec["mapping"] = {"path": str(Path(cfg.mapping).resolve()), "sha256": sha256_file(cfg.mapping)}
+    rec["images"] = {"path": str(Path(cfg.images).resolve())}
+    return rec
+
+
+def _read_prior(out: Path) -> dict | None:
+    """The manifest of a finished shard folder, or None: one whose run passed its own checks (something written,
+    no more rejected than its --max-rejected; a failed run's manifest stays for inspection but is not finished)."""
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+        c = m["counts"]
+        ok = c["written"] > 0 and c["rejected"] <= m["config"].get("max_rejected", 0.1) * c["inputs"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return m if ok else None
+
+
+def _changed_sources(prior: dict, now: dict) -> list[str]:
+    """The catalogue or mapping whose contents changed since the folder was written (older manifests record
+    none: nothing to compare)."""
+    out = []
+    for k in ("catalog", "mapping"):
+        old = (prior.get("sources") or {}).get(k)
+        if old is None or k not in now:
+            continue
+        if old.get("sha256") != now[k]["sha256"]:
+            out.append(f"the {'catalogue' if k == 'catalog' else k} ({now[k]['path']}) has changed")
+    return out
+
+
+def _settings_diff(prior: dict, cfg: ShardConfig, sources: dict) -> list[str]:
+    now = {k: getattr(cfg, k) for k in SETTINGS}
+    diff = rerun.differences(prior["config"], now, SETTINGS)
+    if prior.get("images_dir") and prior["images_dir"] != sources["images"]["path"]:
+        diff.append(f"images {prior['images_dir']} -> {sources['images']['path']}")
+    had_mapping = bool(prior["config"].get("mapping"))
+    if had_mapping != bool(cfg.mapping):
+        diff.append(f"mapping {'given' if had_mapping else 'none'} -> {'given' if cfg.mapping else 'none'}")
+    return diff
+
+
+def out_of_date(cfg: ShardConfig) -> list[str]:
+    """What changed in the catalogue or mapping since a finished folder at ``cfg.out`` was written ([] if none)."""
+    prior = _read_prior(Path(cfg.out))
+    return _changed_sources(prior, _sources(cfg)) if prior is not None else []
+
+
+def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
+    """Pack the catalogue into shards; returns the manifest (also written to ``out/manifest.json``), with a
+    ``run`` entry (not written) counting the shards reused and written.
+
+    Re-runs follow ``gzpipe.rerun``: with the same settings, finished shards are reused (each checked against its
+    recorded sha256; a missing or damaged one is rewritten); with other settings a finished folder is kept and the
+    run skipped (``force_hint`` names the flag that replaces it), unless ``force``, which builds the new folder beside it and swaps it in when complete."""
     cfg.validate()
     out = Path(cfg.out)
+    finish_swap(out)
+    existed = out.exists()
+    prior = _read_prior(out) if existed else None
+    table = read_catalog(CatalogSource(Path(cfg.catalog), Path(cfg.images), cfg.mapping and Path(cfg.mapping),
+                                       cfg.format, cfg.target))
+    sources = _sources(cfg)
+    build = out
+    if prior is not None and not cfg.force:
+        changed = _changed_sources(prior, sources)
+        if changed:
+            raise GzpipeError(stale_line(str(out), changed, f"{force_hint} rebuilds the shards (beside the old "
+                                         "ones, swapped in when complete)"))
+        diff = _settings_diff(prior, cfg, sources)
+        if diff:
+            rerun.say(rerun.finished_line("shards", out, diff, force_hint))
+            return {**prior, "run": {"skipped": True, "shards_reused": 0, "shards_written": 0}}
+    elif prior is not None:
+        build = staging_dir(out)
+        rerun.say(rerun.replacing_line("shards", build, out))
+    try:
+        manifest, reused = _write(cfg, table, sources, build, prior if build == out else None)
+    except BaseException:
+        if not existed:
+            _remove_if_unused(out)  # a failed first run leaves no empty folder
+        raise
+    if build != out:
+        swap_in(build, out)
+    total = len(manifest["shards"])
+    if reused:
+        what = "finished with these settings" if prior is not None and build == out else "resuming the interrupted run"
+        rerun.say(f"shards: {what} in {out}: {reused} of {total} shards reused (sha256 checked), "
+                  f"{total - reused} written")
+    return {**manifest, "run": {"skipped": False, "shards_reused": reused, "shards_written": total - reused}}
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove a folder this run created when nothing in it can be resumed (no finished shard)."""
+    done = out / DONE_DIR
+    if done.is_dir() and not any(done.iterdir()):
+        remove_folder_if_empty(done)
+    remove_folder_if_empty(out)
+
+
+def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prior: dict | None) -> tuple[dict, int]:
+    """Plan and write every shard into ``out``, reusing the finished ones; returns (manifest, shards reused)."""
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     remove_stale_tmp(out / DONE_DIR)
-    table = read_catalog(CatalogSource(Path(cfg.catalog), Path(cfg.images), cfg.mapping and Path(cfg.mapping),
-                                       cfg.format, cfg.target))
     n_rows = len(table)
     ids = table["id"].astype(str).tolist()
     keep = in_fraction(ids, cfg.seed, cfg.fraction) if cfg.fraction < 1 else np.ones(n_rows, dtype=bool)
@@ -97,16 +213,22 @@ def run_shard(cfg: ShardConfig) -> dict:
     bad_rows = {r.row for r in rejected}
     good = [i for i in range(n_rows) if keep[i] and i not in bad_rows]
     jobs = _plan(table, good, cfg, keys)
-    infos, image_rejections, converted = execute(jobs, out, cfg.workers)
+    infos, image_rejections, converted, reused = execute(jobs, out, cfg.workers)
     sync_folder(out)  # the shards are on disk before the manifest that vouches for them
     rejected += image_rejections
     rejected.sort(key=lambda r: r.row)
     _remove_stale_shards(out, {j.name for j in jobs})
-    manifest = _manifest(cfg, table, keep, infos, rejected, converted)
+    manifest = _manifest(cfg, table, keep, infos, rejected, converted, sources)
+    if prior is not None:
+        # The same settings: the manifest keeps the recorded config and sources (paths as first given, the workers
+        # and max_rejected of then), so a re-run from another folder or with other workers leaves it byte-identical;
+        # every model trained on these shards records the manifest's sha256 and would read as out of date.
+        manifest["config"] = prior["config"]
+        manifest["sources"] = prior.get("sources", manifest["sources"])
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
     _check_rejections(manifest, cfg, out)
-    return manifest
+    return manifest, reused
 
 
 def _check_rejections(m: dict, cfg: ShardConfig, out: Path) -> None:
@@ -219,12 +341,12 @@ def _remove_stale_shards(out: Path, planned: set[str]) -> None:
 
 
 def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
-              rejected: list[Rejection], converted: list[Rejection]) -> dict:
+              rejected: list[Rejection], converted: list[Rejection], sources: dict) -> dict:
     written = sum(i.samples for i in infos)
     inputs = int(keep.sum())
     assert inputs == written + len(rejected), "every input row must be written or rejected"
     per_split = {s: sum(i.samples for i in infos if i.split == s) for s in SPLITS}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "force"}
     return {
         "format_version": MANIFEST_VERSION,
         "created_by": f"gzpipe {__version__}",
@@ -253,4 +375,5 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
         "rejected": [{"row": r.row, "id": r.id, "reason": r.reason} for r in rejected],
         "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
+        "sources": sources,
     }

@@ -77,10 +77,14 @@ def _check_one(root: Path, s: dict, quick: bool) -> ShardCheck:
 def rebuild_command(root: str | Path) -> str:
     """The `gzpipe shard` command that wrote ``root`` (from the manifest's config): re-running it rewrites only
     the shards that are missing or damaged and reuses the rest."""
-    c = read_manifest(Path(root))["config"]
-    args = ["gzpipe", "shard", "--catalog", c["catalog"], "--images", c["images"], "--out", str(root)]
+    m = read_manifest(Path(root))
+    c, rec = m["config"], m.get("sources") or {}
+    # absolute paths (recorded since manifests carry `sources`), so the command works from any folder
+    catalog = rec.get("catalog", {}).get("path", c["catalog"])
+    images = rec.get("images", {}).get("path", m.get("images_dir", c["images"]))
+    args = ["gzpipe", "shard", "--catalog", catalog, "--images", images, "--out", str(Path(root).resolve())]
     if c.get("mapping"):
-        args += ["--mapping", c["mapping"]]
+        args += ["--mapping", rec.get("mapping", {}).get("path", c["mapping"])]
     for flag, key in (("--format", "format"), ("--target", "target"), ("--fraction", "fraction"), ("--val", "val"),
                       ("--test", "test"), ("--seed", "seed"), ("--resize", "resize"), ("--quality", "quality"),
                       ("--shard-size", "shard_size"), ("--workers", "workers"), ("--verify", "verify")):

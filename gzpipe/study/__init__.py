@@ -43,6 +43,7 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     from gzpipe.features import FeaturesConfig, run_features
     from gzpipe.report import run_report
     from gzpipe.shard import ShardConfig, run_shard
+    from gzpipe.shard.stage import out_of_date
     from gzpipe.stopping import STOP
     from gzpipe.train.config import resolve
     from gzpipe.train.run import run_train
@@ -68,10 +69,17 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
         mapping = Path(data.mapping) if data.mapping else None
     STOP.check()
     shards = out / "shards"
-    m = run_shard(ShardConfig(catalog=catalog, images=images, mapping=mapping, out=shards, format=data.format,
-                              target=data.target, **cfg.shard))
-    c = m["counts"]
-    _say("shard", f"{c['written']} written, {c['rejected']} rejected -> {shards}")
+    scfg = ShardConfig(catalog=catalog, images=images, mapping=mapping, out=shards, format=data.format,
+                       target=data.target, force="shard" in force, **cfg.shard)
+    changed = out_of_date(scfg)
+    if changed:
+        _say("shard", f"{'; '.join(changed)} since the shards were written; rebuilding them")
+        scfg.force = True
+    m = run_shard(scfg, force_hint="`gzpipe study --force shard`")
+    c, r = m["counts"], m["run"]
+    _say("shard", f"kept the finished shards in {shards}" if r["skipped"] else
+         f"{c['written']} galaxies in {len(m['shards'])} shards ({r['shards_reused']} reused, {r['shards_written']} "
+         f"written), {c['rejected']} rejected -> {shards}")
 
     trained = []
     for b in cfg.backbones:
@@ -90,7 +98,7 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     for b in trained:
         STOP.check()
         run_features(FeaturesConfig(backbone=b, out=str(out), workers=cfg.train.get("workers", 2),
-                                    force="features" in force))
+                                    force="features" in force), force_hint="`gzpipe study --force features`")
     _say("features", ", ".join(trained))
     from gzpipe.boost import split_boost_section
 
@@ -103,18 +111,36 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
             if changed:
                 _say("boost", runs.stale_message(d, changed, "training it again"))
             run_boost(BoostConfig(engine=engine, backbone=b, out=str(out), force="boost" in force or bool(changed),
-                                  params=params, **common))
+                                  params=params, **common), force_hint="`gzpipe study --force boost`")
     _say("boost", f"{len(cfg.engines) * len(trained)} boosters")
     for method in cfg.methods:
         STOP.check()
-        members = None
+        members = trained
         if method == "stacked":  # every model this study trained: its backbones and their boosters
             members = trained + [runs.booster_dir(out, e, b).name for e in cfg.engines for b in trained]
-        run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=trained, members=members))
+        redo = _ensemble_out_of_date(runs.ensemble_dir(out, method), members)
+        if redo:
+            _say("ensemble", f"ensemble_{method}: {redo}; refitting it")
+        run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=trained, members=members,
+                                    force="ensemble" in force or bool(redo)))
     _say("ensemble", ", ".join(cfg.methods))
     rep = run_report(out)
     _say("report", f"{rep['models']} models -> {rep['dir']}")
     return rep
+
+
+def _ensemble_out_of_date(d: Path, members: list[str]) -> str:
+    """Why a finished ensemble no longer matches this study ("" when it does): its members changed, or their
+    predictions did. The study's ensembles are over every model it trained, so either way it is refitted."""
+    if not runs.is_complete(d, runs.ENSEMBLE):
+        return ""
+    changed = runs.changed_inputs(d)
+    if changed:
+        return "; ".join(changed) + " since it was fitted"
+    saved = runs.read_json(d, runs.WEIGHTS).get("models", [])
+    if sorted(saved) != sorted(members):
+        return f"its members were {', '.join(saved)}, the study's models are {', '.join(members)}"
+    return ""
 
 
 def _synth_done(raw: Path, n: int) -> bool:

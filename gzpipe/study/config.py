@@ -13,6 +13,7 @@ Presets:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from gzpipe.configs import check_keys, from_mapping, unknown_keys_error
 from gzpipe.errors import GzpipeError
+from gzpipe.fileio import check_out_folder
 
 SHARED_TOKEN = "${GZPIPE_SHARED}"
 SAMPLE = f"{SHARED_TOKEN}/data/gz2_sample"
@@ -129,7 +131,10 @@ def _read_yaml(p: Path) -> dict:
     try:
         user = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise GzpipeError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GzpipeError(f"{p} is not valid YAML{at}: {what}") from None
     if not isinstance(user, dict):
         raise GzpipeError(f"{p} must be a mapping of sections ({', '.join(SECTIONS)})")
     unknown = [k for k in user if k not in SECTIONS]
@@ -177,6 +182,7 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
             raise GzpipeError(f"{where}: {sec} must be a mapping of keys to values")
     if not isinstance(raw.get("out"), str) or not raw["out"].strip():
         raise GzpipeError(f"{where}: out must be a folder name")
+    check_out_folder(raw["out"], "--out" if out else f"{where} out", "the study's artifacts folder")
 
     data_raw = dict(raw["data"])
     synth = data_raw.pop("synth", None)
@@ -190,22 +196,37 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
         _check_data(data, name, where)
 
     shard = check_keys(raw["shard"], f"{where} shard", ShardConfig,
-                       exclude=("catalog", "images", "out", "mapping", "format", "target"))
-    ShardConfig(catalog=Path("-"), images=Path("-"), out=Path("-"), **shard).validate(check_paths=False)
+                       exclude=("catalog", "images", "out", "mapping", "format", "target", "force"))
+    with _in_section(where, "shard"):
+        ShardConfig(catalog=Path("-"), images=Path("-"), out=Path("-"), **shard).validate(check_paths=False)
 
     backbones = [resolve_name(b) for b in _names(raw["backbones"], f"{where} backbones", {**BACKBONES, **ALIASES},
                                                   "backbone")]
     train = check_keys(raw["train"], f"{where} train", TrainConfig, exclude=NOT_USER_KEYS)
-    for b in backbones:
-        resolve(b, "-", None, check_paths=False, **train)
+    with _in_section(where, "train"):
+        for b in backbones:
+            resolve(b, "-", None, check_paths=False, **train)
 
     engines = _names(raw["engines"], f"{where} engines", ENGINES, "engine")
     for e in engines:
         common, params = split_boost_section(raw["boost"], f"{where} boost", e)
         engine_params(e, params, f"{where} boost")
-        check_boost(BoostConfig(engine=e, backbone=backbones[0], **common, params=params))
+        with _in_section(where, "boost"):
+            check_boost(BoostConfig(engine=e, backbone=backbones[0], **common, params=params))
     methods = _names(raw["methods"], f"{where} methods", {m: m for m in METHODS}, "ensemble method")
     return StudyConfig(name, raw["out"], data, shard, train, raw["boost"], backbones, engines, methods)
+
+
+@contextlib.contextmanager
+def _in_section(where: str, section: str):
+    """A stage's own range check ("epochs must be at least 1") prefixed with the file and section it came from."""
+    try:
+        yield
+    except GzpipeError as e:
+        msg = str(e)
+        if msg.startswith(where):
+            raise
+        raise GzpipeError(f"{where} {section}: {msg}") from None
 
 
 def _check_data(data: DataSection, preset: str, where: str) -> None:

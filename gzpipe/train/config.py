@@ -15,6 +15,7 @@ from pathlib import Path
 from gzpipe.configs import from_mapping
 from gzpipe.device import AMP, check_device_name
 from gzpipe.errors import GzpipeError
+from gzpipe.fileio import check_out_folder
 from gzpipe.loaders.presets import PRESETS
 from gzpipe.models import BACKBONES, resolve_name
 from gzpipe.models.heads import HEADS
@@ -181,7 +182,6 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
         bad("give either --weights PATH or --pretrained, not both")
     if not check_paths:
         return
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        bad(f"out {cfg.out} is a file; give a folder for the runs")
+    check_out_folder(cfg.out)
     if not (Path(cfg.shards) / "manifest.json").exists():
         bad(f"no manifest.json in {cfg.shards}: pass --shards with a folder written by `gzpipe shard`")

@@ -4,10 +4,12 @@ Run folder ``<out>/<backbone>/``: ``config.json``, ``checkpoints/{latest_checkpo
 best_model}.pth``, ``metrics.json``, ``training_curves.png``, ``{val,test}_predictions.parquet`` and, written
 last, ``training_complete.txt``.
 
-Without flags a finished run is skipped and an unfinished one resumes from its latest checkpoint (model,
-optimizer, scheduler, scaler, epoch, step within the epoch, early-stopping state, RNG states), so an interrupted
-run ends with the same metrics as an uninterrupted one. ``restart`` starts over; ``skip`` only evaluates the
-finished model. SIGINT / SIGTERM stop after the current step with a checkpoint saved.
+Re-runs follow ``gzpipe.rerun``: without flags a finished run is skipped (or kept, with the differences listed)
+and an unfinished one resumes from its latest checkpoint (model, optimizer, scheduler, scaler, epoch, step within
+the epoch, early-stopping state, RNG states), so an interrupted run ends with the same metrics as an uninterrupted
+one. ``restart`` trains a new run beside the existing one (``fileio.staging_dir``) and swaps it in when complete;
+the same ``restart`` command continues an interrupted one. ``skip`` only evaluates the finished model.
+SIGINT / SIGTERM stop after the current step with a checkpoint saved.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gzpipe import runs
+from gzpipe import rerun, runs
 from gzpipe.device import resolve_device
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import remove_stale_tmp, write_json
+from gzpipe.fileio import finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
 from gzpipe.loaders import create_loader
 from gzpipe.manifest import MANIFEST, read_manifest
 from gzpipe.metrics import compute_metrics
@@ -64,36 +66,30 @@ def run_train(cfg: TrainConfig, restart_hint: str = "--restart") -> dict | None:
 
 def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     device = resolve_device(cfg.device, d.local_rank if d.enabled else None)
-    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / runs.CHECKPOINTS
+    final = cfg.run_dir
+    staged = staging_dir(final)
     manifest = read_manifest(Path(cfg.shards))
     cfg.head = cfg.head or default_head(manifest["target"]["kind"])
     if cfg.channels_last is None:
         cfg.channels_last = BACKBONES[cfg.backbone].channels_last(device.type)
     if d.main:
-        remove_stale_tmp(run_dir, recursive=True)
+        finish_swap(final)
+        remove_stale_tmp(final, recursive=True)
+        remove_stale_tmp(staged, recursive=True)
+    ddp.barrier(d)
     if cfg.mode == "skip":
         return _skip(cfg, d, device)
-    if cfg.mode == "resume" and runs.is_complete(run_dir, runs.BACKBONE):
-        changed = runs.changed_data(run_dir)
-        if changed:
-            raise GzpipeError(runs.stale_message(run_dir, changed, f"{restart_hint} trains it again on the current "
-                                                                   "data"))
-        saved = runs.read_json(run_dir, runs.CONFIG)
-        diff = [f"{k} {saved_value(saved, k)!r} -> {cfg.to_dict().get(k)!r}" for k in RESUME_KEYS
-                if saved_value(saved, k) is not None and saved_value(saved, k) != cfg.to_dict().get(k)]
-        _log(d, f"{cfg.backbone}: already trained ({run_dir / runs.MARKERS[runs.BACKBONE]}); skipping"
-                + (f", although these settings differ from that run: {'; '.join(diff)}" if diff else "")
-                + f". {restart_hint} trains again" + (", --skip re-evaluates." if restart_hint == "--restart" else "."))
-        return runs.read_json(run_dir, runs.METRICS)
-    if cfg.mode == "restart" and d.main:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        runs.unmark(run_dir, runs.BACKBONE)
-        (run_dir / runs.INPUTS).unlink(missing_ok=True)
-    ddp.barrier(d)
+    if cfg.mode == "resume" and runs.is_complete(final, runs.BACKBONE):
+        return _already_finished(cfg, d, restart_hint)
+    # --restart builds the new run beside the existing one and swaps it in when it is complete (rerun.py)
+    run_dir = staged if cfg.mode == "restart" else final
+    ckpt_dir = run_dir / runs.CHECKPOINTS
     if d.main:
         warn_short_run(cfg)
         warn_upsampled_crop(cfg, manifest)
 
+    # Everything that can refuse an option (the --weights file, the backend on this device, the batch against the
+    # data) runs before any file of an existing run is touched.
     seed_everything(cfg.seed)
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
                          zero_init_residual=cfg.zero_init_residual)
@@ -123,13 +119,27 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     epoch, history, wall = 0, [], 0.0
     early = {"best": math.inf, "best_epoch": None, "bad_epochs": 0}
     es = EpochState()
-    state = ckpt.load_latest(ckpt_dir) if cfg.mode == "resume" else None
+    if cfg.mode == "restart":
+        state = _staged_state(cfg, staged) if d.main else None
+        ddp.barrier(d)  # the main process has kept or removed the staging folder
+        if not d.main:
+            state = ckpt.load_latest(ckpt_dir)
+        if d.main:
+            _log(d, rerun.replacing_line(cfg.backbone, staged, final) if runs.is_complete(final, runs.BACKBONE) else
+                 f"{cfg.backbone}: training in {staged}; it becomes {final} when complete"
+                 + (" (the unfinished run there stays until then)" if final.exists() else ""))
+    else:
+        state = ckpt.load_latest(ckpt_dir)
+        if state is not None:
+            _check_compatible(state["config"], cfg, run_dir)
+            changed = runs.changed_data(run_dir)
+            if changed:
+                raise GzpipeError(runs.stale_message(run_dir, changed, "resuming would mix two data sets; --restart "
+                                                     "starts over on the current data"))
+        if d.main and staged.exists():
+            _log(d, f"{cfg.backbone}: note: an interrupted --restart of this run is in {staged}; the same command "
+                    "with --restart continues it")
     if state is not None:
-        _check_compatible(state["config"], cfg)
-        changed = runs.changed_data(run_dir)
-        if changed:
-            raise GzpipeError(runs.stale_message(run_dir, changed, "resuming would mix two data sets; --restart "
-                                                 "starts over on the current data"))
         net.model.load_state_dict(state["model"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
@@ -140,7 +150,10 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         epoch, history, early, wall = state["epoch"], state["history"], state["early"], state["wall_time"]
         es = EpochState(**state["epoch_state"])
         _restore_rng(state["rng"], device)
-        _log(d, f"{cfg.backbone}: resuming at epoch {epoch + 1}" + (f", batch {es.batches_done + 1}" if es.batches_done else ""))
+        at = f"epoch {epoch + 1}" + (f", batch {es.batches_done + 1}" if es.batches_done else "")
+        _log(d, rerun.resuming_line(cfg.backbone + (" (the --restart)" if run_dir == staged else ""),
+                                    f"at {at}: {epoch} of {cfg.epochs} epochs"
+                                    + (f" and {es.batches_done} batches" if es.batches_done else "") + " reused"))
     if cfg.compile:
         net = torch.compile(net)
     if d.enabled:
@@ -157,6 +170,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
                 "early": early, "history": history, "rng": _rng_state(device), "config": cfg.to_dict(),
                 "wall_time": wall + time.perf_counter() - t_start}
 
+    kept = f" (the finished run in {final} is unchanged)" if run_dir == staged and runs.is_complete(final, runs.BACKBONE) \
+        else ""
+
     def save_latest(es_now: EpochState) -> None:
         if d.main:
             ckpt.save_latest(ckpt_dir, full_state(es_now))
@@ -171,14 +187,14 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         if STOP:
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
-                                       f"checkpoint saved in {ckpt_dir}; re-run the same command to resume")
+                                       f"checkpoint saved in {ckpt_dir}{kept}; re-run the same command to resume")
         loss_sum, count, samples, secs = ddp.sum_floats(d, es.loss_sum, es.count, es.samples, es.seconds)
         val = evaluate(net if ema is None else LogitsModel(ema.module), val_loader, device, cfg.amp, cfg.loss,
                        ddp.gather_eval(d))
         if val is None:  # stopped while validating: the epoch's training is saved, its validation re-runs
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while validating epoch {epoch + 1}; checkpoint "
-                                       f"saved in {ckpt_dir}; re-run the same command to resume")
+                                       f"saved in {ckpt_dir}{kept}; re-run the same command to resume")
         vm = compute_metrics(val.pred, val.target, val.mask)
         epoch += 1
         improved = val.loss < early["best"] - cfg.min_delta
@@ -201,20 +217,51 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
                 + ("  *best*" if improved else f"  (no improvement {early['bad_epochs']}/{cfg.patience})"))
         ran += 1
         if cfg.stop_after and ran >= cfg.stop_after and epoch < cfg.epochs and early["bad_epochs"] < cfg.patience:
-            _log(d, f"{cfg.backbone}: paused after {ran} epoch(s) (--stop-after); re-run to continue")
+            _log(d, f"{cfg.backbone}: paused after {ran} epoch(s) (--stop-after); re-run the same command to continue")
             return None
     if early["bad_epochs"] >= cfg.patience:
         _log(d, f"{cfg.backbone}: early stop after epoch {epoch} (best epoch {early['best_epoch']})")
-    return _finish(cfg, d, device, history, wall=wall + time.perf_counter() - t_start)
+    return _finish(cfg, d, device, history, wall=wall + time.perf_counter() - t_start, run_dir=run_dir)
 
 
-def _check_compatible(saved: dict, cfg: TrainConfig) -> None:
-    now = cfg.to_dict()
-    diff = [f"{k}: checkpoint {saved_value(saved, k)!r}, now {now.get(k)!r}" for k in RESUME_KEYS
-            if saved_value(saved, k) != now.get(k)]
+def _settings_diff(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The settings that make a checkpoint mean something else (``RESUME_KEYS``), saved -> now."""
+    return rerun.differences({k: saved_value(saved, k) for k in RESUME_KEYS if saved_value(saved, k) is not None},
+                             cfg.to_dict(), RESUME_KEYS)
+
+
+def _check_compatible(saved: dict, cfg: TrainConfig, run_dir: Path | None = None) -> None:
+    diff = _settings_diff(saved, cfg)
     if diff:
-        raise GzpipeError(f"{cfg.run_dir} holds a run with other settings ({'; '.join(diff)}); use the same "
+        raise GzpipeError(f"{run_dir or cfg.run_dir} holds an unfinished run with other settings ({'; '.join(diff)}); use the same "
                           "options to resume it, or --restart to start over")
+
+
+def _already_finished(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict:
+    """A finished run is never changed by a plain re-run: skipped, or kept with the differences listed."""
+    final = cfg.run_dir
+    changed = runs.changed_data(final)
+    if changed:
+        raise GzpipeError(runs.stale_message(final, changed, f"{restart_hint} trains it again on the current data"))
+    diff = _settings_diff(runs.read_json(final, runs.CONFIG), cfg)
+    line = rerun.finished_line(cfg.backbone, final, diff, restart_hint,
+                               "--skip re-evaluates it" if restart_hint == "--restart" else "")
+    if staging_dir(final).exists():
+        line += f"; an interrupted --restart is in {staging_dir(final)} (the same command with --restart continues it)"
+    _log(d, line)
+    return runs.read_json(final, runs.METRICS)
+
+
+def _staged_state(cfg: TrainConfig, staged: Path) -> dict | None:
+    """The latest checkpoint of an interrupted --restart with the same settings and data, to continue it; anything
+    else in the staging folder is removed (the main process only, once every option has been checked)."""
+    if not staged.exists():
+        return None
+    state = ckpt.load_latest(staged / runs.CHECKPOINTS)
+    if state is not None and not _settings_diff(state["config"], cfg) and not runs.changed_data(staged):
+        return state
+    shutil.rmtree(staged)
+    return None
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -265,8 +312,8 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
     trained = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in _RUNTIME_KEYS}, "mode": "skip"})
     if not runs.is_complete(run_dir, runs.BACKBONE):
         latest = ckpt.load_latest(run_dir / runs.CHECKPOINTS)
-        return _finish(trained, d, device, latest["history"] if latest else [], wall=0.0)
-    results = _evaluate_best(trained, d, device)
+        return _finish(trained, d, device, latest["history"] if latest else [], wall=0.0, run_dir=run_dir)
+    results = _evaluate_best(trained, d, device, run_dir)
     if not d.main:
         return {}
     recorded = runs.read_json(run_dir, runs.METRICS)
@@ -278,8 +325,8 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
     return recorded
 
 
-def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
-    t = runs.load_trained(cfg.run_dir, device, amp=cfg.amp)
+def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir: Path) -> dict:
+    t = runs.load_trained(run_dir, device, amp=cfg.amp)
     net = LogitsModel(t.model)
     results = {}
     for split in runs.EVAL_SPLITS:
@@ -290,16 +337,17 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
                                   tta=cfg.tta, tta_kind=cfg.tta_kind)
         if results[split] is None:
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while evaluating the best model; training is "
-                                       f"complete (checkpoints in {cfg.run_dir / runs.CHECKPOINTS}); re-run the same "
+                                       f"complete (checkpoints in {run_dir / runs.CHECKPOINTS}); re-run the same "
                                        "command to resume")
     return results
 
 
-def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, wall: float) -> dict:
-    """Evaluate the best model on val and test; write metrics, predictions, curves, then the completion mark."""
-    run_dir = cfg.run_dir
+def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, wall: float,
+            run_dir: Path) -> dict:
+    """Evaluate the best model on val and test; write metrics, predictions, curves, then the completion mark; a
+    replacement built beside the run is swapped in last."""
     best_epoch = ckpt.load(runs.best_checkpoint(run_dir))["epoch"]
-    results = _evaluate_best(cfg, d, device)
+    results = _evaluate_best(cfg, d, device, run_dir)
     if not d.main:
         return {}
     samples = sum(h["images_per_s"] * h["seconds"] for h in history)
@@ -326,6 +374,10 @@ def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, 
                         run_dir / "training_curves.png")
     runs.mark_complete(run_dir, runs.BACKBONE, f"{cfg.backbone}: best epoch {best_epoch} of {len(history)}; test MAE "
                                                f"{metrics['test']['mae']:.5f}, accuracy {metrics['test']['accuracy']:.4f}")
+    final = cfg.run_dir
+    replaced = run_dir != final and final.exists()
+    if run_dir != final:
+        swap_in(run_dir, final)
     print(f"{cfg.backbone}: test MAE {metrics['test']['mae']:.4f}  MSE {metrics['test']['mse']:.5f}  "
-          f"accuracy {metrics['test']['accuracy']:.4f}  -> {run_dir}", flush=True)
+          f"accuracy {metrics['test']['accuracy']:.4f}  -> {final}" + (" (replaced)" if replaced else ""), flush=True)
     return metrics

@@ -110,7 +110,7 @@ def test_shard_rejects_or_converts_each_with_a_reason(cases, tmp_path, verify):
     root, expect = cases
     m = run_shard(ShardConfig(catalog=root / "labels.csv", images=root / "images", out=tmp_path / "s", shard_size=4,
                               max_rejected=1.0,
-                              val=0.0, test=0.0, verify=verify))
+                              val=0.1, test=0.1, verify=verify))
     rejected = {int(r["id"]): r["reason"] for r in m["rejected"]}
     converted = {int(r["id"]): r["reason"] for r in m["converted"]}
     for i, (name, outcome) in expect.items():

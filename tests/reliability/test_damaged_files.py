@@ -95,7 +95,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(train_shards, tmp_p
     r = run_ok(train_cmd(train_shards, out))
     warning = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "latest_checkpoint.pth is unreadable" in warning[0] and "previous_checkpoint.pth" in warning[0]
-    assert "resuming at epoch 2" in r.stdout
+    assert "resuming the interrupted run (at epoch 2: 1 of 3 epochs reused)" in r.stdout
     a = json.loads((ref / "resnet50/metrics.json").read_text())
     b = json.loads((out / "resnet50/metrics.json").read_text())
     assert b["test"]["mae"] == pytest.approx(a["test"]["mae"], abs=1e-6)
