@@ -65,7 +65,8 @@ def study(
     out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),
     force: Optional[str] = typer.Option(None, metavar="STAGES", help="Re-do these stages even where finished: a "
                                         "comma list of synth, shard, train, features, boost, ensemble, report, or "
-                                        "all."),
+                                        "all. Each new run is built beside the finished one, which stays until the "
+                                        "new one is complete."),
     restart: bool = typer.Option(False, "--restart", help="Same as --force all: everything from scratch."),
 ) -> None:
     """Run the whole model comparison, skipping what is finished and current, re-doing what is out of date and

@@ -45,7 +45,9 @@ def _members(cfg: EnsembleConfig, out: Path) -> list[str]:
     return used
 
 
-def run_ensemble(cfg: EnsembleConfig) -> dict:
+def run_ensemble(cfg: EnsembleConfig, force_hint: str | None = None) -> dict:
+    """Fit one ensemble (or skip it: see the module docstring); ``force_hint`` is how the caller's user refits a
+    finished one (named in the messages)."""
     out = Path(cfg.out)
     if cfg.method not in METHODS:
         raise GzpipeError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
@@ -58,11 +60,11 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     if runs.is_complete(final, runs.ENSEMBLE) and not cfg.force:
         changed = runs.changed_inputs(final)
         if changed:
-            raise GzpipeError(runs.stale_message(final, changed, f"`gzpipe ensemble --method {cfg.method} --force` "
-                                                 "refits it"))
+            raise GzpipeError(runs.stale_message(final, changed, (force_hint or f"`gzpipe ensemble --method "
+                                                 f"{cfg.method} --force`") + " refits it"))
         saved = runs.read_json(final, runs.WEIGHTS).get("models", [])
         diff = [] if sorted(saved) == sorted(used) else [f"members {', '.join(saved)} -> {', '.join(used)}"]
-        rerun.say(rerun.finished_line(name, final, diff, "--force"))
+        rerun.say(rerun.finished_line(name, final, diff, force_hint or "--force"))
         return runs.read_json(final, runs.METRICS)
     if len(used) == 1:
         rerun.say(f"{name}: note: one member ({used[0]}), so the ensemble is that model itself; name more with "

@@ -122,7 +122,8 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
         if redo:
             _say("ensemble", f"ensemble_{method}: {redo}; refitting it")
         run_ensemble(EnsembleConfig(method=method, out=str(out), backbones=trained, members=members,
-                                    force="ensemble" in force or bool(redo)))
+                                    force="ensemble" in force or bool(redo)),
+                     force_hint="`gzpipe study --force ensemble`")
     _say("ensemble", ", ".join(cfg.methods))
     rep = run_report(out)
     _say("report", f"{rep['models']} models -> {rep['dir']}")

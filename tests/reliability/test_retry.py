@@ -420,3 +420,23 @@ def test_the_report_says_what_it_stands_on(finished, tmp_path, capsys):
     n_test = int(table["test_galaxies"].iloc[0])
     assert f"on the test split ({n_test} galaxies)" in page and f"validation split only ({val} galaxies" in page
     assert "ensemble_equal</b> has one member only" in page
+
+
+def test_an_unreachable_dask_scheduler_is_one_line_naming_it(finished, tmp_path, capsys, monkeypatch):
+    import socket
+
+    from gzpipe.boost import stage
+
+    monkeypatch.setattr(stage, "SCHEDULER_TIMEOUT_S", 2)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    art = finished["ART"]
+    before = tree_state(art)
+    with pytest.raises(SystemExit) as e:
+        main([*BOOST.replace("ART", str(art)).split(), "--engine", "xgboost", "--dask-scheduler",
+              f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"no Dask scheduler answered at tcp://127.0.0.1:{port} within 2 s" in err
+    assert tree_state(art) == before
