@@ -86,6 +86,7 @@ CASES = [
     (f"{BOOST} --engine xgboost --dask-scheduler banana", "ART", "tcp://HOST:PORT"),
     (f"{BOOST} --engine lightgbm --param seed=abc", "ART", "--param seed must be an integer"),
     (f"{BOOST} --engine lightgbm --param threads=x", "ART", "--param threads must be an integer"),
+    (f"{BOOST} --engine xgboost --param pca_fit_rows=many", "ART", "--param pca_fit_rows must be an integer"),
     (f"{BOOST} --engine lightgbm --param rounds=3", "ART", "--rounds"),
     (f"{BOOST} --engine lightgbm --num-leaves 200000", "ART", "--num-leaves"),
     (f"{BOOST} --engine xgboost --max-bin 100000", "ART", "--max-bin"),
@@ -440,3 +441,41 @@ def test_an_unreachable_dask_scheduler_is_one_line_naming_it(finished, tmp_path,
     assert e.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     assert f"no Dask scheduler answered at tcp://127.0.0.1:{port} within 2 s" in err
     assert tree_state(art) == before
+
+
+def test_the_ensemble_methods_depend_one_way():
+    """stage -> weighted, stacked -> members: neither method imports the other, nor the stage."""
+    import ast
+
+    import gzpipe.ensemble as pkg
+
+    folder = Path(pkg.__file__).parent
+    for name, forbidden in (("weighted", {"stacked", "stage"}), ("stacked", {"weighted", "stage"}),
+                            ("members", {"weighted", "stacked", "stage"})):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {a.name.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                     and n.module == "gzpipe.ensemble" for a in n.names}
+        assert not imported & forbidden, (name, imported & forbidden)
+
+
+def test_the_baseline_is_named_in_the_legend_not_written_across_the_bars(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from gzpipe.report import figures
+
+    table = pd.DataFrame({"name": ["a", "b", "ensemble_equal"], "kind": ["deep", "xgboost", "ensemble"],
+                          "mae": [0.20, 0.26, 0.21], "accuracy": [0.80, 0.77, 0.79], "test_galaxies": [50, 50, 50],
+                          "members": [None, None, "1 (a)"]})
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.setdefault("fig", fig))
+    figures.metric_bars(table, tmp_path / "m.png", {"mae": 0.25, "accuracy": 0.78})
+    fig = saved["fig"]
+    texts = [t for ax in fig.axes for t in ax.texts]
+    assert texts and all("baseline" not in t.get_text() for t in texts)  # no label lying on the dashed line
+    assert all(t.get_bbox_patch() is not None for t in texts)  # values on a white box: the line passes behind
+    legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("train-mean baseline (MAE 0.250") for t in legend)
+    assert "ensemble_equal (one member)" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "(50 galaxies)" in fig._suptitle.get_text()
