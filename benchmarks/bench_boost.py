@@ -14,7 +14,6 @@ galaxies as test rows instead of one small split's).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile

@@ -98,12 +98,12 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
 _REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reached_tasks tries them in
 
 
-_ID_COLUMNS = {"kaggle": ("GalaxyID",), "zoobot": ("id_str",), "hart16": ("asset_id", "dr7objid")}
+_FORMAT_IDS = {"kaggle": ("GalaxyID",), "zoobot": ("id_str",), "hart16": ("asset_id", "dr7objid")}
 
 
 def _check_forced_format(fmt: str, header: list[str], name: Path) -> None:
     """``--format X`` on a catalogue without X's id column: one line naming the column and the format it looks like."""
-    ids = _ID_COLUMNS[fmt]
+    ids = _FORMAT_IDS[fmt]
     if any(c in header for c in ids):
         return
     try:

@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from gzpipe import rerun, runs, schema
 from gzpipe.device import check_device_name, resolve_device
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
-from gzpipe.loaders import check_backend_name, create_loader
-from gzpipe.loaders.tta import check_tta, views
+from gzpipe.loaders import check_backend_name
 from gzpipe.manifest import manifest_digest
 from gzpipe.models import BACKBONES, resolve_name
 from gzpipe.progress import progress_bar
@@ -90,6 +88,8 @@ def run_features(cfg: FeaturesConfig, force_hint: str = "--force") -> dict:
     skipped (or kept, with the differences listed); a new set - forced, or because the checkpoint or the shards
     changed - is written beside the old one and swapped in when every split is done. An interrupted extraction
     keeps its finished splits, and the same command resumes it."""
+    from gzpipe.loaders.tta import check_tta  # torch loads here, not for the boosters that read the features
+
     name = resolve_name(cfg.backbone)
     if cfg.dtype not in DTYPES:
         raise GzpipeError(f"dtype must be one of {', '.join(DTYPES)}")
@@ -142,6 +142,11 @@ def run_features(cfg: FeaturesConfig, force_hint: str = "--force") -> dict:
 
 def _extract(cfg: FeaturesConfig, trained, shards: str, split: str, tta: dict, folder: Path, seed: int) -> dict:
     """One split's features to ``folder/<split>.parquet``, in row groups; returns its entry in meta.json."""
+    import torch
+
+    from gzpipe.loaders import create_loader
+    from gzpipe.loaders.tta import views
+
     name = trained.name
     np_dtype, _ = DTYPES[cfg.dtype]
     width = BACKBONES[name].features

@@ -66,6 +66,10 @@ def test_run_folder_is_complete_and_correct(train_shards, tmp_path):
     assert run_train(_cfg(train_shards, tmp_path, epochs=2))["test"] == m["test"]
 
 
+# ~40 s; keeps the default run under CI's 20 minutes (`make test-slow`, which CI runs after it when time
+# allows); the default run covers the same path with reliability/test_kill.py's SIGKILLs of train, resumed to
+# the same metrics
+@pytest.mark.slow
 def test_resume_after_epoch_k_equals_uninterrupted(train_shards, tmp_path):
     full = run_train(_cfg(train_shards, tmp_path / "a", epochs=3))
     assert run_train(_cfg(train_shards, tmp_path / "b", epochs=3, stop_after=1)) is None

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gzpipe import schema
 from gzpipe.errors import GzpipeError
 
 ENV = {**os.environ, "GZPIPE_PROGRESS": "0"}

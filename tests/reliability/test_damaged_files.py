@@ -85,6 +85,9 @@ def test_verify_names_damaged_shards_and_their_rebuild_rewrites_only_those(chaos
     assert run_ok(gzpipe("verify", out)).returncode == 0
 
 
+# ~80 s; keeps the default run under CI's 20 minutes (`make test-slow`, which CI runs after it when time
+# allows); the default run covers the same path with test_train.py::test_corrupt_latest_checkpoint_falls_back_to_previous
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(train_shards, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "run"
     run_ok(train_cmd(train_shards, ref))
@@ -101,6 +104,9 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(train_shards, tmp_p
     assert b["test"]["mae"] == pytest.approx(a["test"]["mae"], abs=1e-6)
 
 
+# ~40 s; keeps the default run under CI's 20 minutes (`make test-slow`, which CI runs after it when time
+# allows); the default run covers the same path with the single corrupt checkpoint of test_train.py
+@pytest.mark.slow
 def test_both_checkpoints_corrupt_starts_over_and_says_so(train_shards, tmp_path):
     out = tmp_path / "run"
     run_ok(train_cmd(train_shards, out) + ["--stop-after", "2"])

@@ -53,6 +53,9 @@ def _no_temporaries(root) -> None:
     assert not temporaries(root), temporaries(root)
 
 
+# ~100 s; keeps the default run under CI's 20 minutes (`make test-slow`, which CI runs after it when time
+# allows); the default run covers the same path with test_train.py::test_sigterm_mid_epoch_checkpoints_and_resumes_exactly
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BOTH)
 def test_train_checkpoints_and_stops_cleanly(train_shards, tmp_path, name):
     sig, code = SIGNALS[name]
@@ -76,6 +79,9 @@ def test_train_checkpoints_and_stops_cleanly(train_shards, tmp_path, name):
         assert a[split]["mae"] == pytest.approx(b[split]["mae"], abs=1e-6)
 
 
+# ~130 s; keeps the default run under CI's 20 minutes (`make test-slow`, which CI runs after it when time
+# allows); the default run covers the same path with test_kill.py's SIGKILLs of both and test_retry.py's SIGTERM to boost --force
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BOTH)
 def test_features_and_boost_stop_cleanly(train_shards, tmp_path, name):
     sig, code = SIGNALS[name]
