@@ -77,7 +77,7 @@ def test_features_on_cuda_equal_cpu_features_within_bf16(trained, tmp_path):
 
 
 def test_xgboost_on_cuda_predicts_as_its_cpu_twin(tmp_path):
-    import xgboost as xgb
+    xgb = pytest.importorskip("xgboost", reason="xgboost is not installed here (the GPU machine gets it as a wheel)")
 
     rng = np.random.default_rng(0)
     x = rng.random((4000, 64)).astype(np.float32)

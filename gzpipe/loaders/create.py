@@ -26,7 +26,11 @@ class Loader:
 
     @property
     def samples(self) -> int:
-        """Samples of the split this rank sees per epoch (approximately, under DDP)."""
+        """Samples of the split this rank sees per epoch. A backend that shards by rank itself (DALI's shard_id /
+        num_shards) gives some ranks one sample more than others: training counts the fewest, so that every rank
+        has the batches its epoch is sized for (one short rank would leave the others waiting in an all-reduce)."""
+        if self.train:
+            return self.shards.samples // self._world
         return math.ceil(self.shards.samples / self._world)
 
     def __len__(self) -> int:

@@ -14,8 +14,29 @@ import json
 import numpy as np
 import torch
 
+from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine, epoch_rng
+
+# The share of JPEGs the mixed decoder gives the GPU's hardware JPEG engine (A100 / H100 / H200 have one), the rest
+# going to the CUDA decoder: DALI 2's own default for its nvImageCodec decoder, set here so that it is a decision
+# (measure it with benchmarks/gpu_suite.sh step 2 before changing it).
+HW_DECODER_LOAD = 0.9
+# libjpeg's chroma upsampling on the GPU too: the pil and nvjpeg backends (libjpeg-turbo, torchvision) upsample
+# chroma that way, and the backends' parity tests compare pixels.
+FANCY_UPSAMPLING = True
+
+
+def threads(workers: int) -> int:
+    """DALI's CPU threads for one pipeline: this rank's share of the cores (the reader, the JPEG parsing and, on a
+    CPU-only pipeline, the decoding all run on them), at least ``workers``; the tar backends' worker count alone
+    (2 by default) starved a GPU's pipeline."""
+    import os
+
+    from gzpipe.info import cpu_count
+
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, workers, min(16, cpu_count() // local_ranks))
 
 
 def _affines(train: bool, batch_size: int, seed: int, rank: int):
@@ -37,7 +58,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
     gpu = device.type == "cuda"
     s = float(image_size)
 
-    @pipeline_def(batch_size=batch_size, num_threads=max(1, workers), device_id=(device.index or 0) if gpu else None,
+    @pipeline_def(batch_size=batch_size, num_threads=threads(workers), device_id=(device.index or 0) if gpu else None,
                   seed=seed + rank, prefetch_queue_depth=2, exec_dynamic=True)
     def pipe():
         jpg, targets, mask, meta = fn.readers.webdataset(
@@ -55,7 +76,8 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
         m = fn.stack(a[0] * w / s, a[1] * w / s, w / 2 * (1 - a[0] - a[1]),
                      a[2] * h / s, a[3] * h / s, h / 2 * (1 - a[2] - a[3]))
         m = fn.reshape(m, shape=[2, 3])
-        images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                   hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)
         images = fn.warp_affine(images, matrix=m, size=[s, s], interp_type=types.INTERP_LINEAR, fill_value=0,
                                 inverse_map=True)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC",
@@ -67,14 +89,63 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
 
     p = pipe()
     p.build()
-    it = DALIGenericIterator([p], ["images", "targets", "mask", "meta"], reader_name="reader", auto_reset=True,
-                             last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
+    try:
+        it = DALIGenericIterator([p], ["images", "targets", "mask", "meta"], reader_name="reader", auto_reset=True,
+                                 last_batch_policy=LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL)
+    except RuntimeError as e:
+        if "no data in the pipeline" not in str(e):
+            raise
+        raise GzpipeError(f"the {shards.split} split gives each of {world} rank(s) about {shards.samples // world} "
+                          f"samples, fewer than --batch-size {batch_size}; use a smaller batch") from None
+
+    state = {"open": False}  # an epoch left before its end: a loop capped at len(loader) steps, or stopped
 
     def batches(epoch: int):
+        if state["open"]:  # DALI cannot reset mid-epoch: read what is left of the last one (at most a batch) and drop it
+            for _ in it:
+                pass
+        state["open"] = True
         for out in it:
             d = out[0]
             ids = [json.loads(bytes(row).rstrip(b"\x00"))["id"] for row in d["meta"].cpu().numpy()]
             images = d["images"].permute(0, 3, 1, 2)  # NHWC storage viewed as NCHW = channels-last
             yield Batch(images.to(device), d["targets"].to(device), d["mask"].to(device).bool(), [str(i) for i in ids])
+        state["open"] = False
 
     return batches
+
+
+def decodes_here() -> tuple[bool, str]:
+    """Whether DALI can decode a JPEG here: a one-image pipeline on the GPU ("mixed", nvJPEG) where CUDA is usable,
+    else on the CPU. ``nvidia.dali`` imports without its nvJPEG / nvImageCodec libraries and fails only then."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+
+        from gzpipe.device import cuda_available
+
+        gpu = cuda_available()
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (120, 60, 30)).save(buf, format="JPEG")
+        data = np.frombuffer(buf.getvalue(), np.uint8)
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=0 if gpu else None)
+        def probe():
+            jpg = fn.external_source(source=lambda: [data], batch=True, dtype=types.UINT8)
+            return fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                     hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)
+
+        p = probe()
+        p.build()
+        (out,) = p.run()
+        shape = tuple(out.as_cpu().at(0).shape) if gpu else tuple(out.at(0).shape)
+        if shape != (16, 16, 3):
+            return False, f"DALI decoded a test JPEG to shape {shape}"
+        return True, "decodes" + (" on the GPU" if gpu else " on the CPU")
+    except Exception as e:  # noqa: BLE001 - any failure means: DALI cannot decode here
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        return False, f"DALI cannot decode here ({type(e).__name__}: {first})"

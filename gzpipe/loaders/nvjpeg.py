@@ -1,21 +1,34 @@
 """`nvjpeg` backend: tar samples are read by CPU workers, JPEGs decoded in batches by
 ``torchvision.io.decode_jpeg(device="cuda")`` (nvJPEG) and augmented with torch ops on the GPU.
 
-The warp (``warp_batch``) is the preset's affine through ``affine_grid`` + ``grid_sample``; it runs on any device,
-which is how CI checks it against the PIL backend without a GPU.
+  worker: sample -> JPEG bytes (other formats decoded to 3 x H x W) + its affine
+  -> ``_collate``: one batch as ONE flat uint8 buffer with each sample's size and shape (a tensor that crosses the
+     worker boundary costs a shared-memory file descriptor: one per JPEG was thousands in flight at batch 256 and
+     "Too many open files" at ``ulimit -n 1024``)
+  -> main: ``_split`` into views of that buffer -> ``rebatch`` -> ``_decode`` (batched; a batch that fails is decoded
+     one by one, so one damaged file costs only its own row) -> ``warp_batch`` on the device.
+
+The warp is the preset's affine through ``affine_grid`` + ``grid_sample``; it runs on any device. ``_DECODE_DEVICE``
+is a private switch that decodes with torchvision's CPU decoder instead: the tests run the whole backend (workers,
+collation, batched decode and its fallback, warp) on a CPU with it.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
 from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.stopping import dataloader_worker_init
+
+_DECODE_DEVICE: str | None = None  # tests only: "cpu" decodes with torchvision's CPU decoder (no CUDA needed)
 
 
 def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> torch.Tensor:
@@ -38,7 +51,9 @@ def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> to
 
 class _Raw:
     """Worker side: no decoding of JPEGs, only their bytes (1-D uint8) and the affine drawn for this sample. Other
-    formats (a PNG given to `predict`) are decoded here, to 3 x H x W uint8; a sample that failed is 3 x 1 x 1."""
+    formats (a PNG given to `predict`) are decoded here, to 3 x H x W uint8; a sample that failed is 3 x 1 x 1. Each
+    sample also says where it came from: its file name for files a user gave (``tolerant``: a failure is that row's
+    error), else its key and shard (verified data: a failure means a damaged shard)."""
 
     def __init__(self, train: bool):
         self.train = train
@@ -54,34 +69,106 @@ class _Raw:
 
             payload = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
         return payload, torch.as_tensor(a, dtype=torch.float32), torch.from_numpy(s["targets"]), \
-            torch.from_numpy(s["mask"]), s["id"], ""
+            torch.from_numpy(s["mask"]), s["id"], "", _origin(s)
 
     def failed(self, s: dict, reason: str):
         a = torch.as_tensor(draw_affine(None, False), dtype=torch.float32)
         return torch.zeros((3, 1, 1), dtype=torch.uint8), a, torch.from_numpy(s["targets"]), \
-            torch.from_numpy(s["mask"]), s["id"], reason
+            torch.from_numpy(s["mask"]), s["id"], reason, _origin(s)
+
+
+def _origin(s: dict) -> tuple[bool, str]:
+    """(tolerant, what to call it): a user's file by its name (a failure is its row's error), a shard's sample by
+    its key and shard (verified data: a failure means damage)."""
+    if s.get("tolerant"):
+        return True, str(s.get("name", s["key"]))
+    return False, f"sample {s['key']} in shard {s['shard']}"
 
 
 def _collate(items):
-    payloads, a, t, m, ids, errors = zip(*items)
-    return list(payloads), torch.stack(a), torch.stack(t), torch.stack(m), list(ids), list(errors)
+    """Worker side: a batch's payloads as one flat uint8 buffer plus, per sample, its byte count and its image
+    shape (0, 0, 0 for JPEG bytes): five tensors cross to the main process, whatever the batch size."""
+    payloads, a, t, m, ids, errors, origins = zip(*items)
+    flat = torch.cat([p.reshape(-1) for p in payloads])
+    sizes = torch.tensor([[p.numel(), *(p.shape if p.dim() == 3 else (0, 0, 0))] for p in payloads],
+                         dtype=torch.int64)
+    return flat, sizes, torch.stack(a), torch.stack(t), torch.stack(m), list(ids), list(errors), list(origins)
 
 
-def _decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """JPEG bytes decoded in one batched nvJPEG call; images decoded by the workers moved to the device."""
+def _split(flat: torch.Tensor, sizes: torch.Tensor, *rest) -> tuple:
+    """Main process: the flat buffer back into one view per sample (no copy): JPEG bytes or a decoded image."""
+    payloads, offset = [], 0
+    for n, c, h, w in sizes.tolist():
+        v = flat[offset:offset + n]
+        payloads.append(v.view(c, h, w) if c else v)
+        offset += n
+    return (payloads, *rest)
+
+
+@contextlib.contextmanager
+def _ordered(device: torch.device):
+    """On CUDA, decode on a side stream that the consuming stream then waits for. torchvision's decoder allocates
+    its outputs on the current stream and writes them from a private stream that does not wait for it, so it can be
+    handed a block that kernels queued on the current stream are still reading (torchvision PR #9606). A side
+    stream's blocks are never freed by the training step's kernels; the outputs are marked as used by the consuming
+    stream. CPU decoding needs none of this (not testable without a GPU)."""
+    if device.type != "cuda":
+        yield
+        return
+    consumer = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(consumer)
+    with torch.cuda.stream(side):
+        yield
+    consumer.wait_stream(side)
+
+
+def _decode(payloads: list[torch.Tensor], device: torch.device, errors: list[str],
+            origins: list[tuple[bool, str]]) -> tuple[list[torch.Tensor], list[str]]:
+    """JPEG bytes decoded in one batched nvJPEG call, images decoded by the workers moved to the device. A batched
+    decode that fails (nvJPEG fails the whole batch for one bad image) is retried image by image: a user's file
+    that cannot be decoded gets a black stand-in and its row's error; a shard's sample is a damaged shard."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    dev = torch.device(_DECODE_DEVICE) if _DECODE_DEVICE else device
+    errors = list(errors)
     jpeg = [i for i, p in enumerate(payloads) if p.dim() == 1]
     out = [p.to(device, non_blocking=True) if p.dim() == 3 else None for p in payloads]
-    if jpeg:
-        for i, im in zip(jpeg, decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)):
-            out[i] = im
-    return out
+    if not jpeg:
+        return out, errors
+    with _ordered(dev):
+        try:
+            decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB, device=dev)
+        except RuntimeError:
+            decoded = [_decode_one(payloads[i], dev, origins[i], errors, i) for i in jpeg]
+        if dev.type == "cuda":
+            consumer = torch.cuda.default_stream(dev)
+            for im in decoded:
+                if im is not None:
+                    im.record_stream(consumer)
+    for i, im in zip(jpeg, decoded):
+        out[i] = (im if im is not None else torch.zeros((3, 1, 1), dtype=torch.uint8)).to(device, non_blocking=True)
+    return out, errors
+
+
+def _decode_one(payload: torch.Tensor, dev: torch.device, origin: tuple[bool, str], errors: list[str], i: int):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(payload, mode=ImageReadMode.RGB, device=dev)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        tolerant, what = origin
+        if not tolerant:
+            raise GzpipeError(f"{what} cannot be decoded ({msg}); the shard was damaged after it was written: "
+                              "`gzpipe verify` lists every damaged shard and how to rebuild them") from None
+        errors[i] = f"cannot read image {what}: {msg}"
+        return None
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
           rank: int, shuffle_buffer: int):
-    if device.type != "cuda":
+    if device.type != "cuda" and _DECODE_DEVICE is None:
         raise RuntimeError("the nvjpeg loader backend decodes on a CUDA device; on the CPU use dali or pil")
     ds = ShardStream(shards, _Raw(train), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
@@ -90,8 +177,10 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
 
     def batches(epoch: int):
         ds.epoch = epoch
-        for payloads, a, targets, mask, ids, errors in rebatch(iter(dl), batch_size, drop_last=train):
-            images = warp_batch(_decode(payloads, device), a.numpy(), image_size)
+        received = (_split(*b) for b in iter(dl))  # views of each batch's one buffer, then merged across workers
+        for payloads, a, targets, mask, ids, errors, origins in rebatch(received, batch_size, drop_last=train):
+            decoded, errors = _decode(payloads, device, errors, origins)
+            images = warp_batch(decoded, a.numpy(), image_size)
             yield Batch(images, targets.to(device, non_blocking=True), mask.to(device, non_blocking=True).bool(),
                         list(ids), list(errors) if any(errors) else None)
 

@@ -5,6 +5,7 @@ registered with its place in ``auto``'s order and its own availability check."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Callable
@@ -42,12 +43,17 @@ def unregister(name: str) -> None:
     BACKENDS.pop(name, None)
 
 
+@functools.lru_cache(maxsize=1)
 def _dali_available() -> tuple[bool, str]:
+    """DALI imports and decodes a JPEG here (once per process: it imports nvidia.dali and runs a one-image
+    pipeline, ~1 s)."""
     try:
         importlib.import_module("nvidia.dali")
-        return True, ""
     except Exception as e:  # noqa: BLE001 - any failure means "not usable here"
         return False, f"nvidia.dali does not import ({type(e).__name__})"
+    from gzpipe.loaders.dali import decodes_here
+
+    return decodes_here()
 
 
 def _cuda_available() -> tuple[bool, str]:

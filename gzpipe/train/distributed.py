@@ -1,4 +1,10 @@
-"""torchrun / DistributedDataParallel plumbing: set-up, rank-0 checks, reductions and gathers."""
+"""torchrun / DistributedDataParallel plumbing: set-up, rank-0 checks, reductions and gathers.
+
+On CUDA the process group is ``cpu:gloo,cuda:nccl``: DDP's gradient all-reduce (CUDA tensors) goes through NCCL,
+and the small reductions of Python numbers, the object gathers and the barriers through gloo on CPU tensors. A pure
+NCCL group refuses CPU tensors ("No backend type associated with device type cpu"), and moving each number to the
+GPU for its reduction would add a device sync per call. Reductions put their tensor on ``collective_device()``, so a
+group made before gzpipe (pure NCCL) still gets CUDA tensors."""
 
 from __future__ import annotations
 
@@ -25,13 +31,28 @@ class Dist:
         return self.rank == 0
 
 
+GROUP_BACKEND = {"cuda": "cpu:gloo,cuda:nccl", "cpu": "gloo"}
+
+
 def setup(device_kind: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return Dist()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)  # NCCL's communicator binds to the current device: this rank's own GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(GROUP_BACKEND[device_kind])
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def collective_device() -> torch.device:
+    """The device of the tensors the default group's backend takes for a reduction: the CPU where the group has a
+    CPU backend (gloo, or the gloo half of ``cpu:gloo,cuda:nccl``), else this rank's current CUDA device."""
+    backend = str(dist.get_backend()).lower()
+    if backend == "gloo" or "cpu:" in backend:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def cleanup(d: Dist) -> None:
@@ -47,7 +68,7 @@ def barrier(d: Dist) -> None:
 def sum_floats(d: Dist, *values: float) -> list[float]:
     if not d.enabled:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return t.tolist()
 
@@ -55,7 +76,7 @@ def sum_floats(d: Dist, *values: float) -> list[float]:
 def min_int(d: Dist, value: int) -> int:
     if not d.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
 

@@ -73,16 +73,48 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
 
+# Steps between reads of the running loss. Each read (``.item()``) waits for the GPU to finish every queued kernel;
+# once a step (twice, with the valid-entry count) drained the queue before every batch. Read every this many steps,
+# at checkpoints and at the end of the epoch, the queue stays full.
+LOSS_READ_EVERY = 25
+
+
+class _RunningLoss:
+    """The epoch's loss sum and valid-entry count, accumulated on the device (float64, so a run read at other
+    steps - a resumed one - sums to the same value) and moved into the ``EpochState`` only when read."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.pending = 0
+
+    def add(self, loss: torch.Tensor, n: torch.Tensor) -> None:
+        self.loss += loss.detach().double() * n.double()
+        self.count += n.double()
+        self.pending += 1
+
+    def read_into(self, state: EpochState) -> None:
+        """The one sync: the sums since the last read, into ``state``."""
+        if self.pending:
+            state.loss_sum += float(self.loss)
+            state.count += float(self.count)
+            self.loss.zero_()
+            self.count.zero_()
+            self.pending = 0
+
+
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device, amp, cfg, epoch: int,
                     max_batches: int, state: EpochState, checkpoint_fn, on_step=None) -> EpochState:
     """Train over ``max_batches`` batches of ``loader`` (skipping the ``state.batches_done`` already done by an
     interrupted run); ``checkpoint_fn(state)`` is called when a mid-epoch checkpoint is due; returns early, with
-    ``state`` up to date, once a stop is asked for (the caller saves and stops)."""
+    ``state`` up to date, once a stop is asked for (the caller saves and stops). The loss is read back from the
+    device every ``LOSS_READ_EVERY`` steps only (``_RunningLoss``)."""
     model.train()
     autocast = amp_context(device, amp)
     loader.set_epoch(epoch)
     last_ckpt = time.monotonic()
     t0 = time.perf_counter() - state.seconds
+    running = _RunningLoss(device)
     with progress_bar(f"epoch {epoch + 1}", total=max_batches, unit="batch") as bar:
         bar.advance(state.batches_done)
         with ends_loading(quiet=True):
@@ -110,20 +142,21 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
                 scheduler.step()
                 if on_step is not None:  # e.g. the moving average of the weights
                     on_step()
-                # .item() is a CPU-GPU sync point; once per step is the price of a live loss in the progress bar
-                lv, nv = float(loss.detach().item()), float(n.item())
-                state.loss_sum += lv * nv
-                state.count += nv
+                running.add(loss, n)  # no sync: the sums stay on the device
                 state.samples += len(batch)
                 state.batches_done = i + 1
                 bar.advance(1)
-                bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
+                if running.pending >= LOSS_READ_EVERY:
+                    running.read_into(state)
+                    bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
                 if STOP:
                     break
                 if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    running.read_into(state)
                     state.seconds = time.perf_counter() - t0
                     checkpoint_fn(state)
                     last_ckpt = time.monotonic()
+    running.read_into(state)
     state.seconds = time.perf_counter() - t0
     return state
 
@@ -149,8 +182,11 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
     autocast = amp_context(device, amp)
     ids, preds, targets, masks, plain = [], [], [], [], []
     # Evaluate through the unwrapped module: DDP's forward broadcasts buffers (a collective), and a rank with
-    # fewer (or no) evaluation batches would leave the others waiting in it forever.
+    # fewer (or no) evaluation batches would leave the others waiting in it forever. And through the uncompiled
+    # one: eval mode, inference mode, a partial last batch and TTA's rotated (non-contiguous) views would each make
+    # torch.compile trace the model again, for a pass that runs once an epoch.
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    core = getattr(core, "_orig_mod", core)
     with ends_loading(quiet=True):
         for batch in loader:
             if STOP:
