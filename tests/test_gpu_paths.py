@@ -394,3 +394,76 @@ def test_gpu_tests_skip_a_missing_optional_library_with_its_reason(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "2 skipped" in r.stdout, r.stdout[-2000:]
     assert "xgboost is not installed" in r.stdout and "nvidia-dali is not installed" in r.stdout
+
+
+# ---- 9. XGBoost on a GPU: device arrays in, gradients on the device --------------------------------------------
+
+class _RecordingXp:
+    """A stand-in for CuPy (NumPy underneath) that records what is converted to it: where CuPy is absent (here),
+    it shows which arrays the CUDA path puts on the device."""
+
+    def __init__(self):
+        self.converted = []
+        self.float32 = np.float32
+
+    def asarray(self, a):
+        self.converted.append(np.shape(a))
+        return np.asarray(a)
+
+    def sign(self, a):
+        return np.sign(a)
+
+
+def test_xgboost_on_cuda_builds_from_device_arrays_and_keeps_its_objective_there(monkeypatch, tmp_path):
+    import xgboost as xgb
+
+    from gzpipe.boost import xgb as engine
+
+    rng = np.random.default_rng(0)
+    y = rng.random((50, schema.N_TARGETS)).astype(np.float32)
+    m = rng.random((50, schema.N_TARGETS)) > 0.3
+    d = xgb.DMatrix(rng.random((50, 4)).astype(np.float32), label=engine.encode_labels(y, m))
+    p = rng.random(50 * schema.N_TARGETS).astype(np.float32)
+    for kind in ("l2", "l1"):  # the device-generic objective on NumPy: the formulas of the host one
+        g, h = engine.MaskedObjective(kind)(p, d)
+        resid = p.reshape(-1, schema.N_TARGETS) - np.nan_to_num(y)
+        want = (resid if kind == "l2" else np.sign(resid)) * m
+        np.testing.assert_allclose(g, want, atol=1e-6)
+        np.testing.assert_array_equal(h, m.astype(np.float32))
+    # the CUDA path: CuPy chosen for the device, the matrix fed from it, the objective computed with it
+    fake = _RecordingXp()
+    monkeypatch.setattr(engine, "array_module", lambda device: fake if str(device).startswith("cuda") else np)
+    obj = engine.objective_for("l2", "cuda")
+    assert obj.xp is fake and engine.objective_for("l2", "cpu").xp is np
+    obj(p, d)
+    obj(p, d)
+    assert fake.converted == [(50, schema.N_TARGETS), (50 * schema.N_TARGETS,), (50 * schema.N_TARGETS,)]  # labels
+    # once, the predictions each round
+
+    class Data:
+        def batches(self, split):
+            yield [f"g{i}" for i in range(50)], rng.random((50, 4)).astype(np.float32), y, m
+
+    fake.converted.clear()
+    it = engine._iterator(Data(), "train", fake)
+    xgb.QuantileDMatrix(it, max_bin=16)
+    assert (50, 4) in fake.converted and (50, schema.N_TARGETS) in fake.converted  # features and labels
+
+
+def test_lightgbm_never_picks_its_unmeasured_opencl_learner(monkeypatch):
+    """A GPU reported present, a LightGBM build with only the OpenCL learner (the PyPI wheel's): auto trains on the
+    CPU and says why; --device cuda is an error that names the missing CUDA learner."""
+    from types import SimpleNamespace
+
+    from gzpipe.boost import lgbm
+    from gzpipe.errors import GzpipeError
+
+    monkeypatch.setattr(lgbm, "cuda_available", lambda: True)
+    monkeypatch.setattr(lgbm, "_learner_works", lambda lgb, kind: (kind == "gpu", "" if kind == "gpu" else
+                                                                   "CUDA Tree Learner was not enabled in this build"))
+    device, why = lgbm.pick_device(SimpleNamespace(device="auto"))
+    assert device == "cpu" and "no CUDA learner" in why and "OpenCL" in why
+    with pytest.raises(GzpipeError, match="no CUDA learner .*--device auto or cpu"):
+        lgbm.pick_device(SimpleNamespace(device="cuda"))
+    monkeypatch.setattr(lgbm, "_learner_works", lambda lgb, kind: (True, ""))  # a CUDA build
+    assert lgbm.pick_device(SimpleNamespace(device="auto"))[0] == "cuda"
