@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The GPU suite in one run: installs the wheels it is given, prints versions and nvidia-smi, then runs every GPU test
-# and benchmark (benchmarks/gpu_suite.py), appending JSON lines to OUT/gpu_results.jsonl.
+# The GPU suite, one call: installs the wheels it is given, prints versions and nvidia-smi, then runs the steps
+# (benchmarks/gpu_suite.py: what each measures, its time budget and the wheels it needs), appending JSON lines to
+# OUT/gpu_results.jsonl as they are measured.
 #
-#   benchmarks/gpu_suite.sh [--wheels DIR] [--out DIR] [--steps 1,2,...] [--quick] [--dry-run]
+#   benchmarks/gpu_suite.sh [--wheels DIR] [--out DIR] [--steps 1,2,3] [--budget SECONDS] [--dry-run]
+#
+# A 15-minute window holds two calls: `--steps 1,2,3` with webdataset + braceexpand (+ simplejpeg) wheels, then
+# `--steps 4,5,6` with the xgboost wheel (~55 MiB) and lightgbm. --out defaults to $OUT (what a device call returns).
 #
 # --wheels DIR: every *.whl in DIR is installed into a temporary folder put on PYTHONPATH (no index, no
 #   dependencies: bring each one that is missing). A wheel too big to carry in one piece arrives as NAME.whl.part-aa,
