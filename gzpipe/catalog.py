@@ -42,7 +42,7 @@ _ID_COLUMNS = ("dr7objid", "objid", "asset_id", "GalaxyID")
 @dataclass(frozen=True)
 class CatalogSource:
     catalog: Path
-    images: Path
+    images: Path | None  # None: the catalogue says where each image is (absolute file_loc, or its image bytes)
     mapping: Path | None = None
     format: str = "auto"
     target: str = "debiased"
@@ -67,6 +67,9 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
         table = _from_kaggle(df, src.catalog)
     else:
         table = _from_hart16(df, src)
+    if src.images is None:
+        raise CatalogError(f"{src.catalog}: --images is needed: this catalogue's ids name image files "
+                           f"(<{'GalaxyID' if fmt == 'kaggle' else 'asset_id'}>.jpg) in a folder")
     prefix = str(Path(src.images)) + os.sep  # string joins: a pathlib join per row costs seconds at 240k rows
     table.insert(1, "path", [prefix + i + ".jpg" if i else "" for i in table["id"]])
     return table
@@ -77,8 +80,8 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
     if fmt == "kaggle":
         want = {"GalaxyID", *schema.KAGGLE_COLUMNS}
     elif fmt == "zoobot":
-        want = {"id_str", "file_loc", "ra", "dec", *schema.zoobot_columns("count"), *schema.zoobot_columns("fraction"),
-                *schema.zoobot_columns("total")}
+        want = {"id_str", "file_loc", *IMAGE_COLUMNS, "ra", "dec", *schema.zoobot_columns("count"),
+                *schema.zoobot_columns("fraction"), *schema.zoobot_columns("total")}
     else:
         want = {"asset_id", "dr7objid", "gz2class", *METADATA}
         have = set(header)
@@ -96,6 +99,9 @@ def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
 
 
 _REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reached_tasks tries them in
+# Columns that hold the images themselves (Hugging Face's ``Image`` feature: {bytes, path}; or plain bytes), as
+# galaxy-datasets' parquet files carry them
+IMAGE_COLUMNS = ("image", "img", "image_bytes")
 
 
 _FORMAT_IDS = {"kaggle": ("GalaxyID",), "zoobot": ("id_str",), "hart16": ("asset_id", "dr7objid")}
@@ -228,7 +234,9 @@ def _from_zoobot(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     ``{question}_total-votes`` and (optionally) ``{question}_{answer}_fraction``; the column mapping is
     ``schema.ZOOBOT_GZ2``. Targets are the vote fractions (the ``_fraction`` columns, else count / total); a question
     nobody answered (total 0) is masked. Images are the ``file_loc`` paths, relative ones taken from ``images``."""
-    _require(df, ["id_str", "file_loc"], src.catalog)
+    image_col = next((c for c in IMAGE_COLUMNS if c in df.columns), None)
+    _require(df, ["id_str"] if image_col else ["id_str", "file_loc"], src.catalog,
+             "" if image_col else f" (or a column with the images themselves: {', '.join(IMAGE_COLUMNS)})")
     counts, fractions, totals = (schema.zoobot_columns(k) for k in ("count", "fraction", "total"))
     has_fraction = all(c in df.columns for c in fractions)
     _require(df, (fractions if has_fraction else counts) + sorted(set(totals)), src.catalog,
@@ -249,16 +257,30 @@ def _from_zoobot(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     reject = reject.where(reject != "", bad)
     reached = np.nan_to_num(total_values) > 0
     table = _assemble(ids, values, reached, reject, source)
-    base = Path(src.images) if src.images else Path(src.catalog).parent
-    prefix = str(base) + os.sep
-    locs = df["file_loc"].astype("string").fillna("").str.strip()
-    table.insert(1, "path", [loc if loc.startswith(os.sep) or not loc else prefix + loc for loc in locs])
-    missing = table["path"] == ""
-    table.loc[missing & (table["reject"] == ""), "reject"] = "empty file_loc"
+    if image_col:  # the images travel in the catalogue: their bytes stand where a path would
+        table.insert(1, "path", [_image_bytes(v) for v in df[image_col]])
+        missing = table["path"].map(len) == 0
+        table.loc[missing & (table["reject"] == ""), "reject"] = f"no image bytes in column {image_col}"
+    else:
+        base = Path(src.images) if src.images else Path(src.catalog).parent
+        prefix = str(base) + os.sep
+        locs = df["file_loc"].astype("string").fillna("").str.strip()
+        table.insert(1, "path", [loc if loc.startswith(os.sep) or not loc else prefix + loc for loc in locs])
+        missing = table["path"] == ""
+        table.loc[missing & (table["reject"] == ""), "reject"] = "empty file_loc"
     for m in ("ra", "dec"):
         if m in df.columns:
             table[m] = df[m].to_numpy()
     return table
+
+
+def _image_bytes(v) -> bytes:
+    """A cell of an image column: Hugging Face's ``{"bytes": ..., "path": ...}``, or the bytes themselves."""
+    if isinstance(v, dict):
+        v = v.get("bytes")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    return b""
 
 
 # --- Kaggle ----------------------------------------------------------------------------------------------------

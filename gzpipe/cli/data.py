@@ -64,9 +64,11 @@ def shard(
     catalog: Path = typer.Option(..., metavar="FILE", help="Labels: gz2_hart16.csv[.gz], a CSV with asset_id and "
                                  "Hart16 columns, Kaggle's training_solutions, or a galaxy-datasets (Zoobot) "
                                  "catalogue (CSV or Parquet)."),
-    images: Path = typer.Option(..., metavar="DIR", help="Folder of the images (<asset_id>.jpg for Hart16, "
-                                "<GalaxyID>.jpg for Kaggle; file_loc paths of a Zoobot catalogue are relative "
-                                "to it)."),
+    images: Optional[Path] = typer.Option(None, metavar="DIR", help="Folder of the images (<asset_id>.jpg for "
+                                          "Hart16, <GalaxyID>.jpg for Kaggle, or .png and the other formats Pillow "
+                                          "reads, re-encoded as JPEG at --quality); a Zoobot catalogue's relative "
+                                          "file_loc paths start from it [the catalogue's folder; not needed for "
+                                          "absolute file_loc paths or a parquet that carries its images]."),
     out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for the tars, their .idx files and "
                                                                    "manifest.json."),
     mapping: Optional[Path] = typer.Option(None, metavar="FILE", help="gz2_filename_mapping.csv (needed when the "

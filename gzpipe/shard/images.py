@@ -1,4 +1,9 @@
-"""Checking and (optionally) re-encoding the JPEG of each galaxy before it goes into a shard."""
+"""Checking and (optionally) re-encoding the JPEG of each galaxy before it goes into a shard.
+
+Every shard stores JPEGs, so that every loader backend (DALI, nvJPEG, Pillow) decodes every sample: an image in
+another format Pillow reads (PNG, TIFF, WebP, BMP ...) is decoded, checked and re-encoded as a baseline RGB JPEG at
+``--quality`` (listed under ``converted`` in the manifest). A catalogue's ``<id>.jpg`` that is not there is looked
+for under the other suffixes (``ALTERNATIVE_SUFFIXES``) before the row is rejected, naming what was looked for."""
 
 from __future__ import annotations
 
@@ -234,23 +239,81 @@ def read_file(path: str | Path) -> bytes:
         os.close(fd)
 
 
-def load_jpeg(path: str | Path, verify: str = "decode", resize: int | None = None,
-              quality: int = 90) -> tuple[bytes, str | None]:
+ALTERNATIVE_SUFFIXES = (".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".tif", ".tiff", ".webp", ".bmp")
+
+
+def locate(path: str) -> str:
+    """``path`` if it exists, else the first of its ``ALTERNATIVE_SUFFIXES`` that does (else ``path`` itself: its
+    read then says what was looked for)."""
+    if os.path.exists(path):
+        return path
+    stem = os.path.splitext(path)[0]
+    return next((stem + s for s in ALTERNATIVE_SUFFIXES if os.path.exists(stem + s)), path)
+
+
+def read_image(path: str) -> tuple[bytes, str]:
+    """The file's bytes and the path they came from: ``path``, or where its ``<stem>.jpg`` is missing, the first of
+    ``ALTERNATIVE_SUFFIXES`` that exists."""
+    try:
+        return read_file(path), path
+    except FileNotFoundError:
+        stem, suffix = os.path.splitext(path)
+        tried = [stem + s for s in ALTERNATIVE_SUFFIXES if s != suffix]
+        for other in tried:
+            try:
+                return read_file(other), other
+            except FileNotFoundError:
+                continue
+        shown = ", ".join(os.path.basename(t) for t in tried[:4])
+        raise ImageRejected(f"image file not found: {path} (nor {shown}, ... beside it)", "missing_image") from None
+
+
+def _other_format(data: bytes, name: str, resize: int | None, quality: int) -> tuple[bytes, str]:
+    """An image in a format Pillow reads, decoded whole (which checks it), as a baseline RGB JPEG at ``quality``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected(f"{name} is too large to decode safely ({e})", "too_large") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ImageRejected(f"{name} is {_what_is(data[:64])}, not an image Pillow reads", "not_image") from None
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit",
+                            "too_large")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rgb = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Warning) as e:
+        raise ImageRejected(f"{name} is a damaged {im.format} file ({str(e).strip() or type(e).__name__})",
+                            "corrupt_image") from None
+    if resize is not None and rgb.size != (resize, resize):
+        rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
+    return _encode(rgb, quality), f"{im.format} re-encoded as a JPEG at quality {quality}"
+
+
+def load_jpeg(path: str | Path | bytes, verify: str = "decode", resize: int | None = None,
+              quality: int = 90, name: str | None = None) -> tuple[bytes, str | None]:
     """The bytes to store for one galaxy, and a note when they were converted: the original JPEG; a baseline RGB
     re-encoding of a greyscale or CMYK one (so that every loader backend decodes 3 channels); or a re-encoding
     at ``resize`` px.
 
     ``verify="decode"`` decodes the image (at 1/8 DCT scale, so it is cheap) and so catches truncated and
     corrupt entropy data; ``"header"`` checks the markers and header only (faster, for trusted inputs). Both
-    reject decompression bombs from the header. Raises ``ImageRejected`` with the reason.
+    reject decompression bombs from the header. Raises ``ImageRejected`` with the reason. ``path`` may be the image's
+    bytes themselves (a catalogue that carries its images: ``name`` then says which galaxy's).
     """
-    try:
-        data = read_file(path)
-    except FileNotFoundError:
-        raise ImageRejected(f"image file not found: {path}", "missing_image") from None
-    except OSError as e:
-        raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
-    name = os.path.basename(path)  # not a Path object: 240,000 of them cost seconds of a pass-through shard
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data, name = bytes(path), name or "the catalogue's image bytes"
+    else:
+        try:
+            data, path = read_image(path)
+        except OSError as e:
+            raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
+        name = os.path.basename(path)  # not a Path object: 240,000 of them cost seconds of a pass-through shard
+    if not data.startswith(b"\xff\xd8\xff"):
+        return _other_format(data, name, resize, quality)
     eoi = _markers(data, name)
     if resize is None and _passes_fast(data, name, verify):
         return data, None  # stored as it is; greyscale and CMYK go on to be converted below

@@ -33,7 +33,7 @@ class Job:
     split: str
     rows: list[int]
     keys: list[str]
-    paths: list[str]
+    paths: list  # a file path each, or the image's bytes (a catalogue that carries its images)
     targets: np.ndarray
     masks: np.ndarray
     ids: list[str]
@@ -80,7 +80,8 @@ def _py(v):
 
 def _digest(job: Job, meta: list[dict]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([job.name, job.keys, job.paths, meta, job.resize, job.quality, job.verify,
+    paths = [p if isinstance(p, str) else "sha256:" + hashlib.sha256(p).hexdigest() for p in job.paths]
+    h.update(json.dumps([job.name, job.keys, paths, meta, job.resize, job.quality, job.verify,
                          MANIFEST_VERSION], default=str).encode())
     h.update(job.targets.astype("<f4").tobytes())
     h.update(job.masks.astype("u1").tobytes())
@@ -145,7 +146,9 @@ def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Reje
     masks = job.masks.astype("u1")
     for i, row in enumerate(job.rows):
         try:
-            jpg, note = load_jpeg(job.paths[i], job.verify, job.resize, job.quality)
+            src = job.paths[i]  # a file's path, or the image's bytes where the catalogue carries them
+            jpg, note = load_jpeg(src, job.verify, job.resize, job.quality,
+                                  name=f"the image of galaxy {job.ids[i]}" if isinstance(src, bytes) else None)
         except ImageRejected as e:
             rejected.append(Rejection(row, job.ids[i], str(e), e.code))
             continue

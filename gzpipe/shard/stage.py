@@ -40,7 +40,7 @@ _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 @dataclass
 class ShardConfig:
     catalog: Path
-    images: Path
+    images: Path | None  # None: the catalogue says where each image is (absolute file_loc paths, or image bytes)
     out: Path
     mapping: Path | None = None
     format: str = "auto"
@@ -80,7 +80,7 @@ class ShardConfig:
                 raise GzpipeError(f"{key} must be above 0 (got {getattr(self, key):g}): training early-stops and "
                                   "weights its ensembles on the val split and scores every model on the test split")
         check_out_folder(self.out, what="the shard folder")
-        if check_paths:
+        if check_paths and self.images is not None:
             if Path(self.images).exists() and not Path(self.images).is_dir():
                 raise GzpipeError(f"--images {self.images} is a file; give the folder of the images")
             if not Path(self.images).is_dir():
@@ -102,7 +102,7 @@ def _sources(cfg: ShardConfig) -> dict:
     rec = {"catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)}}
     if cfg.mapping:
         rec["mapping"] = {"path": str(Path(cfg.mapping).resolve()), "sha256": sha256_file(cfg.mapping)}
-    rec["images"] = {"path": str(Path(cfg.images).resolve())}
+    rec["images"] = {"path": str(Path(cfg.images).resolve()) if cfg.images is not None else None}
     return rec
 
 
@@ -160,7 +160,7 @@ def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
     finish_swap(out)
     existed = out.exists()
     prior = _read_prior(out) if existed else None
-    table = read_catalog(CatalogSource(Path(cfg.catalog), Path(cfg.images), cfg.mapping and Path(cfg.mapping),
+    table = read_catalog(CatalogSource(Path(cfg.catalog), cfg.images and Path(cfg.images), cfg.mapping and Path(cfg.mapping),
                                        cfg.format, cfg.target))
     sources = _sources(cfg)
     build = out
@@ -242,17 +242,20 @@ def _check_rejections(m: dict, cfg: ShardConfig, out: Path) -> None:
         return
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(m["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3])
     example = m["rejected"][0]["reason"] if m["rejected"] else ""
+    example = example if len(example) <= 240 else example[:239] + "…"
     hint = _rejection_hint(m["rejected_by_reason"], cfg)
     what = "no galaxy was written" if not c["written"] else (f"{share:.0%} of the rows were rejected (more than "
                                                              f"--max-rejected {cfg.max_rejected:g})")
-    raise GzpipeError(f"{what}: {c['rejected']} of {c['inputs']} rejected ({reasons}; e.g. {example[:160]}){hint}; "
+    raise GzpipeError(f"{what}: {c['rejected']} of {c['inputs']} rejected ({reasons}; e.g. {example}){hint}; "
                       f"every rejected row and its reason is in {out / MANIFEST}")
 
 
 def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
     top = max(by_reason, key=by_reason.get) if by_reason else ""
     if top == "missing_image":
-        return f"; is --images {cfg.images} the folder of the images?"
+        return (f"; is --images {cfg.images} the folder of the images?" if cfg.images is not None else
+                "; are the catalogue's file_loc paths right (relative ones start from the catalogue's folder "
+                "without --images)?")
     if top == "out_of_range":
         return "; are the fractions given in percent? gzpipe expects 0 to 1"
     if top == "no_mapping":
@@ -359,7 +362,7 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
                         "mask: 30 x uint8, 1 = valid target",
         },
         "sample": {"jpg": "JPEG bytes", "targets": "<f4[30]", "mask": "u1[30]", "json": "id, row, metadata"},
-        "images_dir": str(Path(cfg.images).resolve()),
+        "images_dir": str(Path(cfg.images).resolve()) if cfg.images is not None else None,
         "stored_size": cfg.resize or "original",
         "counts": {
             "catalog_rows": len(table),

@@ -82,7 +82,8 @@ def rebuild_command(root: str | Path) -> str:
     # absolute paths (recorded since manifests carry `sources`), so the command works from any folder
     catalog = rec.get("catalog", {}).get("path", c["catalog"])
     images = rec.get("images", {}).get("path", m.get("images_dir", c["images"]))
-    args = ["gzpipe", "shard", "--catalog", catalog, "--images", images, "--out", str(Path(root).resolve())]
+    args = ["gzpipe", "shard", "--catalog", catalog, *(["--images", images] if images else []), "--out",
+            str(Path(root).resolve())]
     if c.get("mapping"):
         args += ["--mapping", rec.get("mapping", {}).get("path", c["mapping"])]
     for flag, key in (("--format", "format"), ("--target", "target"), ("--fraction", "fraction"), ("--val", "val"),

@@ -1,7 +1,7 @@
 """Bad images at shard time and at predict time: zero-byte, truncated, corrupt Huffman data, CMYK and greyscale
 JPEGs, PNG and text files named .jpg, a decompression bomb. `shard` rejects each with a reason (or stores a
-greyscale / CMYK JPEG as RGB and lists it under `converted`); `predict` writes an error row per bad file and
-predicts the rest."""
+greyscale / CMYK JPEG or a PNG as an RGB JPEG and lists it under `converted`); `predict` writes an error row per bad
+file and predicts the rest."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _cases() -> dict[str, tuple[bytes, str]]:
     return {  # noqa: E501
         "good": (good, "written"),
         "progressive": (_jpeg(_galaxy(1), progressive=True), "written"),
-        "zero_byte": (b"", "not_jpeg"),
+        "zero_byte": (b"", "not_image"),
         "truncated": (good[: len(good) // 2], "truncated_jpeg"),
         "huffman_1": (_corrupt_huffman(_jpeg(_galaxy(2)), 1), "corrupt_jpeg"),
         "huffman_2": (_corrupt_huffman(_jpeg(_galaxy(3)), 2), "corrupt_jpeg"),
@@ -80,8 +80,8 @@ def _cases() -> dict[str, tuple[bytes, str]]:
         "zero_run": (_corrupt_huffman(_jpeg(_galaxy(9)), 5, fill=bytes(200)), "written"),
         "cmyk": (_jpeg(_galaxy(5).convert("CMYK")), "converted"),
         "greyscale": (_jpeg(_galaxy(6).convert("L")), "converted"),
-        "png": (_png(_galaxy(7)), "not_jpeg"),
-        "text": (b"this is not an image\n", "not_jpeg"),
+        "png": (_png(_galaxy(7)), "re-encoded"),
+        "text": (b"this is not an image\n", "not_image"),
         "bomb": (_bomb(), "too_large"),
     }
 
@@ -116,6 +116,8 @@ def test_shard_rejects_or_converts_each_with_a_reason(cases, tmp_path, verify):
     for i, (name, outcome) in expect.items():
         if outcome == "converted":
             assert i in converted and "stored as RGB" in converted[i], name
+        elif outcome == "re-encoded":  # a format Pillow reads: stored as a JPEG every loader backend decodes
+            assert i in converted and "PNG re-encoded as a JPEG" in converted[i], (name, converted.get(i))
         elif outcome == "written":
             assert i not in rejected, (name, rejected.get(i))
         elif outcome == "corrupt_jpeg" and verify == "header":
@@ -124,9 +126,9 @@ def test_shard_rejects_or_converts_each_with_a_reason(cases, tmp_path, verify):
             assert i in rejected and rejected[i].strip(), name
     codes = m["rejected_by_reason"]
     if verify == "decode":
-        assert codes == {"corrupt_jpeg": 3, "not_jpeg": 3, "too_large": 1, "truncated_jpeg": 1}
+        assert codes == {"corrupt_jpeg": 3, "not_image": 2, "too_large": 1, "truncated_jpeg": 1}
     c = m["counts"]
-    assert c["inputs"] == c["written"] + c["rejected"] and c["converted"] == 2
+    assert c["inputs"] == c["written"] + c["rejected"] and c["converted"] == 3
     # what was written decodes to 3 channels everywhere: the converted ones are RGB JPEGs now
     import tarfile
 
@@ -147,7 +149,7 @@ def test_predict_reports_each_bad_file_and_predicts_the_rest(cases, train_shards
     assert len(df) == len(expect)
     for i, (name, outcome) in expect.items():
         err = df.loc[str(i), "error"]
-        if outcome in ("written", "converted") or name == "png":  # predict takes PNGs, whatever their name
+        if outcome in ("written", "converted", "re-encoded"):  # predict takes PNGs, whatever their name
             assert err == "" and np.isfinite(df.loc[str(i), list(schema.TARGET_NAMES)].to_numpy(float)).all(), name
         else:
             assert err and df.loc[str(i), list(schema.TARGET_NAMES)].isna().all(), (name, err)
