@@ -34,6 +34,7 @@ from gzpipe.fileio import atomic_open, sha256_file, write_json
 from gzpipe.rerun import stale_line
 
 BACKBONE, BOOSTER, ENSEMBLE = "backbone", "booster", "ensemble"
+EXPORT = "export"  # a `gzpipe export` folder: a backbone as safetensors + config.json (gzpipe.export)
 MARKERS = {BACKBONE: "training_complete.txt", BOOSTER: "boost_complete.txt", ENSEMBLE: "ensemble_complete.txt"}
 CONFIG, METRICS, INPUTS, WEIGHTS = "config.json", "metrics.json", "inputs.json", "weights.json"
 CHECKPOINTS, BEST = "checkpoints", "best_model.pth"
@@ -251,6 +252,10 @@ def model_kind(run_dir: str | Path) -> str:
     kind = kind_of(d)
     if kind is not None:
         return kind
+    from gzpipe.export import is_export
+
+    if is_export(d):
+        return EXPORT
     if (d / CHECKPOINTS).is_dir() or (d / CONFIG).exists():
         try:
             cfg = json.loads((d / CONFIG).read_text())
@@ -326,8 +331,13 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
     state = ckpt.load(best)
     cfg = state["config"]
     if cfg["backbone"] not in BACKBONES:
-        raise GzpipeError(f"{d} holds a {cfg['backbone']!r} model, a backbone not registered in this gzpipe; "
-                          f"register it (gzpipe.models.register) before loading")
+        from gzpipe.models import resolve_name
+
+        try:
+            resolve_name(cfg["backbone"])  # a timm: backbone registers itself here
+        except GzpipeError:
+            raise GzpipeError(f"{d} holds a {cfg['backbone']!r} model, a backbone not registered in this gzpipe; "
+                              f"register it (gzpipe.models.register) before loading") from None
     model = create_model(cfg["backbone"], cfg["head"])
     model.load_state_dict(state["model"])
     model.eval().to(dev)

@@ -91,6 +91,6 @@ Target = Literal["debiased", "weighted_fraction", "fraction"]
 Verify = Literal["decode", "header"]
 Amp = Literal["bf16", "fp16", "off"]
 TtaKind = Literal["dihedral", "rotate"]
-BACKBONE_NAMES = ", ".join(BACKBONES)
+BACKBONE_NAMES = ", ".join(BACKBONES) + ", or timm:NAME (any timm architecture, e.g. timm:convnext_nano)"
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
 

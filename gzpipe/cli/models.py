@@ -50,10 +50,12 @@ def train(
                                                       help="From random initialisation, start every residual "
                                                            "block as the identity [on]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    weights: Optional[Path] = typer.Option(None, metavar="FILE", help="Local state dict to start from (its "
-                                                                      "ImageNet head is ignored)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from torchvision's ImageNet "
-                                                                         "weights (needs internet)."),
+    weights: Optional[Path] = typer.Option(None, metavar="PATH", help="Weights to start from (their classifier is "
+                                           "ignored): a torch state dict, a .safetensors file, a Hugging Face folder "
+                                           "(model.safetensors + config.json, e.g. a Zoobot encoder for "
+                                           "timm:convnext_nano) or a `gzpipe export` folder."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from the published ImageNet "
+                                              "weights, torchvision's or timm's own (needs internet)."),
     restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints: the new run "
                                  "is trained beside the existing one and replaces it only when complete (a failed "
                                  "or interrupted --restart leaves the existing run as it was; the same command "

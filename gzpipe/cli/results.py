@@ -29,8 +29,9 @@ def predict(
     tta: int = typer.Option(1, min=1, metavar="N", help="Test-time augmentation: average N views."),
     tta_kind: TtaKind = typer.Option("dihedral", help="dihedral: exact rotations by 90 degrees and mirrors (up to "
                                                       "8); rotate: N evenly spaced angles."),
-    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle-style cumulative fractions "
-                                                                "(Class1.1 ...)."),
+    cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle's 37 cumulative columns "
+                                    "(Class1.1 ... Class11.6, in its layout); the 7 Class8.x columns (the odd "
+                                    "feature's type) stay empty: GZ2's 30 targets leave task 8 out."),
     batch_size: int = typer.Option(32, min=1, metavar="N", help="Images per batch."),
     workers: int = typer.Option(2, min=0, metavar="N", help="Decoding worker processes."),
     device: Device = typer.Option("auto", metavar="DEVICE", callback=_device_option, help=DEVICE_HELP),
@@ -53,6 +54,22 @@ def predict(
                               cumulative=cumulative, batch_size=batch_size, workers=workers, device=device,
                               backend=backend, part_size=part_size, images=str(images) if images else None,
                               id_column=id_column, path_column=path_column))
+
+
+@app.command()
+def export(
+    model: Path = typer.Option(..., metavar="DIR", help="A finished backbone run, e.g. artifacts/resnet50."),
+    out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="The folder to write (new, or an earlier "
+                                                                   "export)."),
+    force: bool = typer.Option(False, help="Replace an export of another checkpoint (written beside it, swapped in "
+                                           "when complete)."),
+) -> None:
+    """Write a finished backbone as model.safetensors + config.json (architecture, head, targets in order, image
+    size, normalisation, gzpipe version, metrics) + a README.md model card. `gzpipe predict --model DIR` and
+    `gzpipe train --weights DIR` read it back."""
+    from gzpipe.export import run_export
+
+    run_export(model, out_dir, force)
 
 
 @app.command()

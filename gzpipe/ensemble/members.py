@@ -14,7 +14,10 @@ from gzpipe.models import BACKBONES
 
 
 def finished_backbones(out: str | Path) -> list[str]:
-    return [b for b in BACKBONES if runs.is_complete(runs.backbone_dir(out, b), runs.BACKBONE)]
+    """The finished backbone runs in ``out``: the registry's order first, then the others (timm: or plug-in
+    backbones registered in another process) by name."""
+    found = [r.name for r in runs.finished_runs(out) if r.kind == runs.BACKBONE]
+    return [b for b in BACKBONES if b in found] + [b for b in found if b not in BACKBONES]
 
 
 def base_models(out: Path) -> list[str]:

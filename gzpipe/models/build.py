@@ -40,9 +40,18 @@ def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
 
 def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
     if spec.build is not None:
-        if pretrained:
+        if not pretrained:
+            return spec.build()
+        if spec.pretrained_build is None:
             raise GzpipeError(f"backbone {spec.name} has no published pretrained weights; use --weights PATH")
-        return spec.build()
+        try:
+            return spec.pretrained_build()
+        except GzpipeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - timm's hub: no network, no such weights, ...
+            raise GzpipeError(f"could not load the published weights of {spec.name} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); without a network, download them "
+                              "elsewhere and pass --weights PATH (a file or a Hugging Face folder)") from None
     import torchvision.models as tvm
 
     tv_weights = tvm.get_model_weights(spec.torchvision_name).DEFAULT if pretrained else None
@@ -73,7 +82,8 @@ def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = 
         load_backbone_weights(backbone, spec, Path(weights))
     elif zero_init_residual and not pretrained:
         zero_residual_branches(backbone, spec)
-    _set_module(backbone, spec.classifier, nn.Identity())
+    if spec.removes_classifier:
+        _set_module(backbone, spec.classifier, nn.Identity())
     return GZModel(backbone, HEADS[head](spec.features), spec)
 
 
@@ -103,16 +113,12 @@ _PARAMS: dict[str, int] = {}
 
 
 def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, path: Path) -> None:
-    """Load a local state dict of the backbone (its classification head is left out)."""
-    if not path.exists():
-        raise GzpipeError(f"--weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise GzpipeError(f"cannot read --weights {path} as a torch state dict ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    target = spec.torchvision_name or spec.name
+    """Load a local state dict of the backbone (its classification head is left out): a torch file, a
+    ``.safetensors`` file, a Hugging Face folder or a `gzpipe export` folder (``gzpipe.models.weights``)."""
+    from gzpipe.models.weights import read_weights
+
+    state = read_weights(path, spec)
+    target = spec.weights_architecture or spec.torchvision_name or spec.name
     head_prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     try:

@@ -28,6 +28,9 @@ class BackboneSpec:
     # (block class name, dotted path of the norm layer that ends its residual branch), for ``zero_init_residual``;
     # a block whose ``use_res_connect`` is False has no shortcut and is left alone
     residual_norms: tuple[tuple[str, str], ...] = ()
+    pretrained_build: Callable[[], object] | None = None  # a network with its published weights (``--pretrained``)
+    removes_classifier: bool = True  # False: ``build`` returns the network without its classifier already (timm)
+    weights_architecture: str | None = None  # the name a weights folder's config.json gives (timm's architecture)
 
     def channels_last(self, device_type: str) -> bool:
         return self.channels_last_cuda if device_type == "cuda" else self.channels_last_cpu
@@ -67,11 +70,18 @@ register(BackboneSpec("regnety_8gf", "regnet_y_8gf", "fc", 2016, channels_last_c
                       residual_norms=(("ResBottleneckBlock", "f.c.1"),)), "regnet_y_8gf")
 
 
+TIMM_HINT = "timm:NAME for any timm architecture (e.g. timm:convnext_nano)"
+
+
 def resolve_name(name: str) -> str:
     key = ALIASES.get(name.strip(), name.strip()) if isinstance(name, str) else name
+    if key not in BACKBONES and isinstance(key, str) and key.startswith("timm:"):
+        from gzpipe.models.timm_backbones import register_timm  # imports timm: only for timm names
+
+        return register_timm(key).name
     if key not in BACKBONES:
         raise GzpipeError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}"
-                          + (f" (aliases: {', '.join(ALIASES)})" if ALIASES else ""))
+                          + (f" (aliases: {', '.join(ALIASES)})" if ALIASES else "") + f", or {TIMM_HINT}")
     return key
 
 

@@ -108,7 +108,7 @@ def _validate(cfg: PredictConfig) -> None:
 
 
 def _columns(cumulative: bool) -> list[str]:
-    return ["id", "path", "error", *schema.TARGET_NAMES, *(schema.KAGGLE_TARGET_COLUMNS if cumulative else ())]
+    return ["id", "path", "error", *schema.TARGET_NAMES, *(schema.KAGGLE_COLUMNS if cumulative else ())]
 
 
 def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.ndarray, cumulative: bool) -> pa.Table:
@@ -116,10 +116,12 @@ def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.nd
             "error": pa.array(errors, pa.string())}
     for j, n in enumerate(schema.TARGET_NAMES):
         cols[n] = pa.array(pred[:, j], pa.float32())
-    if cumulative:
+    if cumulative:  # Kaggle's 37 columns in its order; task 8 (Class8.x) is not among GZ2's 30 targets: empty
         cum = schema.conditional_to_cumulative(pred)
-        for j, c in enumerate(schema.KAGGLE_TARGET_COLUMNS):
-            cols[c] = pa.array(cum[:, j], pa.float32())
+        empty = np.full(len(pred), np.nan, np.float32)
+        for c in schema.KAGGLE_COLUMNS:
+            j = schema.KAGGLE_TARGET_COLUMNS.index(c) if c in schema.KAGGLE_TARGET_COLUMNS else None
+            cols[c] = pa.array(cum[:, j] if j is not None else empty, pa.float32())
     return pa.table(cols)
 
 
@@ -210,8 +212,7 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         parts = plan_parts(found.items, found.shard_folders, cfg.part_size)
         settings = {"model": str(Path(cfg.model).resolve()), "tta": cfg.tta, "tta_kind": cfg.tta_kind,
                     "cumulative": cfg.cumulative, "inputs": runs.input_record(
-                        {m: runs.best_checkpoint(Path(cfg.model).parent / m) for m in predictor.backbones},
-                        Path(cfg.model))}
+                        {m: t.checkpoint for m, t in predictor.backbones.items()}, Path(cfg.model))}
         digest = plan_digest(parts, settings)
         parts_dir = out.with_name(out.name + ".parts")
         if d.main:

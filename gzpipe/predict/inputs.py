@@ -7,7 +7,9 @@
 * a ``.tar``: its image members (``id`` = the sample's JSON id where there is one, else the member's key);
 * a catalogue (``.csv`` / ``.parquet``): an id column and an image-path column (``CATALOG_ID_COLUMNS``,
   ``CATALOG_PATH_COLUMNS``, e.g. galaxy-datasets' ``id_str`` and ``file_loc``); relative paths are resolved against
-  ``images`` when given, else against the catalogue's folder.
+  ``images`` when given, else against the catalogue's folder. Without a path column, an ``asset_id`` (Hart16) or
+  ``GalaxyID`` (Kaggle) names ``<id>.jpg`` in ``images``, as `gzpipe shard` joins them (``<id>.png`` and the other
+  suffixes are looked for when the ``.jpg`` is not there).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 CATALOG_SUFFIXES = (".csv", ".parquet")
 CATALOG_ID_COLUMNS = ("id_str", "id", "asset_id", "GalaxyID", "dr7objid", "objid", "iauname")
 CATALOG_PATH_COLUMNS = ("file_loc", "path", "file", "filename", "image", "location", "local_path")
+JOINED_ID_COLUMNS = ("asset_id", "GalaxyID")  # ids that name their image file, <id>.jpg, as `gzpipe shard` reads them
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,13 @@ def catalog_items(path: Path, images: Path | None = None, id_column: str | None 
     df = read_table(path, dtype=str)
     cols = [str(c) for c in df.columns]
     idc = _pick(cols, CATALOG_ID_COLUMNS, id_column, "id", path)
-    pc = _pick(cols, CATALOG_PATH_COLUMNS, path_column, "image path", path)
     base = Path(images) if images else Path(path).parent
+    if path_column is None and idc in JOINED_ID_COLUMNS and not any(c in cols for c in CATALOG_PATH_COLUMNS):
+        from gzpipe.shard.images import locate
+
+        ids = df[idc].astype(str).str.strip().str.replace(r"\.0+$", "", regex=True)
+        return [Item(gid, locate(str(base / f"{gid}.jpg")) if gid and gid != "nan" else "") for gid in ids]
+    pc = _pick(cols, CATALOG_PATH_COLUMNS, path_column, "image path", path)
     out = []
     for gid, loc in zip(df[idc].astype(str), df[pc]):
         if pd.isna(loc) or not str(loc).strip():

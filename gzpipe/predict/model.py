@@ -84,6 +84,10 @@ def load_predictor(model_dir: str | Path, device: torch.device) -> Predictor:
     d = Path(model_dir)
     kind = runs.model_kind(d)
     root = d.parent
+    if kind == runs.EXPORT:  # a shared model: everything it needs is in its folder
+        from gzpipe.export import load_exported
+
+        return Predictor(d.name, kind, [Member(d.name, _weights(1.0), d.name)], {d.name: load_exported(d, device)})
     if kind == runs.BACKBONE:
         members = [Member(d.name, _weights(1.0), d.name)]
     elif kind == runs.BOOSTER:

@@ -21,7 +21,7 @@ from gzpipe import schema
 from gzpipe.loaders.shards import SplitShards, split_shards
 from gzpipe.manifest import read_manifest
 from gzpipe.predict.inputs import Item
-from gzpipe.shard.images import ImageRejected, check_image
+from gzpipe.shard.images import ImageRejected, check_image, read_image
 
 CHUNK = 64  # files per loader unit: workers share a part's files chunk by chunk
 _ZEROS = np.zeros(schema.N_TARGETS, np.float32)
@@ -62,7 +62,8 @@ class FileChunk:
                     tars[tar] = tarfile.open(tar)
                 data = tars[tar].extractfile(member).read()
             else:
-                data = Path(it.path).read_bytes()
+                data, found = read_image(it.path)  # <id>.jpg, or the same stem with another suffix
+                s["name"] = s["shard"] = name = Path(found).name
             check_image(data, name)
             s["jpg"] = data
         except ImageRejected as e:

@@ -41,7 +41,7 @@ def collect(out: Path) -> tuple[pd.DataFrame, dict, dict[str, list[str]]]:
     for r in (r for r in current if r.kind == runs.BACKBONE):
         m = runs.read_json(r.dir, runs.METRICS)
         row = _row(r.name, DEEP, r.name, m)
-        params = parameter_count(r.name) if r.name in BACKBONES else None
+        params = parameter_count(r.name) if r.name in BACKBONES or r.name.startswith("timm:") else None
         row.update(parameters=params, trees=None, training_time_s=m.get("wall_time_s"),
                    throughput_per_s=m.get("images_per_s"), throughput_of="training images",
                    tta_views=(m.get("tta") or {}).get("views", 1),
