@@ -163,3 +163,35 @@ def test_404_and_refused_connections_are_clear(server, tmp_path):
     with pytest.raises(GzpipeError, match="unknown --what"):
         _dl(tmp_path, ["everything"], url)
     assert RELEASE["images"].md5 == "bc647032d31e50c798770cf4430525c7"
+
+
+@pytest.mark.slow  # ~40 s: a whole (tiny) study; the default run checks the preset's paths (test_field_tools.py)
+def test_download_then_the_full_preset_is_the_whole_study(server, synth_release, tmp_path, monkeypatch):
+    """The real release in two commands, against a loopback mirror: `gzpipe download`, then `gzpipe study --preset
+    full` (its data where download wrote them; a config only shrinks the training for a CPU)."""
+    from gzpipe.cli import main
+
+    _, url = server
+    hart = pd.read_csv(synth_release / "gz2_hart16.csv", dtype={"dr7objid": str})
+    mapping = pd.read_csv(synth_release / "gz2_filename_mapping.csv", dtype=str)
+    buf, zbuf = io.BytesIO(), io.BytesIO()
+    hart.to_csv(buf, index=False, compression={"method": "gzip", "mtime": 0})
+    with zipfile.ZipFile(zbuf, "w") as z:
+        for a in mapping["asset_id"]:
+            z.writestr(f"images/{a}.jpg", (synth_release / "images" / f"{a}.jpg").read_bytes())
+    _Handler.files = {"gz2_hart16.csv.gz": buf.getvalue(), "gz2_filename_mapping.csv": mapping.to_csv(index=False)
+                      .encode(), "images_gz2.zip": zbuf.getvalue()}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small.yaml").write_text(
+        "preset: full\nout: art\nshard: {shard_size: 8, val: 0.2, test: 0.2, workers: 1}\n"
+        "train: {image_size: 32, epochs: 1, batch_size: 8, workers: 0, tta: 1, device: cpu, backend: pil}\n"
+        "boost: {rounds: 3, early_stopping: 3}\nbackbones: [resnet50]\nengines: [xgboost]\nmethods: [equal]\n")
+    for argv in (["download", "--base-url", url, "--checksums", str(_sums(tmp_path, _Handler.files))],
+                 ["study", "--config", "small.yaml"]):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code in (0, None), argv
+    assert (tmp_path / "data/gz2/images").is_dir()
+    table = pd.read_csv(tmp_path / "art/model_comparison/comparison_table.csv")
+    assert set(table["name"]) == {"resnet50", "xgboost_resnet50", "ensemble_equal"}

@@ -365,7 +365,7 @@ backbones: [resnet50]
     assert (tmp_path / "art/resnet50/training_complete.txt").stat().st_mtime_ns == mtime
     with pytest.raises(GzpipeError, match="unknown preset"):
         resolve_study("huge", None)
-    with pytest.raises(GzpipeError, match="needs data.catalog"):
+    with pytest.raises(GzpipeError, match="the full preset reads the release where `gzpipe download` writes it"):
         resolve_study("full", None)
 
 

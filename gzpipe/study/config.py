@@ -8,7 +8,9 @@ Presets:
 * ``real``: the 800-galaxy real sample (``$GZPIPE_SHARED/data/gz2_sample``; ``GZPIPE_SHARED`` defaults to the
   ``shared`` folder beside the gzpipe checkout) at a CPU-practical size;
 * ``full``: the original study's hyperparameters (224 px, batch 32, lr 3e-4, up to 250 epochs, patience 12) for
-  real GZ2 on a GPU; needs ``data.catalog`` / ``data.images`` (and ``data.mapping``) from a config file.
+  real GZ2 on a GPU, on the release as `gzpipe download` writes it (``data/gz2``: ``gz2_hart16.csv.gz``,
+  ``gz2_filename_mapping.csv``, ``images/``), so the whole study is two commands: `gzpipe download`, then
+  `gzpipe study --preset full`; a config file's ``data`` section points elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gzpipe.fileio import check_out_folder
 
 SHARED_TOKEN = "${GZPIPE_SHARED}"
 SAMPLE = f"{SHARED_TOKEN}/data/gz2_sample"
+RELEASE_DIR = "data/gz2"  # where `gzpipe download` puts the release by default (its --dest)
 
 PRESETS: dict[str, dict] = {
     "demo": {
@@ -48,7 +51,8 @@ PRESETS: dict[str, dict] = {
     },
     "full": {
         "out": "artifacts",
-        "data": {},
+        "data": {"catalog": f"{RELEASE_DIR}/gz2_hart16.csv.gz", "mapping": f"{RELEASE_DIR}/gz2_filename_mapping.csv",
+                 "images": f"{RELEASE_DIR}/images"},
         "shard": {"shard_size": 1000, "val": 0.1, "test": 0.1, "workers": 8},
         # batch, epochs, patience: the per-backbone defaults; the 8 dihedral views at evaluation and in the
         # features (on the real sample: test MAE 0.1851 -> 0.1826 for resnet50; 0.6 h of the projected H100 study).
@@ -151,7 +155,8 @@ def _names(value, where: str, registry, what: str) -> list[str]:
     out = []
     for v in value:
         name = str(v).strip()
-        if name not in registry:
+        known = name in registry or (what == "backbone" and name.startswith("timm:"))  # resolve_name checks those
+        if not known:
             raise GzpipeError(f"{where}: unknown {what} {name!r}; choose from {', '.join(registry)}")
         if name not in out:
             out.append(name)
@@ -240,6 +245,10 @@ def _check_data(data: DataSection, preset: str, where: str) -> None:
             if str(shared_folder()) in p:
                 hint = (f"; the sample lives in {shared_folder()} (set GZPIPE_SHARED to its folder), or give data."
                         f"{key} in a --config file")
+            elif preset == "full" and p == PRESETS["full"]["data"].get(key):
+                hint = (f": the full preset reads the release where `gzpipe download` writes it ({RELEASE_DIR}, from "
+                        f"the folder you run in); run `gzpipe download --dest {RELEASE_DIR}` first, or give "
+                        "data.catalog, data.mapping and data.images in a --config file")
             raise GzpipeError(f"{where} data.{key}: {p} not found{hint}")
 
 
