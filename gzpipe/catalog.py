@@ -13,7 +13,16 @@ Three formats are read:
 
 1. the real release: ``gz2_hart16.csv[.gz]`` + ``gz2_filename_mapping.csv`` (join ``dr7objid`` = ``objid``);
 2. any CSV with Hart16 answer columns and an ``asset_id`` column (e.g. the 800-galaxy sample);
-3. Kaggle's ``GalaxyID, Class1.1 ... Class11.6`` (cumulative), converted to conditional fractions.
+3. Kaggle's ``GalaxyID, Class1.1 ... Class11.6`` (cumulative), converted to conditional fractions;
+4. galaxy-datasets' (Zoobot's) GZ2 catalogues: ``id_str``, ``file_loc`` or the images themselves, vote counts.
+
+Each format names the kind of fraction it really holds (``table.attrs["target_kind"]``): Hart16 the family
+``--target`` picks (debiased by default), Kaggle GZ2's weighted fractions, galaxy-datasets the raw vote fractions.
+
+A catalogue may carry only some of the 10 questions (a partial release, another survey's question set): a question
+whose answer columns are all absent is masked for every galaxy (``table.attrs["tasks_absent"]``), never filled with
+numbers that look like answers; a question with some of its answer columns is an error, and so is any absent question
+when ``all_questions`` is set.
 
 The files themselves (Parquet or delimited text) are read by ``gzpipe.tables``.
 """
@@ -45,34 +54,51 @@ class CatalogSource:
     images: Path | None  # None: the catalogue says where each image is (absolute file_loc, or its image bytes)
     mapping: Path | None = None
     format: str = "auto"
-    target: str = "debiased"
+    target: str | None = None  # Hart16's column family (None: debiased); other formats hold one kind, named above
+    all_questions: bool = False  # an absent question is an error, not a note
+
+
+KINDS_OF_FORMAT = {"kaggle": "weighted_fraction", "zoobot": "fraction"}  # the one kind each of these formats holds
+_FORMAT_NAMES = {"kaggle": "Kaggle's columns are GZ2's weighted vote fractions",
+                 "zoobot": "galaxy-datasets' columns are the volunteers' raw vote fractions"}
 
 
 def read_catalog(src: CatalogSource) -> pd.DataFrame:
     """Read any supported catalogue into gzpipe's table (see the module docstring)."""
     if src.format not in FORMATS:
         raise CatalogError(f"unknown --format {src.format!r}; choose one of {', '.join(FORMATS)}")
-    if src.target not in schema.TARGET_KINDS:
+    if src.target is not None and src.target not in schema.TARGET_KINDS:
         raise CatalogError(f"unknown --target {src.target!r}; choose one of {', '.join(schema.TARGET_KINDS)}")
     header = read_header(src.catalog)
     fmt = src.format if src.format != "auto" else detect_format(pd.DataFrame(columns=header), src.catalog)
     if src.format != "auto":
         _check_forced_format(fmt, header, src.catalog)
-    df = _read_csv(src.catalog, usecols=_wanted(fmt, header, src.target))
+    kind = KINDS_OF_FORMAT.get(fmt, src.target or "debiased")
+    if src.target is not None and src.target != kind:
+        raise CatalogError(f"{src.catalog}: --target {src.target} cannot be honoured: {_FORMAT_NAMES[fmt]} "
+                           f"(--target {kind}, or leave --target out)")
+    df = _read_csv(src.catalog, usecols=_wanted(fmt, header, kind))
     if fmt == "zoobot":
         table = _from_zoobot(df, src)
-        table.attrs["target_kind"] = "fraction"  # volunteers' vote fractions: no debiased values in this format
-        return table
-    if fmt == "kaggle":
-        table = _from_kaggle(df, src.catalog)
+    elif fmt == "kaggle":
+        table = _from_kaggle(df, src)
     else:
-        table = _from_hart16(df, src)
+        table = _from_hart16(df, src, kind)
+    table.attrs.update(target_kind=kind, format=fmt)
+    if fmt == "zoobot":
+        return table
     if src.images is None:
         raise CatalogError(f"{src.catalog}: --images is needed: this catalogue's ids name image files "
                            f"(<{'GalaxyID' if fmt == 'kaggle' else 'asset_id'}>.jpg) in a folder")
     prefix = str(Path(src.images)) + os.sep  # string joins: a pathlib join per row costs seconds at 240k rows
     table.insert(1, "path", [prefix + i + ".jpg" if i else "" for i in table["id"]])
     return table
+
+
+def format_of(src: CatalogSource) -> str:
+    """The catalogue's format: ``src.format``, or the one its header shows."""
+    return src.format if src.format != "auto" else detect_format(pd.DataFrame(columns=read_header(src.catalog)),
+                                                                 src.catalog)
 
 
 def _wanted(fmt: str, header: list[str], target: str) -> list[str]:
@@ -165,14 +191,46 @@ def _require(df: pd.DataFrame, cols: list[str], name: Path, hint: str = "") -> N
         raise CatalogError(f"{name}: missing {len(missing)} column(s): {_show(missing)}{hint}")
 
 
+def _questions(columns: set[str], wanted: dict[str, list[str]], src: CatalogSource, what: str) -> list[str]:
+    """The tasks of ``wanted`` (task -> the columns that carry it) whose columns are all absent from ``columns``:
+    absent questions, masked for every galaxy. A task with only some of its columns is an error, and so is every
+    absent one under ``all_questions``, or when no task is present at all."""
+    absent = []
+    for task, cols in wanted.items():
+        have = [c for c in cols if c in columns]
+        if len(have) == len(cols):
+            continue
+        if have:
+            missing = [c for c in cols if c not in columns]
+            raise CatalogError(f"{src.catalog}: question {task} has {_show(have, 3)} but not {_show(missing, 3)}: "
+                               "an answer missing within a question cannot be masked (its fractions would not add "
+                               "up)" + what)
+        absent.append(task)
+    if len(absent) == len(wanted):
+        missing = [c for cols in wanted.values() for c in cols]
+        raise CatalogError(f"{src.catalog}: missing {len(missing)} column(s): {_show(missing)}{what}")
+    if absent and src.all_questions:
+        raise CatalogError(f"{src.catalog}: {len(absent)} of {len(wanted)} questions absent ({', '.join(absent)}; "
+                           f"e.g. no column {wanted[absent[0]][0]}); without --all-questions they are masked")
+    return absent
+
+
+def _with_absent(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """``df`` with every column of ``cols`` it lacks added as empty (NaN: masked)."""
+    lacking = [c for c in cols if c not in df.columns]
+    return df.assign(**{c: np.nan for c in lacking}) if lacking else df
+
+
 # --- Hart16 ----------------------------------------------------------------------------------------------------
 
 
-def _from_hart16(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
-    cols = schema.target_columns(src.target)
+def _from_hart16(df: pd.DataFrame, src: CatalogSource, kind: str) -> pd.DataFrame:
+    cols = schema.target_columns(kind)
     present = [k for k in schema.TARGET_KINDS if all(c in df.columns for c in schema.target_columns(k))]
     hint = f" (this file has complete --target families: {', '.join(present)})" if present else ""
-    _require(df, cols, src.catalog, hint)
+    absent = _questions(set(df.columns), {t.name: [f"{c}_{kind}" for c in t.columns] for t in schema.TASKS}, src,
+                        hint)
+    df = _with_absent(df, cols)
     if "gz2class" in df.columns and "gz2_class" not in df.columns:
         df = df.rename(columns={"gz2class": "gz2_class"})
 
@@ -205,24 +263,25 @@ def _from_hart16(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     for m in METADATA:
         if m in df.columns:
             table[m] = df[m].to_numpy()
+    table.attrs["tasks_absent"] = absent
     return table
 
 
 def _reached_tasks(df: pd.DataFrame) -> np.ndarray:
-    """(n, 30) bool: did any volunteer answer the task? Uses counts, else plain fractions, where present.
+    """(n, 30) bool: did any volunteer answer the task? Per task, from its counts, else its plain or weighted
+    fractions, where the catalogue has them.
 
     A task nobody reached has count 0 and fraction 0 in Hart16 (not NaN); its conditional fraction is 0/0, so
-    those targets get mask 0. Without count or fraction columns every task counts as reached.
+    those targets get mask 0. A task without count or fraction columns counts as reached.
     """
     reached = np.ones((len(df), schema.N_TARGETS), dtype=bool)
-    for kind in _REACHED_KINDS:
-        cols = [f"{n}_{kind}" for n in schema.TARGET_NAMES]
-        if all(c in df.columns for c in cols):
-            v = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()
-            for t in schema.TASKS:
-                s = schema.TASK_SLICES[t.name]
-                reached[:, s] = (v[:, s].sum(axis=1) > 0)[:, None]
-            break
+    for t in schema.TASKS:
+        for kind in _REACHED_KINDS:
+            cols = [f"{c}_{kind}" for c in t.columns]
+            if all(c in df.columns for c in cols):
+                v = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()
+                reached[:, schema.TASK_SLICES[t.name]] = (v.sum(axis=1) > 0)[:, None]
+                break
     return reached
 
 
@@ -238,9 +297,15 @@ def _from_zoobot(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     _require(df, ["id_str"] if image_col else ["id_str", "file_loc"], src.catalog,
              "" if image_col else f" (or a column with the images themselves: {', '.join(IMAGE_COLUMNS)})")
     counts, fractions, totals = (schema.zoobot_columns(k) for k in ("count", "fraction", "total"))
-    has_fraction = all(c in df.columns for c in fractions)
-    _require(df, (fractions if has_fraction else counts) + sorted(set(totals)), src.catalog,
-             " (vote counts, or _fraction columns, and each question's _total-votes)")
+    columns = set(df.columns)
+    has_fraction = any(c in columns for c in fractions)  # the _fraction columns where there are any, else counts
+    source = fractions if has_fraction else counts
+    wanted = {}
+    for t in schema.TASKS:
+        s = schema.TASK_SLICES[t.name]
+        wanted[t.name] = [*source[s], totals[s.start]]
+    absent = _questions(columns, wanted, src, " (vote counts, or _fraction columns, and each question's _total-votes)")
+    df = _with_absent(df, source + sorted(set(totals)))
     ids = _norm_id(df["id_str"])
     reject = pd.Series("", index=df.index, dtype=object)
     reject[ids == ""] = "empty id_str"
@@ -248,15 +313,15 @@ def _from_zoobot(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
     reject = reject.where(reject != "", not_numbers)
     if has_fraction:
         values, bad = _numeric(df, fractions)
-        source = fractions
     else:
         raw, bad = _numeric(df, counts)
         with np.errstate(divide="ignore", invalid="ignore"):
-            values = np.where(total_values > 0, raw / np.where(total_values > 0, total_values, 1), 0.0)
-        source = counts
+            values = np.where(total_values > 0, raw / np.where(total_values > 0, total_values, 1),
+                              np.where(np.isnan(total_values), np.nan, 0.0))
     reject = reject.where(reject != "", bad)
     reached = np.nan_to_num(total_values) > 0
     table = _assemble(ids, values, reached, reject, source)
+    table.attrs["tasks_absent"] = absent
     if image_col:  # the images travel in the catalogue: their bytes stand where a path would
         table.insert(1, "path", [_image_bytes(v) for v in df[image_col]])
         missing = table["path"].map(len) == 0
@@ -286,8 +351,12 @@ def _image_bytes(v) -> bytes:
 # --- Kaggle ----------------------------------------------------------------------------------------------------
 
 
-def _from_kaggle(df: pd.DataFrame, name: Path) -> pd.DataFrame:
-    _require(df, ["GalaxyID", *schema.KAGGLE_COLUMNS], name)
+def _from_kaggle(df: pd.DataFrame, src: CatalogSource) -> pd.DataFrame:
+    name = src.catalog
+    _require(df, ["GalaxyID"], name)
+    questions = {t.name: [f"Class{t.kaggle_question}.{k}" for k in range(1, len(t.answers) + 1)] for t in schema.TASKS}
+    absent = _questions(set(df.columns), questions, src, "")
+    df = _with_absent(df, list(schema.KAGGLE_COLUMNS))  # an absent question (and task 8, unused) is empty: masked
     ids = _norm_id(df["GalaxyID"])
     raw, not_numbers = _numeric(df, list(schema.KAGGLE_COLUMNS))
     reject = pd.Series("", index=df.index, dtype=object)
@@ -305,6 +374,7 @@ def _from_kaggle(df: pd.DataFrame, name: Path) -> pd.DataFrame:
             reject.iat[r] = f"{schema.KAGGLE_TARGET_COLUMNS[j]} exceeds the value of the answer that leads to it"
     cond = np.clip(cond, 0.0, 1.0)
     table = _assemble(ids, cond, mask, reject, list(schema.KAGGLE_TARGET_COLUMNS), check_range=False)
+    table.attrs["tasks_absent"] = absent
     return table
 
 

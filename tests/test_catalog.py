@@ -94,7 +94,8 @@ def test_kaggle_format(tmp_path):
     ("", "empty"),
     ("asset_id,foo\n", "no rows"),
     ("asset_id,foo\n1,2\n", "missing 30 column"),
-    ("GalaxyID,Class1.1\n1,0.5\n", "missing 36 column"),
+    ("GalaxyID,Class1.1\n1,0.5\n", "question t01_smooth_or_features has Class1.1 but not Class1.2"),
+    ("GalaxyID,Class8.1\n1,0.5\n", "missing 30 column"),
     ("a,b\n1,2\n", "cannot tell the format"),
     ('x,"y\n1,2\n', "cannot read it as comma-separated text"),
 ])
