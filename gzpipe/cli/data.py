@@ -61,23 +61,32 @@ def download(
 
 @app.command()
 def shard(
-    catalog: Path = typer.Option(..., metavar="FILE", help="Labels: gz2_hart16.csv[.gz], a CSV with asset_id and "
-                                 "Hart16 columns, Kaggle's training_solutions, or a galaxy-datasets (Zoobot) "
-                                 "catalogue (CSV or Parquet)."),
-    images: Optional[Path] = typer.Option(None, metavar="DIR", help="Folder of the images (<asset_id>.jpg for "
-                                          "Hart16, <GalaxyID>.jpg for Kaggle, or .png and the other formats Pillow "
-                                          "reads, re-encoded as JPEG at --quality); a Zoobot catalogue's relative "
-                                          "file_loc paths start from it [the catalogue's folder; not needed for "
-                                          "absolute file_loc paths or a parquet that carries its images]."),
+    catalog: list[Path] = typer.Option(..., metavar="FILE", help="Labels: gz2_hart16.csv[.gz], a CSV with asset_id "
+                                       "and Hart16 columns, Kaggle's training_solutions (all 37 columns or some of "
+                                       "its questions), or a galaxy-datasets (Zoobot) catalogue (CSV or Parquet). "
+                                       "Repeat it to shard the union of several catalogues: split once by id hash, "
+                                       "a galaxy in two catalogues used once (from the first)."),
+    images: Optional[list[Path]] = typer.Option(None, metavar="DIR", help="Folder of the images (<asset_id>.jpg "
+                                                "for Hart16, <GalaxyID>.jpg for Kaggle, or .png and the other formats "
+                                                "Pillow reads, re-encoded as JPEG at --quality); a Zoobot "
+                                                "catalogue's relative file_loc paths start from it [the catalogue's "
+                                                "folder; not needed for absolute file_loc paths or a parquet that "
+                                                "carries its images]. With several --catalog: once for all, or once "
+                                                "per --catalog in the same order."),
     out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder for the tars, their .idx files and "
                                                                    "manifest.json."),
     mapping: Optional[Path] = typer.Option(None, metavar="FILE", help="gz2_filename_mapping.csv (needed when the "
                                            "catalogue has dr7objid but no asset_id)."),
     format: Format = typer.Option("auto", "--format", help="Catalogue format; auto tells them apart by their "
                                                           "columns."),
-    target: Target = typer.Option("debiased", help="Hart16 column family to train on."),
+    target: Optional[Target] = typer.Option(None, help="Hart16 column family to train on [debiased]. Kaggle's "
+                                            "columns are weighted_fraction and galaxy-datasets' fraction: they take "
+                                            "no other."),
     fraction: float = typer.Option(1.0, metavar="F", callback=_share(True, False), help="Keep this share of "
                                    "galaxies, 0 < F <= 1 (by id hash: a larger fraction keeps a superset)."),
+    train_fraction: float = typer.Option(1.0, metavar="F", callback=_share(True, False), help="Keep this share "
+                                         "of the train split only, 0 < F <= 1, val and test whole (by id hash: a "
+                                         "larger share keeps a superset): a learning curve on one test split."),
     val: float = typer.Option(0.1, metavar="F", callback=_share(True, True),
                               help="Share of galaxies in the validation split, 0 < F < 1 (val + test below 1)."),
     test: float = typer.Option(0.1, metavar="F", callback=_share(True, True),
@@ -93,6 +102,8 @@ def shard(
                                                  "markers only (faster)."),
     max_rejected: float = typer.Option(0.1, min=0.0, max=1.0, metavar="F", help="Fail (exit 2, the manifest still "
                                        "written) when more than this share of the rows is rejected."),
+    all_questions: bool = typer.Option(False, "--all-questions", help="Refuse a catalogue that lacks some of the "
+                                       "10 questions (by default they are masked for its galaxies, with a note)."),
     force: bool = typer.Option(False, help="Rebuild a finished shard folder with other settings: the new shards are "
                                            "written beside it (room for both is needed) and replace it only when "
                                            "complete."),
@@ -102,9 +113,14 @@ def shard(
     other settings is kept unless --force."""
     from gzpipe.shard import ShardConfig, run_shard
 
-    cfg = ShardConfig(catalog=catalog, images=images, out=out_dir, mapping=mapping, format=format, target=target,
-                      fraction=fraction, val=val, test=test, seed=seed, resize=resize, quality=quality,
-                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected, force=force)
+    many = len(catalog) > 1
+    images = images[-1:] if images and not many else images  # one catalogue: a repeated --images, the last wins
+    cfg = ShardConfig(catalog=catalog if many else catalog[0], images=(images or None) if many else
+                      (images[0] if images else None), out=out_dir, mapping=mapping, format=format, target=target,
+                      fraction=fraction, train_fraction=train_fraction, val=val, test=test, seed=seed, resize=resize,
+                      quality=quality,
+                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected,
+                      all_questions=all_questions, force=force)
     m = run_shard(cfg)
     if not m["run"]["skipped"]:
         _print_shard_summary(m, out_dir)
@@ -113,8 +129,13 @@ def shard(
 def _print_shard_summary(m: dict, out_dir: Path) -> None:
     c = m["counts"]
     verb = "stored" if m["run"]["shards_reused"] else "written"  # a resume reuses shards (its own line says so)
+    dups = f", {c['duplicates']} already in an earlier catalogue" if c.get("duplicates") else ""
     out.print(f"[bold]{c['written']}[/bold] {verb}, [bold]{c['rejected']}[/bold] rejected of {c['inputs']} inputs "
-              f"({c['catalog_rows']} catalogue rows, {c['excluded_by_fraction']} left out by --fraction)")
+              f"({c['catalog_rows']} catalogue rows, {c['excluded_by_fraction']} left out by --fraction / --train-fraction{dups})")
+    if len(m.get("catalogs") or []) > 1:
+        for k in m["catalogs"]:
+            out.print(f"  {Path(k['path']).name} ({k['format']}): {k['rows']} rows, {k['written']} written, "
+                      f"{k['rejected']} rejected, {k['duplicates']} duplicates", highlight=False)
     out.print("splits: " + ", ".join(f"{k} {v}" for k, v in c["per_split"].items())
               + f"; {len(m['shards'])} shards in {out_dir}")
     if m["rejected_by_reason"]:

@@ -16,15 +16,15 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from gzpipe import __version__, rerun, schema
-from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
-from gzpipe.errors import GzpipeError
+from gzpipe.catalog import CatalogSource, mask_array, target_array
+from gzpipe.errors import CatalogError, GzpipeError
 from gzpipe.fileio import (atomic_open, check_out_folder, finish_swap, remove_folder_if_empty, remove_stale_tmp,
                            sha256_file, staging_dir, swap_in, sync_folder, write_json)
 from gzpipe.rerun import stale_line
@@ -33,19 +33,21 @@ from gzpipe.shard.images import VERIFY_MODES
 from gzpipe.shard.jobs import DONE_DIR, MANIFEST_VERSION, Job, Rejection, execute
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo
+from gzpipe.union import DUPLICATE_COLUMN, read_catalogs, sources_of
 
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 
 
 @dataclass
 class ShardConfig:
-    catalog: Path
-    images: Path | None  # None: the catalogue says where each image is (absolute file_loc paths, or image bytes)
+    catalog: Path | list[Path]  # several: one shard set over their union (gzpipe.union)
+    images: Path | None | list  # None: the catalogue says where each image is; a list: one folder per catalogue
     out: Path
     mapping: Path | None = None
     format: str = "auto"
-    target: str = "debiased"
+    target: str | None = None  # Hart16's column family (None: debiased); Kaggle and galaxy-datasets hold one kind
     fraction: float = 1.0
+    train_fraction: float = 1.0  # keep this share of the train split only (val and test whole): a learning curve
     val: float = 0.1
     test: float = 0.1
     seed: int = 42
@@ -55,6 +57,7 @@ class ShardConfig:
     workers: int = 1
     verify: str = "decode"
     max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
+    all_questions: bool = False  # a catalogue without some of the 10 questions is an error (not masked, with a note)
     force: bool = False  # rebuild a finished folder with other settings (beside it, swapped in when complete)
 
     def validate(self, check_paths: bool = True) -> None:
@@ -73,6 +76,7 @@ class ShardConfig:
         try:
             assign_splits([], self.seed, self.val, self.test)
             in_fraction([], self.seed, self.fraction)
+            in_fraction([], self.seed, self.train_fraction)
         except ValueError as e:
             raise GzpipeError(str(e)) from None
         for key in ("val", "test"):
@@ -80,11 +84,29 @@ class ShardConfig:
                 raise GzpipeError(f"{key} must be above 0 (got {getattr(self, key):g}): training early-stops and "
                                   "weights its ensembles on the val split and scores every model on the test split")
         check_out_folder(self.out, what="the shard folder")
-        if check_paths and self.images is not None:
-            if Path(self.images).exists() and not Path(self.images).is_dir():
-                raise GzpipeError(f"--images {self.images} is a file; give the folder of the images")
-            if not Path(self.images).is_dir():
-                raise GzpipeError(f"image folder not found: {self.images}")
+        sources = self.sources()  # one --images for all catalogues, or one each
+        for c in {s.catalog for s in sources}:
+            if check_paths and not Path(c).is_file():
+                raise GzpipeError(f"catalogue not found: {c}" if not Path(c).exists() else
+                                  f"--catalog {c} is a folder; give the catalogue file")
+        for images in {s.images for s in sources if s.images is not None}:
+            if check_paths and Path(images).exists() and not Path(images).is_dir():
+                raise GzpipeError(f"--images {images} is a file; give the folder of the images")
+            if check_paths and not Path(images).is_dir():
+                raise GzpipeError(f"image folder not found: {images}")
+
+    def catalogs(self) -> list[Path]:
+        return [Path(c) for c in self.catalog] if isinstance(self.catalog, (list, tuple)) else [Path(self.catalog)]
+
+    def sources(self) -> list[CatalogSource]:
+        """One ``CatalogSource`` per catalogue (``images``: one folder for all, or one per catalogue)."""
+        images = list(self.images) if isinstance(self.images, (list, tuple)) else \
+            [] if self.images is None else [self.images]
+        try:
+            return sources_of(self.catalogs(), images, mapping=self.mapping and Path(self.mapping),
+                              format=self.format, target=self.target, all_questions=self.all_questions)
+        except CatalogError as e:
+            raise GzpipeError(str(e)) from None
 
 
 def key_for(galaxy_id: str) -> str:
@@ -94,15 +116,28 @@ def key_for(galaxy_id: str) -> str:
 
 # ShardConfig keys that change what the shards hold (the rest - workers, max_rejected, force - only how they are
 # written); with the catalogue's and mapping's contents and the image folder, what a finished folder is compared on
-SETTINGS = ("format", "target", "fraction", "val", "test", "seed", "resize", "quality", "shard_size", "verify")
+SETTINGS = ("format", "target", "fraction", "train_fraction", "val", "test", "seed", "resize", "quality", "shard_size",
+            "verify", "all_questions")
 
 
 def _sources(cfg: ShardConfig) -> dict:
-    """The catalogue and mapping by content (sha256) and absolute path, and the image folder's absolute path."""
-    rec = {"catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)}}
+    """The catalogue(s) and mapping by content (sha256) and absolute path, and the image folder's absolute path
+    (one catalogue: ``catalog`` and ``images``; several: ``catalogs``, each with its ``images``)."""
+    def one(p) -> dict:
+        return {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
+
+    def folder(p) -> str | None:
+        return str(Path(p).resolve()) if p is not None else None
+
+    srcs = cfg.sources()
+    if len(srcs) == 1:
+        rec = {"catalog": one(srcs[0].catalog)}
+    else:
+        rec = {"catalogs": [{**one(s.catalog), "images": folder(s.images)} for s in srcs]}
     if cfg.mapping:
-        rec["mapping"] = {"path": str(Path(cfg.mapping).resolve()), "sha256": sha256_file(cfg.mapping)}
-    rec["images"] = {"path": str(Path(cfg.images).resolve()) if cfg.images is not None else None}
+        rec["mapping"] = one(cfg.mapping)
+    if len(srcs) == 1:
+        rec["images"] = {"path": folder(srcs[0].images)}
     return rec
 
 
@@ -122,20 +157,31 @@ def _changed_sources(prior: dict, now: dict) -> list[str]:
     """The catalogue or mapping whose contents changed since the folder was written (older manifests record
     none: nothing to compare)."""
     out = []
+    old_all = prior.get("sources") or {}
     for k in ("catalog", "mapping"):
-        old = (prior.get("sources") or {}).get(k)
+        old = old_all.get(k)
         if old is None or k not in now:
             continue
         if old.get("sha256") != now[k]["sha256"]:
             out.append(f"the {'catalogue' if k == 'catalog' else k} ({now[k]['path']}) has changed")
+    for old, new in zip(old_all.get("catalogs") or [], now.get("catalogs") or []):
+        if old.get("path") == new["path"] and old.get("sha256") != new["sha256"]:
+            out.append(f"the catalogue ({new['path']}) has changed")
     return out
 
 
 def _settings_diff(prior: dict, cfg: ShardConfig, sources: dict) -> list[str]:
     now = {k: getattr(cfg, k) for k in SETTINGS}
     diff = rerun.differences(prior["config"], now, SETTINGS)
-    if prior.get("images_dir") and prior["images_dir"] != sources["images"]["path"]:
+    if prior.get("images_dir") and "images" in sources and prior["images_dir"] != sources["images"]["path"]:
         diff.append(f"images {prior['images_dir']} -> {sources['images']['path']}")
+    old_cats = [(c["path"], c.get("images")) for c in (prior.get("sources") or {}).get("catalogs") or []] or \
+        [((prior.get("sources") or {}).get("catalog", {}).get("path"), prior.get("images_dir"))]
+    new_cats = [(c["path"], c["images"]) for c in sources.get("catalogs") or []] or \
+        [(sources["catalog"]["path"], sources["images"]["path"])]
+    if [c for c, _ in old_cats] != [c for c, _ in new_cats] and old_cats[0][0] is not None:
+        diff.append(f"catalogues {', '.join(Path(c).name for c, _ in old_cats)} -> "
+                    f"{', '.join(Path(c).name for c, _ in new_cats)}")
     had_mapping = bool(prior["config"].get("mapping"))
     if had_mapping != bool(cfg.mapping):
         diff.append(f"mapping {'given' if had_mapping else 'none'} -> {'given' if cfg.mapping else 'none'}")
@@ -160,8 +206,9 @@ def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
     finish_swap(out)
     existed = out.exists()
     prior = _read_prior(out) if existed else None
-    table = read_catalog(CatalogSource(Path(cfg.catalog), cfg.images and Path(cfg.images), cfg.mapping and Path(cfg.mapping),
-                                       cfg.format, cfg.target))
+    table = read_catalogs(cfg.sources(), cfg.workers)
+    cfg = replace(cfg, target=table.attrs["target_kind"])  # recorded as the kind the data is
+    _say_absent(table)
     sources = _sources(cfg)
     build = out
     if prior is not None and not cfg.force:
@@ -192,6 +239,16 @@ def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
     return {**manifest, "run": {"skipped": False, "shards_reused": reused, "shards_written": total - reused}}
 
 
+def _say_absent(table: pd.DataFrame) -> None:
+    """One line per catalogue that lacks some of the questions: they are masked for its galaxies."""
+    for c in table.attrs.get("catalogs", []):
+        if c["tasks_absent"]:
+            n = len(c["tasks_absent"])
+            rerun.say(f"note: {Path(c['path']).name} has no labels for {n} of {len(schema.TASKS)} questions "
+                      f"({', '.join(c['tasks_absent'])}): masked for its {c['rows']} galaxies, never read as answers "
+                      "(--all-questions makes this an error)")
+
+
 def _remove_if_unused(out: Path) -> None:
     """Remove a folder this run created when nothing in it can be resumed (no finished shard)."""
     done = out / DONE_DIR
@@ -207,7 +264,12 @@ def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prio
     remove_stale_tmp(out / DONE_DIR)
     n_rows = len(table)
     ids = table["id"].astype(str).tolist()
-    keep = in_fraction(ids, cfg.seed, cfg.fraction) if cfg.fraction < 1 else np.ones(n_rows, dtype=bool)
+    in_frac = in_fraction(ids, cfg.seed, cfg.fraction) if cfg.fraction < 1 else np.ones(n_rows, dtype=bool)
+    if cfg.train_fraction < 1:  # by id hash too (a larger share keeps a superset); val and test stay whole
+        split = assign_splits(ids, cfg.seed, cfg.val, cfg.test)
+        in_frac &= (split != "train") | in_fraction(ids, cfg.seed + 1, cfg.train_fraction)
+    dup = (table[DUPLICATE_COLUMN] != "").to_numpy() if DUPLICATE_COLUMN in table else np.zeros(n_rows, bool)
+    keep = in_frac & ~dup  # a galaxy in two catalogues is used once (from the first); the others are listed
     keys = keys_for(table["id"])
     rejected = _row_rejections(table, keep, keys)
     bad_rows = {r.row for r in rejected}
@@ -218,7 +280,7 @@ def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prio
     rejected += image_rejections
     rejected.sort(key=lambda r: r.row)
     _remove_stale_shards(out, {j.name for j in jobs})
-    manifest = _manifest(cfg, table, keep, infos, rejected, converted, sources)
+    manifest = _manifest(cfg, table, in_frac, keep, infos, rejected, converted, sources)
     if prior is not None:
         # The same settings: the manifest keeps the recorded config and sources (paths as first given, the workers
         # and max_rejected of then), so a re-run from another folder or with other workers leaves it byte-identical;
@@ -343,13 +405,34 @@ def _remove_stale_shards(out: Path, planned: set[str]) -> None:
             (out / DONE_DIR / f"{p.name}.json").unlink(missing_ok=True)
 
 
-def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: list[ShardInfo],
+def _plain(v):
+    if isinstance(v, Path):
+        return str(v)
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _where(table: pd.DataFrame, row: int) -> dict:
+    """The catalogue and its row, for a row of a table over several catalogues."""
+    if "catalog" not in table:
+        return {}
+    return {"catalog": int(table["catalog"].iat[row]), "catalog_row": int(table["catalog_row"].iat[row])}
+
+
+def _manifest(cfg: ShardConfig, table: pd.DataFrame, in_frac: np.ndarray, keep: np.ndarray, infos: list[ShardInfo],
               rejected: list[Rejection], converted: list[Rejection], sources: dict) -> dict:
     written = sum(i.samples for i in infos)
     inputs = int(keep.sum())
     assert inputs == written + len(rejected), "every input row must be written or rejected"
     per_split = {s: sum(i.samples for i in infos if i.split == s) for s in SPLITS}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "force"}
+    config = {k: _plain(v) for k, v in asdict(cfg).items() if k != "force"}
+    duplicates = np.flatnonzero(in_frac & ~keep)
+    catalogs = table.attrs.get("catalogs") or []
+    bad = np.zeros(len(table), bool)
+    bad[[r.row for r in rejected]] = True
+    for k, c in enumerate(catalogs):  # every row of every catalogue: left out, a duplicate, rejected or written
+        rows = (table["catalog"] == k).to_numpy() if "catalog" in table else np.ones(len(table), bool)
+        c.update(excluded_by_fraction=int((rows & ~in_frac).sum()), duplicates=int((rows & in_frac & ~keep).sum()),
+                 rejected=int((rows & bad).sum()), written=int((rows & keep & ~bad).sum()))
     return {
         "format_version": MANIFEST_VERSION,
         "created_by": f"gzpipe {__version__}",
@@ -362,11 +445,12 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
                         "mask: 30 x uint8, 1 = valid target",
         },
         "sample": {"jpg": "JPEG bytes", "targets": "<f4[30]", "mask": "u1[30]", "json": "id, row, metadata"},
-        "images_dir": str(Path(cfg.images).resolve()) if cfg.images is not None else None,
+        "images_dir": (sources.get("images") or {}).get("path"),  # several catalogues: each one's, in sources
         "stored_size": cfg.resize or "original",
         "counts": {
             "catalog_rows": len(table),
-            "excluded_by_fraction": int(len(table) - inputs),
+            "excluded_by_fraction": int(len(table) - in_frac.sum()),
+            "duplicates": len(duplicates),
             "inputs": inputs,
             "written": written,
             "rejected": len(rejected),
@@ -375,7 +459,11 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, keep: np.ndarray, infos: li
         },
         "rejected_by_reason": dict(sorted(Counter(r.code for r in rejected).items())),
         "shards": [asdict(i) for i in infos],
-        "rejected": [{"row": r.row, "id": r.id, "reason": r.reason} for r in rejected],
+        "rejected": [{"row": r.row, **_where(table, r.row), "id": r.id, "reason": r.reason} for r in rejected],
+        "duplicates": [{"row": int(i), **_where(table, int(i)), "id": str(table["id"].iat[i]),
+                        "same_as": table[DUPLICATE_COLUMN].iat[i]} for i in duplicates],
+        "catalogs": catalogs,
+        "tasks_absent": list(table.attrs.get("tasks_absent", [])),
         "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
         "sources": sources,

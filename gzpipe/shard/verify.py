@@ -80,15 +80,24 @@ def rebuild_command(root: str | Path) -> str:
     m = read_manifest(Path(root))
     c, rec = m["config"], m.get("sources") or {}
     # absolute paths (recorded since manifests carry `sources`), so the command works from any folder
-    catalog = rec.get("catalog", {}).get("path", c["catalog"])
-    images = rec.get("images", {}).get("path", m.get("images_dir", c["images"]))
-    args = ["gzpipe", "shard", "--catalog", catalog, *(["--images", images] if images else []), "--out",
-            str(Path(root).resolve())]
+    if rec.get("catalogs"):  # several: each with its image folder, in their order
+        args = ["gzpipe", "shard"]
+        for k in rec["catalogs"]:
+            args += ["--catalog", k["path"], *(["--images", k["images"]] if k.get("images") else [])]
+        args += ["--out", str(Path(root).resolve())]
+    else:
+        catalog = rec.get("catalog", {}).get("path", c["catalog"])
+        images = rec.get("images", {}).get("path", m.get("images_dir", c["images"]))
+        args = ["gzpipe", "shard", "--catalog", catalog, *(["--images", images] if images else []), "--out",
+                str(Path(root).resolve())]
     if c.get("mapping"):
         args += ["--mapping", rec.get("mapping", {}).get("path", c["mapping"])]
-    for flag, key in (("--format", "format"), ("--target", "target"), ("--fraction", "fraction"), ("--val", "val"),
+    for flag, key in (("--format", "format"), ("--target", "target"), ("--fraction", "fraction"),
+                      ("--train-fraction", "train_fraction"), ("--val", "val"),
                       ("--test", "test"), ("--seed", "seed"), ("--resize", "resize"), ("--quality", "quality"),
                       ("--shard-size", "shard_size"), ("--workers", "workers"), ("--verify", "verify")):
         if c.get(key) is not None:
             args += [flag, str(c[key])]
+    if c.get("all_questions"):
+        args.append("--all-questions")
     return shlex.join(args)

@@ -1,0 +1,137 @@
+"""Several catalogues as one table: what `gzpipe shard --catalog A --catalog B ...` packs into one shard set.
+
+Why one shard set rather than training over several shard folders: the split is decided once, by a hash of each
+galaxy's id over the union, so a galaxy in two catalogues lands in one split only and is stored once; the loaders,
+the manifest (which accounts for every row of every catalogue) and every stage downstream stay as they are.
+
+* Each catalogue is read by ``gzpipe.catalog.read_catalog`` (its own format, its own absent questions).
+* Their kinds of fraction must agree (Hart16 ``debiased`` and Kaggle's weighted fractions do not mix).
+* Ids: catalogues of one id family (all Kaggle ``GalaxyID``, all Hart16 ``asset_id``) keep their ids; when the
+  families differ, every id is prefixed with its format (``kaggle:100008``, ``hart16:130549``), since the same
+  number names different galaxies in the two.
+* A galaxy in two catalogues is used once, from the first catalogue given: by id within an id family, and across
+  families by its pixels (a hash of each image decoded at 1/8 scale: Kaggle's JPEGs are GZ2's images re-encoded,
+  pixel-identical but not byte-identical). The later rows are listed, with the row they repeat, as duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from gzpipe.catalog import CatalogSource, format_of, read_catalog
+from gzpipe.errors import CatalogError
+
+DUPLICATE_COLUMN = "duplicate_of"
+
+
+def read_catalogs(sources: list[CatalogSource], workers: int = 1) -> pd.DataFrame:
+    """One table over ``sources`` (see the module docstring), with ``catalog`` (index into ``sources``),
+    ``catalog_row`` and ``duplicate_of`` ("" or what the row repeats) columns where there are several; its
+    ``attrs["catalogs"]`` describe each one (path, format, kind, rows, absent questions, duplicates)."""
+    if len(sources) > 1:  # --target picks the Hart16 family; the other formats hold one kind each
+        sources = [s if format_of(s) == "hart16" else replace(s, target=None) for s in sources]
+    tables = [read_catalog(s) for s in sources]
+    infos = [{"path": str(s.catalog), "format": t.attrs["format"], "target_kind": t.attrs["target_kind"],
+              "rows": len(t), "tasks_absent": list(t.attrs.get("tasks_absent", []))} for s, t in zip(sources, tables)]
+    if len(tables) == 1:
+        table = tables[0]
+        table.attrs["catalogs"] = infos
+        return table
+    _check_kinds(infos)
+    families = {i["format"] for i in infos}
+    parts = []
+    for k, (t, info) in enumerate(zip(tables, infos)):
+        t = t.copy()
+        if len(families) > 1:
+            t["id"] = [f"{info['format']}:{i}" if i else "" for i in t["id"]]
+        t.insert(2, "catalog", k)
+        t.insert(3, "catalog_row", range(len(t)))
+        parts.append(t)
+    table = pd.concat(parts, ignore_index=True)
+    table[DUPLICATE_COLUMN] = _duplicates(table, cross_family=len(families) > 1, workers=workers, infos=infos)
+    for k, info in enumerate(infos):
+        info["duplicates"] = int(((table["catalog"] == k) & (table[DUPLICATE_COLUMN] != "")).sum())
+    table.attrs.update(target_kind=infos[0]["target_kind"], format="+".join(i["format"] for i in infos),
+                       catalogs=infos,
+                       tasks_absent=sorted(set.intersection(*(set(i["tasks_absent"]) for i in infos))))
+    return table
+
+
+def _check_kinds(infos: list[dict]) -> None:
+    first = infos[0]
+    for other in infos[1:]:
+        if other["target_kind"] != first["target_kind"]:
+            fix = ""
+            hart = [i for i in (first, other) if i["format"] == "hart16"]
+            fixed = [i for i in (first, other) if i["format"] != "hart16"]
+            if hart and fixed:
+                fix = f"; give --target {fixed[0]['target_kind']} for the Hart16 catalogue"
+            raise CatalogError(f"{first['path']} holds {first['target_kind']} fractions ({first['format']}) and "
+                               f"{other['path']} {other['target_kind']} ({other['format']}): a model cannot learn "
+                               f"both kinds as one target{fix}")
+
+
+def _duplicates(table: pd.DataFrame, cross_family: bool, workers: int, infos: list[dict]) -> list[str]:
+    """Per row, "" or the earlier catalogue's row it repeats (same id; across id families, the same pixels)."""
+    out = [""] * len(table)
+    first: dict[str, int] = {}
+    usable = (table["reject"] == "").to_numpy() & (table["id"] != "").to_numpy()
+    ids, cats = table["id"].to_numpy(), table["catalog"].to_numpy()
+    for i in range(len(table)):
+        if not usable[i]:
+            continue
+        j = first.setdefault(ids[i], i)
+        if j != i and cats[j] != cats[i]:
+            out[i] = _describe(table, j, infos, "the same id")
+    if cross_family:
+        rows = [i for i in range(len(table)) if usable[i] and not out[i]]
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow decodes without the GIL
+            prints = list(pool.map(image_fingerprint, table["path"].to_numpy()[rows], chunksize=64))
+        seen: dict[str, int] = {}
+        for i, fp in zip(rows, prints):
+            if not fp:
+                continue
+            j = seen.setdefault(fp, i)
+            if j != i and cats[j] != cats[i]:
+                out[i] = _describe(table, j, infos, "the same pixels")
+    return out
+
+
+def _describe(table: pd.DataFrame, j: int, infos: list[dict], how: str) -> str:
+    return (f"{how} as {table['id'].iat[j]} (row {table['catalog_row'].iat[j]} of "
+            f"{Path(infos[table['catalog'].iat[j]]['path']).name})")
+
+
+def image_fingerprint(path: str | bytes) -> str:
+    """A hash of the image decoded at 1/8 scale (JPEG DCT scaling: about 1 ms), "" when it cannot be read (the
+    shard stage then rejects it with the reason)."""
+    try:
+        if isinstance(path, (bytes, bytearray)):
+            im = Image.open(io.BytesIO(path))
+        else:
+            from gzpipe.shard.images import read_image
+
+            im = Image.open(io.BytesIO(read_image(path)[0]))
+        im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+        rgb = im.convert("RGB")
+        return hashlib.sha1(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - any unreadable image: no fingerprint, the shard stage says why
+        return ""
+
+
+def sources_of(catalogs: list[Path], images: list[Path | None], **common) -> list[CatalogSource]:
+    """One ``CatalogSource`` per catalogue: ``images`` is one folder for all of them, or one per catalogue in order."""
+    if len(images) not in (0, 1, len(catalogs)):
+        raise CatalogError(f"{len(catalogs)} catalogues and {len(images)} --images folders: give one --images for "
+                           "all of them, or one per --catalog in the same order")
+    folders = images if len(images) == len(catalogs) else [images[0] if images else None] * len(catalogs)
+    base = CatalogSource(Path(catalogs[0]), None, **common)
+    return [replace(base, catalog=Path(c), images=Path(i) if i is not None else None)
+            for c, i in zip(catalogs, folders)]
