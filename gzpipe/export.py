@@ -64,6 +64,7 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "features": spec.features, "targets": list(schema.TARGET_NAMES),
         "target_kind": (manifest.get("target") or {}).get("kind"),
         "tasks": {t: [s.start, s.stop] for t, s in schema.TASK_SLICES.items()},
+        "tasks_trained": metrics.get("tasks_trained") or list(schema.TASK_SLICES),
         "image_size": int(cfg["image_size"]),
         "input": {"channels": "RGB", "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                   "layout": "N x 3 x image_size x image_size", "eval_crop": PRESETS["eval"].crop_scale,
@@ -144,7 +145,8 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
         model = model.to(memory_format=torch.channels_last)
     config = {"backbone": name, "image_size": cfg["image_size"], "head": cfg["head"], "channels_last": cl,
               "amp": amp or "bf16"}
-    return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE)
+    return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
+                                cfg.get("tasks_trained"))
 
 
 def is_export(folder: str | Path) -> bool:

@@ -23,6 +23,13 @@ def split_labels(shards: str | Path, split: str) -> pd.DataFrame:
     return df[df["split"] == split].drop(columns="split").set_index("id")
 
 
+def tasks_with_labels(shards: str | Path, split: str = "train") -> list[str]:
+    """The tasks that have at least one label in ``split``: what a model trained on it can have learned (a
+    catalogue without some questions leaves them out)."""
+    lab = split_labels(shards, split)
+    return [t for t, s in schema.TASK_SLICES.items() if lab[MASK_COLUMNS[s]].to_numpy().any()]
+
+
 def aligned(labels: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Targets and masks in the order of ``ids``; every id must be in the split."""
     missing = [i for i in ids if i not in labels.index]

@@ -294,6 +294,7 @@ class TrainedBackbone:
     channels_last: bool
     autocast: object
     checkpoint: Path
+    tasks_trained: list | None = None  # the questions it had labels for (None: recorded by none, all of them)
 
     @property
     def image_size(self) -> int:
@@ -348,5 +349,9 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
         cl = spec.channels_last(dev.type)
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    try:
+        trained = json.loads((d / METRICS).read_text()).get("tasks_trained")
+    except (OSError, ValueError):
+        trained = None
     return TrainedBackbone(cfg["backbone"], d, cfg, model, dev, cl, precision(dev, amp or cfg.get("amp", "bf16")),
-                           best)
+                           best, trained)

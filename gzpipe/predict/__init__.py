@@ -169,6 +169,8 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
         ids = sorted(order, key=order.get)
         paths = [part.folder] * len(ids)
     pred = np.where(np.array([bool(e) for e in errors])[:, None], np.nan, np.clip(acc, 0.0, 1.0))
+    for t in predictor.untrained():  # a question the model had no labels for: empty, not a confident-looking 0.5
+        pred[:, schema.TASK_SLICES[t]] = np.nan
     return _part_table(ids, paths, errors, pred, cfg.cumulative)
 
 
@@ -272,6 +274,9 @@ def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
         notes.append(f"skipped {len(found.skipped)} file(s) that are not images: {shown}")
     if found.duplicates:
         notes.append(f"{found.duplicates} duplicate input path(s) were predicted once")
+    if predictor.untrained():
+        notes.append(f"left empty (NaN): {', '.join(predictor.untrained())}, which the model had no training "
+                     "labels for")
     rate = (res.rows / res.seconds) if res.seconds > 0 else 0.0
     print(f"predicted {res.rows - res.errors} image(s) with {predictor.name} ({predictor.kind}"
           + (f", TTA x{cfg.tta} {cfg.tta_kind}" if cfg.tta > 1 else "") + f"; {rate:,.0f} img/s) -> {res.out}"

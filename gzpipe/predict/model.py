@@ -36,6 +36,14 @@ class Predictor:
     def sizes(self) -> list[int]:
         return sorted({b.image_size for b in self.backbones.values()})
 
+    def untrained(self) -> list[str]:
+        """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
+        known = [b.tasks_trained for b in self.backbones.values()]
+        if any(k is None for k in known):
+            return []
+        learned = set().union(*map(set, known)) if known else set()
+        return [t for t in schema.TASK_SLICES if t not in learned]
+
     def members_at(self, size: int) -> list[Member]:
         return [m for m in self.members if self.backbones[m.backbone].image_size == size]
 
