@@ -16,7 +16,8 @@ DEEP, ENSEMBLE = "deep", "ensemble"
 def _row(name: str, kind: str, backbone: str, m: dict) -> dict:
     t = m["test"]
     row = {"name": name, "kind": kind, "backbone": backbone, "accuracy": t["accuracy"], "mae": t["mae"],
-           "mse": t["mse"], "rmse": t["rmse"], "test_galaxies": t["galaxies"]}
+           "mse": t["mse"], "rmse": t["rmse"], "kaggle_rmse": (t.get("kaggle") or {}).get("rmse"),
+           "kaggle_galaxies": (t.get("kaggle") or {}).get("galaxies"), "test_galaxies": t["galaxies"]}
     for task, f in t["per_task"].items():
         row[f"accuracy:{task}"] = f["accuracy"]
     for task, f in t["per_task"].items():

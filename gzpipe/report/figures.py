@@ -42,15 +42,21 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
     n_test = int(t["test_galaxies"].max()) if "test_galaxies" in t and t["test_galaxies"].notna().any() else None
     for ax, col, label in ((axes[0], "mae", "test MAE (lower is better)"),
                            (axes[1], "accuracy", "test accuracy, rounded to 0/1 (higher is better)")):
-        ax.barh(y, t[col], color=colours)
+        err = None
+        if f"{col}_lo" in t and t[f"{col}_lo"].notna().any():  # the 95% paired-bootstrap interval
+            err = np.vstack([(t[col] - t[f"{col}_lo"]).clip(lower=0), (t[f"{col}_hi"] - t[col]).clip(lower=0)])
+            err = np.nan_to_num(err.astype(float))
+        ax.barh(y, t[col], color=colours, xerr=err, error_kw={"ecolor": "0.25", "capsize": 2, "lw": 1})
         if baseline is not None:  # behind the value labels, which sit on a white box: the line never hides them
             ax.axvline(baseline[col], color="k", ls="--", lw=1, zorder=1)
-        for yi, v in zip(y, t[col]):
-            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8, zorder=3,
+        ends = t[f"{col}_hi"].fillna(t[col]) if err is not None else t[col]
+        for yi, v, end in zip(y, t[col], ends):
+            ax.text(end, yi, f" {v:.3f}", va="center", fontsize=8, zorder=3,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.85})
         ax.set(xlabel=label)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_xlim(0, float(max(t["mae"].max(), baseline["mae"] if baseline else 0)) * 1.15)
+    top = t["mae_hi"].max() if "mae_hi" in t and t["mae_hi"].notna().any() else t["mae"].max()
+    axes[0].set_xlim(0, float(max(top, baseline["mae"] if baseline else 0)) * 1.18)
     axes[1].set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
     axes[0].set_yticks(y, [_label(r) for _, r in t.iterrows()])
     axes[0].invert_yaxis()
@@ -59,6 +65,9 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
     if baseline is not None:  # named in the legend, not written across the line
         handles.append(plt.Line2D([0], [0], color="k", ls="--", lw=1))
         names.append(f"train-mean baseline (MAE {baseline['mae']:.3f}, accuracy {baseline['accuracy']:.3f})")
+    if "mae_lo" in t and t["mae_lo"].notna().any():
+        handles.append(plt.Line2D([0], [0], color="0.25", lw=1, marker="|"))
+        names.append("95% paired-bootstrap interval\n(* = not distinguishable from the best)")
     axes[1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle("All models on the test split" + (f" ({n_test} galaxies)" if n_test else "") + ", best first")
     _save(fig, path)
@@ -67,9 +76,12 @@ def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -
 def _label(row) -> str:
     """A model's name, flagged when it is an ensemble of a single member (that member itself)."""
     members = row.get("members") if hasattr(row, "get") else None
+    tied = row.get("tied_with_best") if hasattr(row, "get") else None
+    lo = row.get("d_mae_vs_best_lo") if hasattr(row, "get") else None
+    mark = " *" if tied is True and not (lo == 0 and row.get("d_mae_vs_best_hi") == 0) else ""
     if row["kind"] == "ensemble" and isinstance(members, str) and members.startswith("1 "):
-        return f"{row['name']} (one member)"
-    return row["name"]
+        return f"{row['name']} (one member){mark}"
+    return row["name"] + mark
 
 
 def per_task_heatmap(table: pd.DataFrame, path: Path) -> None:
@@ -86,6 +98,8 @@ def per_task_heatmap(table: pd.DataFrame, path: Path) -> None:
                 v = data[i, j]
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
                         color="white" if v > np.nanmean(data) else "black")
+            else:  # a question the test split has no label for (a catalogue without it): no score, not a blank
+                ax.text(j, i, "no labels", ha="center", va="center", fontsize=7, color="0.45")
     fig.colorbar(im, ax=ax, label="test MAE of the task's answers")
     ax.set_title("Test MAE per GZ2 task (rows: models, best first)")
     _save(fig, path)
