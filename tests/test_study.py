@@ -299,13 +299,13 @@ def test_stacked_sharing_is_chosen_by_cross_validation_within_val():
 
 def test_report_with_18_models(train_shards, tmp_path):
     from gzpipe.boost import ENGINES
-    from gzpipe.models import BACKBONES
+    from gzpipe.models import default_backbones
     from gzpipe.report import run_report
 
     rng = np.random.default_rng(2)
     hist = [{"epoch": e, "train_loss": 0.1 / e, "val_loss": 0.12 / e, "val_mae": 0.2 / e, "lr": 1e-3,
              "images_per_s": 10.0, "seconds": 1.0} for e in (1, 2, 3)]
-    for i, b in enumerate(BACKBONES):
+    for i, b in enumerate(default_backbones()):
         _fake_backbone(tmp_path, b, train_shards, 0.05 + 0.02 * i, rng)
         lab = split_labels(train_shards, "test")
         p = pd.read_parquet(tmp_path / b / "test_predictions.parquet").set_index("id").loc[lab.index]

@@ -327,7 +327,7 @@ def test_real_sample_shards_and_trains_a_step(real_sample, tmp_path):
     assert 50 < m["counts"]["written"] < 120 and m["counts"]["rejected"] == 0
     r = run_train(_cfg(tmp_path / "shards", tmp_path / "art", epochs=1))
     assert r["epochs_run"] == 1 and 0 < r["test"]["mae"] < 0.6
-    cfg = resolve_study("real", None)  # the preset points at the same sample
+    cfg = resolve_study("sample", None)  # the preset points at the same sample
     assert Path(cfg.data.catalog).name == "labels_manifest_800.csv" and Path(cfg.data.catalog).exists()
 
 

@@ -74,9 +74,11 @@ def export(
 
 @app.command()
 def study(
-    preset: Optional[Literal["demo", "real", "full"]] = typer.Option(
-        None, help="demo: synthetic, CPU, ~10 min; real: the 800-galaxy sample ($GZPIPE_SHARED), < 30 min; full: "
-                   "the original hyperparameters, for a GPU."),
+    preset: Optional[Literal["demo", "real", "sample", "full"]] = typer.Option(
+        None, help="demo: synthetic, CPU, ~10 min; real: all the real labelled data in $GZPIPE_SHARED (the GZ2 "
+                   "sample + 5,336 Kaggle galaxies, ~6,100 in all), CPU, < 60 min; sample: the 800 hand-picked GZ2 "
+                   "galaxies alone, < 30 min; full: the whole GZ2 release with the original hyperparameters, for a "
+                   "GPU."),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="YAML: a preset and overrides of data, shard, "
                                           "train, boost, backbones, engines, methods, out."),
     out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),

@@ -2,10 +2,10 @@
 lists names in `--help` quickly; ``create_model`` and ``GZModel`` (``gzpipe.models.build``) load torch when first
 used."""
 
-from gzpipe.models.registry import (ALIASES, BACKBONES, BackboneSpec, parse_backbones, register, resolve_name,
-                                    unregister)
+from gzpipe.models.registry import (ALIASES, BACKBONES, BackboneSpec, default_backbones, parse_backbones, register,
+                                    resolve_name, unregister)
 
-__all__ = ["ALIASES", "BACKBONES", "BackboneSpec", "GZModel", "create_model", "load_backbone_weights",
+__all__ = ["ALIASES", "BACKBONES", "BackboneSpec", "default_backbones", "GZModel", "create_model", "load_backbone_weights",
            "parameter_count", "parse_backbones", "register", "resolve_name", "unregister"]
 _LAZY = ("GZModel", "create_model", "load_backbone_weights", "parameter_count")
 

@@ -31,6 +31,7 @@ class BackboneSpec:
     pretrained_build: Callable[[], object] | None = None  # a network with its published weights (``--pretrained``)
     removes_classifier: bool = True  # False: ``build`` returns the network without its classifier already (timm)
     weights_architecture: str | None = None  # the name a weights folder's config.json gives (timm's architecture)
+    on_demand: bool = False  # registered when first named (timm:NAME): not one of the study's default backbones
 
     def channels_last(self, device_type: str) -> bool:
         return self.channels_last_cuda if device_type == "cuda" else self.channels_last_cpu
@@ -48,6 +49,12 @@ def register(spec: BackboneSpec, *aliases: str) -> BackboneSpec:
     for a in aliases:
         ALIASES[a] = spec.name
     return spec
+
+
+def default_backbones() -> list[str]:
+    """The backbones a study trains when it names none: the built-in ones and the plug-ins' (not the timm:NAME
+    ones registered on demand by an earlier command in the same process)."""
+    return [n for n, s in BACKBONES.items() if not s.on_demand]
 
 
 def unregister(name: str) -> None:

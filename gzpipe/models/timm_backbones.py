@@ -60,5 +60,5 @@ def register_timm(name: str):
         PREFIX + arch, None, classifier, width,
         build=lambda: timm.create_model(arch, pretrained=False, num_classes=0),
         pretrained_build=lambda: timm.create_model(arch, pretrained=True, num_classes=0),
-        removes_classifier=False, weights_architecture=arch)
+        removes_classifier=False, weights_architecture=arch, on_demand=True)
     return register(spec)

@@ -65,7 +65,10 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
             _say("synth", f"{s.n} galaxies -> {raw}")
         catalog, images, mapping = raw / "gz2_hart16.csv", raw / "images", raw / "gz2_filename_mapping.csv"
     else:
-        catalog, images = Path(data.catalog), Path(data.images)
+        def paths(v):
+            return [Path(p) for p in v] if isinstance(v, list) else Path(v)
+
+        catalog, images = paths(data.catalog), paths(data.images)
         mapping = Path(data.mapping) if data.mapping else None
     STOP.check()
     shards = out / "shards"

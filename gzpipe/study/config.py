@@ -27,6 +27,14 @@ from gzpipe.fileio import check_out_folder
 
 SHARED_TOKEN = "${GZPIPE_SHARED}"
 SAMPLE = f"{SHARED_TOKEN}/data/gz2_sample"
+KAGGLE_FULL = f"{SHARED_TOKEN}/data/kaggle_cosmic_compendium"
+KAGGLE_PARTIAL = f"{SHARED_TOKEN}/data/kaggle_partial_labels"
+#: All the real labelled data at hand (../shared/data): the GZ2 sample's weighted fractions, the 420 full Kaggle rows
+#: and the 4,916 with 5 of the 11 questions (6,097 galaxies once 39 pictures in two catalogues are used once)
+REAL_DATA = {"catalog": [f"{SAMPLE}/labels_manifest_800.csv", f"{KAGGLE_FULL}/labels_kaggle_37col_420.csv",
+                         f"{KAGGLE_PARTIAL}/labels_kaggle_17col.csv"],
+             "images": [f"{SAMPLE}/images", f"{KAGGLE_FULL}/images", f"{KAGGLE_PARTIAL}/images"],
+             "target": "weighted_fraction"}
 RELEASE_DIR = "data/gz2"  # where `gzpipe download` puts the release by default (its --dest)
 
 PRESETS: dict[str, dict] = {
@@ -40,6 +48,16 @@ PRESETS: dict[str, dict] = {
     },
     "real": {
         "out": "artifacts/real",
+        "data": REAL_DATA,
+        # sized by measurement (benchmarks/RESULTS.md, "The real study"): 2 cores, at most 60 minutes
+        "shard": {"resize": 64, "shard_size": 250, "val": 0.1, "test": 0.1, "workers": 2},
+        "train": {"image_size": 48, "epochs": 8, "batch_size": 32, "lr": 1e-3, "patience": 3, "warmup_epochs": 1,
+                  "workers": 2, "backend": "auto"},
+        "boost": {"rounds": 300, "early_stopping": 20, "max_bin": 64, "colsample": 0.25},
+        "backbones": ["resnet50"],
+    },
+    "sample": {
+        "out": "artifacts/sample",
         "data": {"catalog": f"{SAMPLE}/labels_manifest_800.csv", "images": f"{SAMPLE}/images"},
         "shard": {"resize": 64, "shard_size": 100, "val": 0.15, "test": 0.15, "workers": 2},
         # chosen on val within 30 minutes of 2 cores (benchmarks/RESULTS.md, issue 15): 48 px for 12 epochs beat
@@ -78,7 +96,10 @@ def shared_folder() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
 
 
-def expand(path: str | None) -> str | None:
+def expand(path: str | list | None) -> str | list | None:
+    """``${shared}`` replaced by the shared folder (in each of a list of paths)."""
+    if isinstance(path, (list, tuple)):
+        return [expand(p) for p in path]
     return None if path is None else str(path).replace(SHARED_TOKEN, str(shared_folder()))
 
 
@@ -91,11 +112,11 @@ class SynthSection:
 @dataclass
 class DataSection:
     synth: SynthSection | None = None
-    catalog: str | None = None
-    images: str | None = None
+    catalog: str | list | None = None  # a list: one shard set over the union of several catalogues
+    images: str | list | None = None  # a list: one folder per catalogue, in order
     mapping: str | None = None
     format: str = "auto"
-    target: str = "debiased"
+    target: str | None = None  # None: the catalogue's own kind (debiased for Hart16)
 
 
 @dataclass
@@ -167,7 +188,7 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
     """Preset < YAML file < ``--out``, parsed and checked whole (see the module docstring)."""
     from gzpipe.boost import BoostConfig, ENGINES, engine_params, split_boost_section, validate as check_boost
     from gzpipe.ensemble import METHODS
-    from gzpipe.models import ALIASES, BACKBONES, resolve_name
+    from gzpipe.models import ALIASES, BACKBONES, default_backbones, resolve_name
     from gzpipe.shard import ShardConfig
     from gzpipe.train.config import NOT_USER_KEYS, TrainConfig, resolve
 
@@ -176,7 +197,7 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
     name = preset or user.get("preset") or "demo"
     if name not in PRESETS:
         raise GzpipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    base = {"backbones": list(BACKBONES), "engines": list(ENGINES), "methods": list(METHODS), **PRESETS[name]}
+    base = {"backbones": default_backbones(), "engines": list(ENGINES), "methods": list(METHODS), **PRESETS[name]}
     if "data" in user:  # a study's data replace the preset's (synthetic or a catalogue, not both)
         base["data"] = {}
     raw = _merge(base, user)
@@ -239,17 +260,22 @@ def _check_data(data: DataSection, preset: str, where: str) -> None:
         raise GzpipeError(f"preset {preset!r} needs data.catalog and data.images (and data.mapping for the release) "
                           "in a --config file")
     for key in ("catalog", "images", "mapping"):
-        p = getattr(data, key)
-        if p and not Path(p).exists():
-            hint = ""
-            if str(shared_folder()) in p:
-                hint = (f"; the sample lives in {shared_folder()} (set GZPIPE_SHARED to its folder), or give data."
-                        f"{key} in a --config file")
-            elif preset == "full" and p == PRESETS["full"]["data"].get(key):
-                hint = (f": the full preset reads the release where `gzpipe download` writes it ({RELEASE_DIR}, from "
-                        f"the folder you run in); run `gzpipe download --dest {RELEASE_DIR}` first, or give "
-                        "data.catalog, data.mapping and data.images in a --config file")
-            raise GzpipeError(f"{where} data.{key}: {p} not found{hint}")
+        value = getattr(data, key)
+        for p in value if isinstance(value, list) else [value]:
+            _check_path(p, key, preset, where)
+
+
+def _check_path(p: str | None, key: str, preset: str, where: str) -> None:
+    if p and not Path(p).exists():
+        hint = ""
+        if str(shared_folder()) in p:
+            hint = (f"; the sample lives in {shared_folder()} (set GZPIPE_SHARED to its folder), or give data."
+                    f"{key} in a --config file")
+        elif preset == "full" and p == PRESETS["full"]["data"].get(key):
+            hint = (f": the full preset reads the release where `gzpipe download` writes it ({RELEASE_DIR}, from "
+                    f"the folder you run in); run `gzpipe download --dest {RELEASE_DIR}` first, or give "
+                    "data.catalog, data.mapping and data.images in a --config file")
+        raise GzpipeError(f"{where} data.{key}: {p} not found{hint}")
 
 
 def write_resolved(cfg: StudyConfig) -> Path:

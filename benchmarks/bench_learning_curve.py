@@ -1,0 +1,166 @@
+"""Learning curve on the real data at hand: how much labelled data is enough?
+
+    .venv/bin/python benchmarks/bench_learning_curve.py [--out artifacts/learning_curve] [--sizes 800,2000,all]
+
+ResNet-50 with one fixed recipe (the `real` preset's train section: 48 px, its epochs, batch and lr) trained on 800,
+2,000 and all of the train split of the union of the three real catalogues in ../shared/data (the `real` preset's
+data: the GZ2 sample's weighted fractions, 420 full Kaggle rows, 4,916 rows with 5 of the 11 questions). Every run
+is scored on the same validation and test galaxies: the smaller train sets come from `gzpipe shard --train-fraction`,
+which keeps a share of the train split by id hash and the val and test splits whole.
+
+Per size: val and test MAE, the Kaggle RMSE (cumulative fractions, over the test galaxies with all 30 columns
+known), each with a 95% paired-bootstrap interval over the test galaxies, the paired MAE difference to the next
+size, wall time; the train-mean baseline and the best constant's Kaggle RMSE beside them. Writes
+``learning_curve.json`` and ``learning_curve.png`` in --out and prints one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine  # noqa: E402
+
+from gzpipe import runs, schema  # noqa: E402
+from gzpipe.labels import aligned, split_labels  # noqa: E402
+from gzpipe.metrics import cumulative_known  # noqa: E402
+from gzpipe.report.intervals import draws, paired_bootstrap  # noqa: E402
+from gzpipe.shard import ShardConfig, run_shard  # noqa: E402
+from gzpipe.study.config import PRESETS, expand  # noqa: E402
+
+
+def _kaggle_interval(pred: np.ndarray, y: np.ndarray, m: np.ndarray, counts: np.ndarray) -> dict:
+    """The Kaggle RMSE over the complete galaxies with a bootstrap interval (the same draws as the MAE's)."""
+    full = cumulative_known(y, m).all(axis=1)
+    pc = schema.conditional_to_cumulative(np.clip(pred, 0, 1))
+    tc = schema.conditional_to_cumulative(np.nan_to_num(y))
+    se = ((pc - tc) ** 2).sum(axis=1) * full
+    n = full * float(schema.N_TARGETS)
+    point = float(np.sqrt(se.sum() / n.sum()))
+    with np.errstate(invalid="ignore"):
+        boot = np.sqrt((counts @ se) / (counts @ n))
+    lo, hi = np.nanquantile(boot, [0.025, 0.975])
+    return {"rmse": point, "lo": float(lo), "hi": float(hi), "galaxies": int(full.sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("artifacts/learning_curve"))
+    ap.add_argument("--sizes", default="800,2000,all", help="train galaxies per run; 'all' = the whole train split")
+    ap.add_argument("--epochs", type=int, default=None, help="[the real preset's]")
+    ap.add_argument("--backbone", default="resnet50")
+    args = ap.parse_args()
+    preset = PRESETS["real"]
+    data = {k: expand(v) for k, v in preset["data"].items()}
+    if not all(Path(c).exists() for c in data["catalog"]):
+        sys.exit(f"the real catalogues are not at {data['catalog']} (../shared/data; set GZPIPE_SHARED)")
+    train_cfg = {**preset["train"], **({"epochs": args.epochs} if args.epochs else {})}
+    shard_cfg = preset["shard"]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def shards(name: str, train_fraction: float) -> dict:
+        return run_shard(ShardConfig(catalog=[Path(c) for c in data["catalog"]],
+                                     images=[Path(i) for i in data["images"]], target=data["target"],
+                                     out=args.out / name, train_fraction=train_fraction, **shard_cfg))
+
+    full = shards("shards_all", 1.0)
+    n_train = full["counts"]["per_split"]["train"]
+    sizes = [n_train if s == "all" else int(s) for s in args.sizes.split(",")]
+    from gzpipe.train.config import resolve
+    from gzpipe.train.run import run_train
+
+    results, preds = [], {}
+    test_ids = None
+    for n in sizes:
+        name = f"train_{n}"
+        m = full if n >= n_train else shards(f"shards_{n}", n / n_train)
+        got = m["counts"]["per_split"]
+        sh = args.out / ("shards_all" if n >= n_train else f"shards_{n}")
+        ids = split_labels(sh, "test").index.tolist()
+        assert test_ids is None or ids == test_ids, "the test split must be the same galaxies for every size"
+        test_ids = ids
+        t0 = time.perf_counter()
+        metrics = run_train(resolve(args.backbone, str(sh), None, out=str(args.out / name), **train_cfg))
+        wall = time.perf_counter() - t0
+        preds[name] = runs.read_predictions(args.out / name / args.backbone, "test").loc[ids,
+                                                                                         list(schema.TARGET_NAMES)]
+        results.append({"name": name, "train_galaxies": got["train"], "val_galaxies": got["val"],
+                        "test_galaxies": got["test"], "val_mae": metrics["val"]["mae"],
+                        "test_mae": metrics["test"]["mae"], "epochs_run": metrics["epochs_run"],
+                        "best_epoch": metrics["best_epoch"], "train_wall_s": wall,
+                        "images_per_s": metrics.get("images_per_s")})
+    y, msk = aligned(split_labels(args.out / "shards_all", "test"), test_ids)
+    boot = paired_bootstrap({k: v.to_numpy(np.float64) for k, v in preds.items()}, y, msk)
+    counts = draws(len(test_ids))
+    tr = split_labels(args.out / "shards_all", "train")
+    ytr, mtr = tr[list(schema.TARGET_NAMES)].to_numpy(), tr[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy()
+    mean = np.array([ytr[mtr[:, j], j].mean() for j in range(schema.N_TARGETS)])
+    base = np.tile(mean, (len(y), 1))
+    base_boot = paired_bootstrap({"baseline": base, **{k: v.to_numpy(np.float64) for k, v in preds.items()}}, y, msk)
+    cum_known = cumulative_known(y, msk).all(axis=1)
+    tc = schema.conditional_to_cumulative(np.nan_to_num(y))[cum_known]
+    best_const = float(np.sqrt(((tc - tc.mean(axis=0)) ** 2).mean())) if cum_known.any() else None
+    for r, (k, v) in zip(results, preds.items()):
+        f = boot["models"][k]
+        r.update(test_mae_lo=f["mae"].lo, test_mae_hi=f["mae"].hi,
+                 kaggle=_kaggle_interval(v.to_numpy(np.float64), y, msk, counts),
+                 vs_baseline_mae=f["mae"].point / base_boot["models"]["baseline"]["mae"].point)
+    for a, b in zip(results, results[1:]):  # does each step up in data help? paired difference b - a
+        d = paired_bootstrap({a["name"]: preds[a["name"]].to_numpy(np.float64),
+                              b["name"]: preds[b["name"]].to_numpy(np.float64)}, y, msk, reference=a["name"])
+        iv = d["models"][b["name"]]["vs_best"]
+        b["vs_previous"] = {"d_test_mae": iv.point, "lo": iv.lo, "hi": iv.hi, "helps": iv.hi < 0}
+    out = {"machine": machine(), "backbone": args.backbone, "recipe": train_cfg, "shard": shard_cfg,
+           "catalogs": full["catalogs"], "duplicates": full["counts"]["duplicates"],
+           "baseline_test_mae": base_boot["models"]["baseline"]["mae"].point,
+           "best_constant_kaggle_rmse": best_const, "sizes": results}
+    (args.out / "learning_curve.json").write_text(json.dumps(out, indent=2))
+    for r in results:
+        emit(r)
+    _plot(out, args.out / "learning_curve.png")
+    print(f"wrote {args.out / 'learning_curve.json'} and {args.out / 'learning_curve.png'}")
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["sizes"]
+    n = [r["train_galaxies"] for r in s]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    mae = np.array([r["test_mae"] for r in s])
+    err = np.array([[r["test_mae"] - r["test_mae_lo"] for r in s], [r["test_mae_hi"] - r["test_mae"] for r in s]])
+    ax.errorbar(n, mae, yerr=err, marker="o", capsize=3, label="test MAE (95% paired bootstrap)")
+    ax.plot(n, [r["val_mae"] for r in s], marker="s", ls=":", label="val MAE")
+    ax.axhline(res["baseline_test_mae"], color="k", ls="--", lw=1, label="train-mean baseline (test)")
+    ax.set(xscale="log", xlabel="train galaxies", ylabel="MAE over the labelled answers",
+           title=f"{res['backbone']}, {res['recipe']['image_size']} px, {res['recipe']['epochs']} epochs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    k = [r["kaggle"] for r in s]
+    ax.errorbar(n, [x["rmse"] for x in k], yerr=[[x["rmse"] - x["lo"] for x in k], [x["hi"] - x["rmse"] for x in k]],
+                marker="o", capsize=3, color="#d62728", label="Kaggle RMSE (cumulative, 30 columns)")
+    if res["best_constant_kaggle_rmse"]:
+        ax.axhline(res["best_constant_kaggle_rmse"], color="k", ls="--", lw=1, label="best constant")
+    ax.set(xscale="log", xlabel="train galaxies", ylabel="RMSE",
+           title=f"Kaggle metric on the {k[0]['galaxies']} test galaxies with all 30 known")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle("How much labelled data is enough? The same test galaxies for every size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
