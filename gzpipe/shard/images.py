@@ -160,6 +160,12 @@ def check_image(data: bytes, name: str) -> None:
     if data.startswith(b"\xff\xd8\xff"):
         check_jpeg(data, name)
         return
+    _open_other(data, name)
+
+
+def _open_other(data: bytes, name: str) -> Image.Image:
+    """An image of a format other than JPEG, opened lazily (header only), refused when Pillow cannot read it or
+    when it is over the pixel limit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -169,7 +175,9 @@ def check_image(data: bytes, name: str) -> None:
     except (OSError, SyntaxError, ValueError):
         raise ImageRejected(f"{name} is {_what_is(data[:64])}, not an image Pillow reads", "not_image") from None
     if im.width * im.height > MAX_PIXELS:
-        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit", "too_large")
+        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit",
+                            "too_large")
+    return im
 
 
 def _decodes_strictly(data: bytes) -> bool:
@@ -270,17 +278,7 @@ def read_image(path: str) -> tuple[bytes, str]:
 
 def _other_format(data: bytes, name: str, resize: int | None, quality: int) -> tuple[bytes, str]:
     """An image in a format Pillow reads, decoded whole (which checks it), as a baseline RGB JPEG at ``quality``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected(f"{name} is too large to decode safely ({e})", "too_large") from None
-    except (OSError, SyntaxError, ValueError):
-        raise ImageRejected(f"{name} is {_what_is(data[:64])}, not an image Pillow reads", "not_image") from None
-    if im.width * im.height > MAX_PIXELS:
-        raise ImageRejected(f"{name} is {im.width} x {im.height} px, over the {MAX_PIXELS // 10**6} Mpx limit",
-                            "too_large")
+    im = _open_other(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
