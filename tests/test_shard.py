@@ -192,3 +192,31 @@ def test_ustar_header_equals_pythons_tarfile(name, size):
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, 0o644, "", ""
     assert ustar_header(name, size) == ti.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_a_split_left_empty_by_the_id_hash_is_said_at_shard_time(synth_release, tmp_path, capsys):
+    """Splits go by id hash: 5 galaxies at --val 0.05 can leave val empty. `shard` says so, with the fix; training
+    on them then fails naming the split and the same fix (it used to say only "split 'val' has no samples")."""
+    df = pd.read_csv(synth_release / "gz2_hart16.csv", dtype={"dr7objid": str})
+    mapping = pd.read_csv(synth_release / "gz2_filename_mapping.csv", dtype=str)
+    df.insert(0, "asset_id", mapping.set_index("objid").loc[df["dr7objid"], "asset_id"].to_numpy())
+    from gzpipe.shard.splits import assign_splits
+
+    ids = df["asset_id"].astype(str).tolist()
+    split = assign_splits(ids, 42, 0.05, 0.3)
+    rows = [i for i, s in enumerate(split) if s == "train"][:3] + [i for i, s in enumerate(split) if s == "test"][:2]
+    df.iloc[rows].to_csv(tmp_path / "five.csv", index=False)
+    capsys.readouterr()
+    m = run_shard(ShardConfig(catalog=tmp_path / "five.csv", images=synth_release / "images", out=tmp_path / "s",
+                              val=0.05, test=0.3))
+    assert m["counts"]["per_split"] == {"train": 3, "val": 0, "test": 2}
+    out = capsys.readouterr().out
+    assert "note: the val split holds no galaxies (train 3, val 0, test 2; val share 0.05)" in out
+    assert "give more galaxies or a larger --val" in out
+    from gzpipe.train.config import resolve
+    from gzpipe.train.run import run_train
+
+    with pytest.raises(GzpipeError, match=r"split 'val' has no galaxies in .*s \(train 3, val 0, test 2\): re-shard "
+                                          r"with more galaxies or a larger --val"):
+        run_train(resolve("resnet50", str(tmp_path / "s"), None, out=str(tmp_path / "a"), image_size=32, epochs=1,
+                          batch_size=2, workers=0, device="cpu", backend="pil"))

@@ -74,7 +74,10 @@ def split_shards(root: str | Path, split: str) -> SplitShards:
             )
         files.append(ShardFile(p, root / s["index"], s["samples"], s["bytes"], s.get("sha256")))
     if not files:
-        raise GzpipeError(f"split {split!r} has no samples in {root} (see counts.per_split in manifest.json)")
+        per = m.get("counts", {}).get("per_split", {})
+        counts = ", ".join(f"{s} {per.get(s, 0)}" for s in SPLITS)
+        raise GzpipeError(f"split {split!r} has no galaxies in {root} ({counts}): re-shard with more galaxies or a "
+                          f"larger --{split if split != 'train' else 'train-fraction'} (splits go by id hash)")
     return SplitShards(root, split, tuple(files), m)
 
 

@@ -290,7 +290,26 @@ def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prio
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
     _check_rejections(manifest, cfg, out)
+    _note_empty_splits(manifest["counts"]["per_split"], cfg)
     return manifest, reused
+
+
+def _note_empty_splits(per_split: dict, cfg: ShardConfig) -> None:
+    """`gzpipe train` fits on train, early-stops on val and scores on test, so it needs a galaxy in each. Splits go by
+    id hash, and a small catalogue can leave one empty whatever --val / --test say: a note now, naming the fix, rather
+    than a surprise at training ("split 'val' has no galaxies"). Not an error: such shards still serve `predict`,
+    `verify` and inspection."""
+    empty = [s for s in SPLITS if per_split.get(s, 0) == 0]
+    if not empty or sum(per_split.values()) == 0:
+        return  # nothing written at all: _check_rejections names the reasons
+    share = {"train": 1 - cfg.val - cfg.test, "val": cfg.val, "test": cfg.test}
+    fix = {"train": "a larger --train-fraction or a smaller --val / --test", "val": "a larger --val",
+           "test": "a larger --test"}
+    rerun.say(f"note: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} hold{'' if len(empty) > 1 else 's'}"
+              f" no galaxies ({', '.join(f'{s} {per_split.get(s, 0)}' for s in SPLITS)}; "
+              f"{', '.join(f'{s} share {share[s]:g}' for s in empty)}): splits go by a hash of each id, so a catalogue "
+              f"this small can leave one empty, and `gzpipe train` needs all three; give more galaxies or "
+              f"{' / '.join(fix[s] for s in empty)}")
 
 
 def _check_rejections(m: dict, cfg: ShardConfig, out: Path) -> None:
