@@ -241,25 +241,70 @@ def test_the_paired_bootstrap_on_known_cases():
         paired_bootstrap({"a": a}, target, mask)["models"]["a"]["mae"]
 
 
-def test_the_report_gives_intervals_and_marks_the_ties(real_kaggle, tmp_path):
+@pytest.fixture(scope="module")
+def k17_study(real_kaggle, tmp_path_factory) -> Path:
+    """Every stage on a shard set of the 17-column file alone (six questions with no label anywhere): two backbones,
+    their features, XGBoost and LightGBM on one, an equal and a stacked ensemble, the report."""
+    from gzpipe.boost import BoostConfig, run_boost
     from gzpipe.ensemble import EnsembleConfig, run_ensemble
+    from gzpipe.features import FeaturesConfig, run_features
     from gzpipe.report import run_report
     from gzpipe.train.config import resolve
     from gzpipe.train.run import run_train
 
-    shards = tmp_path / "s"
+    root = tmp_path_factory.mktemp("k17_study")
+    shards, art = root / "s", root / "a"
     run_shard(ShardConfig(catalog=real_kaggle["k17"], images=PARTIAL / "images", out=shards, shard_size=50,
                           resize=40, val=0.2, test=0.3))
     for b in ("resnet50", "efficientnet_v2_s"):
-        run_train(resolve(b, str(shards), None, out=str(tmp_path / "a"), image_size=32, batch_size=8, epochs=1,
+        run_train(resolve(b, str(shards), None, out=str(art), image_size=32, batch_size=8, epochs=1,
                           workers=0, device="cpu", backend="pil"))
-    run_ensemble(EnsembleConfig("equal", out=str(tmp_path / "a")))
-    run_report(tmp_path / "a")
-    t = pd.read_csv(tmp_path / "a/model_comparison/comparison_table.csv")
+    run_features(FeaturesConfig("resnet50", out=str(art), workers=0, device="cpu", backend="pil"))
+    for engine in ("xgboost", "lightgbm"):
+        run_boost(BoostConfig(engine=engine, backbone="resnet50", out=str(art), rounds=5, early_stopping=3,
+                              device="cpu"))
+    run_ensemble(EnsembleConfig("equal", out=str(art)))
+    run_ensemble(EnsembleConfig("stacked", out=str(art)))
+    run_report(art)
+    return art
+
+
+def test_every_stage_honours_questions_no_catalogue_had(k17_study):
+    """Boosters, ensembles and the report on six questions with no label anywhere: each scores the four it has,
+    reports "no labels" (n 0, no figure) for the six, and never fills them with a score of nothing."""
+    runs_ = ["resnet50", "efficientnet_v2_s", "xgboost_resnet50", "lightgbm_resnet50", "ensemble_equal",
+             "ensemble_stacked"]
+    for name in runs_:
+        m = json.loads((k17_study / name / "metrics.json").read_text())
+        for t in schema.TASK_SLICES:
+            f = m["test"]["per_task"][t]
+            if t in ABSENT_17:
+                assert f["n"] == 0 and f["mae"] is None and f["accuracy"] is None, (name, t)
+            else:
+                assert f["n"] > 0 and 0 <= f["mae"] < 1, (name, t)
+        assert m["test"]["n"] == sum(m["test"]["per_task"][t]["n"] for t in schema.TASK_SLICES)
+    t = pd.read_csv(k17_study / "model_comparison/comparison_table.csv").set_index("name")
+    assert set(runs_) <= set(t.index)
     assert (t["mae_lo"] <= t["mae"]).all() and (t["mae"] <= t["mae_hi"]).all()
     assert t["tied_with_best"].sum() >= 1 and "kaggle_rmse" in t
-    page = (tmp_path / "a/model_comparison/report.html").read_text()
-    assert "paired bootstrap over the" in page and "no labels" in page
+    for task in schema.TASK_SLICES:  # the per-task table: empty exactly for the absent questions
+        assert t[f"accuracy:{task}"].isna().all() == (task in ABSENT_17), task
+    page = (k17_study / "model_comparison/report.html").read_text()
+    assert "paired bootstrap over the" in page and page.count("no labels") >= len(ABSENT_17) * len(runs_)
+
+
+@pytest.mark.parametrize("model", ["lightgbm_resnet50", "ensemble_stacked"])
+def test_a_booster_or_ensemble_over_partial_labels_predicts_the_absent_questions_empty(k17_study, model, tmp_path,
+                                                                                        capsys):
+    from gzpipe.predict import PredictConfig, run_predict
+
+    capsys.readouterr()
+    df = run_predict(PredictConfig(model=str(k17_study / model), inputs=[str(PARTIAL / "images" / "100008.jpg")],
+                                   out=str(tmp_path / "p.csv"), workers=0)).frame()
+    absent_cols = [n for t in ABSENT_17 for n in list(schema.TARGET_NAMES)[schema.TASK_SLICES[t]]]
+    present = [c for c in schema.TARGET_NAMES if c not in absent_cols]
+    assert df[absent_cols].isna().all().all() and df[present].notna().all().all()
+    assert "left empty (NaN): t03_bar, t04_spiral" in capsys.readouterr().out
 
 
 # ---- 5. the real study ----------------------------------------------------------------------------------------------
