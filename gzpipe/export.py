@@ -27,7 +27,7 @@ MODEL_FILE = "model.safetensors"
 def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
     from safetensors.torch import save_file
 
-    from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+    from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD
     from gzpipe.manifest import read_manifest
     from gzpipe.models import BACKBONES, resolve_name
     from gzpipe.train import checkpoint as ckpt
@@ -67,13 +67,13 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "tasks_trained": metrics.get("tasks_trained") or list(schema.TASK_SLICES),
         "image_size": int(cfg["image_size"]),
         "input": {"channels": "RGB", "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "layout": "N x 3 x image_size x image_size", "eval_crop": PRESETS["eval"].crop_scale,
+                  "layout": "N x 3 x image_size x image_size", "eval_crop": float(cfg.get("crop") or DEFAULT_CROP),
                   "resize": "bilinear"},
         "channels_last": cfg.get("channels_last"),
         "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies") if k in metrics[split]}
                     for split in runs.EVAL_SPLITS if split in metrics},
         "training": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "weight_decay", "loss", "seed",
-                                                 "image_size", "tta", "ema_decay", "pretrained", "weights")},
+                                                 "image_size", "crop", "tta", "ema_decay", "pretrained", "weights")},
         "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
         "source": {"run": str(model.resolve()), "checkpoint_sha256": digest},
     }
@@ -95,7 +95,7 @@ def _model_card(config: dict, cfg: dict, manifest: dict) -> str:
     splits = counts.get("per_split", {})
     source = manifest.get("config", {})
     train_cmd = ["gzpipe", "train", "--backbone", config["architecture"], "--shards", str(cfg["shards"])]
-    for key in ("epochs", "batch_size", "lr", "image_size", "loss", "seed"):
+    for key in ("epochs", "batch_size", "lr", "image_size", "crop", "loss", "seed"):
         if cfg.get(key) is not None:
             train_cmd += [f"--{key.replace('_', '-')}", str(cfg[key])]
     lines = [
@@ -144,7 +144,7 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
     if cl:
         model = model.to(memory_format=torch.channels_last)
     config = {"backbone": name, "image_size": cfg["image_size"], "head": cfg["head"], "channels_last": cl,
-              "amp": amp or "bf16"}
+              "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop")}
     return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
                                 cfg.get("tasks_trained"))
 

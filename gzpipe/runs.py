@@ -300,6 +300,18 @@ class TrainedBackbone:
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
+    @property
+    def crop(self) -> float:
+        """The share of the image side it was trained to see (runs from before ``crop`` existed: the default)."""
+        from gzpipe.loaders.presets import DEFAULT_CROP
+
+        return float(self.config.get("crop") or DEFAULT_CROP)
+
+    @property
+    def view(self) -> tuple[int, float]:
+        """(image size, crop): what an input must be made into for this model."""
+        return self.image_size, self.crop
+
     def _input(self, x):
         import torch
 

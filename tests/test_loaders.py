@@ -130,22 +130,26 @@ def test_affine_draws_cover_angles_and_flips():
     assert 0.45 < flips < 0.55
 
 
-@pytest.mark.parametrize("size", [64, 160])
-def test_backends_agree_in_eval_mode(synth_shards, size):
-    """The same galaxies through pil, dali and the nvjpeg backend's warp (run on the CPU) agree."""
+@pytest.mark.parametrize("size,crop", [(64, 0.8), (160, 0.8), (64, 0.5)])
+def test_backends_agree_in_eval_mode(synth_shards, size, crop):
+    """The same galaxies through pil, dali and the nvjpeg backend's warp (run on the CPU) agree, at the default
+    crop and at a closer one."""
     from torchvision.io import decode_jpeg
 
     from gzpipe.loaders.nvjpeg import warp_batch
+    from gzpipe.loaders.presets import preset_for
 
     out = {}
     for be in CPU_BACKENDS:
-        for b in create_loader(synth_shards, "val", be, image_size=size, batch_size=4, device="cpu", workers=1):
+        for b in create_loader(synth_shards, "val", be, image_size=size, batch_size=4, device="cpu", workers=1,
+                               crop=crop):
             for i, gid in enumerate(b.ids):
                 out.setdefault(gid, {})[be] = b.images[i]
     for f in split_shards(synth_shards, "val").files:
         for s in iter_samples(f):
             im = decode_jpeg(torch.frombuffer(bytearray(s["jpg"]), dtype=torch.uint8))
-            out[s["id"]]["nvjpeg-warp"] = warp_batch([im], draw_affine(None, False)[None], size)[0]
+            out[s["id"]]["nvjpeg-warp"] = warp_batch([im], draw_affine(None, False, preset_for(False, crop))[None],
+                                                     size)[0]
 
     def diff(a, b):
         return torch.stack([(v[a] - v[b]).abs() for v in out.values()])
@@ -155,6 +159,27 @@ def test_backends_agree_in_eval_mode(synth_shards, size):
     # pil decodes at 1/2..1/8 scale (DCT scaling) when the output is small: a smoother image, close on average
     assert diff("pil", "dali").mean() < (0.015 if size > 100 else 0.05)
     assert diff("pil", "nvjpeg-warp").mean() < (0.015 if size > 100 else 0.05)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_crop_shows_the_centre_closer(synth_shards, backend):
+    """--crop 0.4 is the centre of the 0.8 view, enlarged 2x: the 0.8 view's middle half, resized, is the 0.4 view
+    (to within resampling); train draws scale in the same proportion around it."""
+    import torch.nn.functional as F
+
+    from gzpipe.loaders.presets import preset_for
+
+    wide = _all(create_loader(synth_shards, "val", backend, image_size=128, batch_size=8, device="cpu", workers=0))
+    close = _all(create_loader(synth_shards, "val", backend, image_size=64, batch_size=8, device="cpu", workers=0,
+                               crop=0.4))
+    assert wide[0] == close[0]
+    middle = F.interpolate(wide[1][:, :, 32:96, 32:96], size=64, mode="bilinear", antialias=True)
+    assert (middle - close[1]).abs().mean() < 0.05
+    assert (F.interpolate(wide[1], size=64, mode="bilinear", antialias=True) - close[1]).abs().mean() > 0.1
+    assert preset_for(True, 0.4).crop_scale == pytest.approx((0.35, 0.45)) and preset_for(False, 0.4).crop_scale == 0.4
+    assert preset_for(True, 1.0).crop_scale == pytest.approx((0.875, 1.0))  # never beyond the image
+    with pytest.raises(GzpipeError, match="crop must be between 0.2 and 1"):
+        create_loader(synth_shards, "val", backend, image_size=64, batch_size=8, device="cpu", crop=1.5)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -128,7 +128,7 @@ def test_a_saved_run_of_an_unknown_engine_is_a_clear_error(tmp_path):
         load_booster(d)
 
 
-def _const_batches(shards, *, image_size, batch_size, train, device, workers, seed, rank, shuffle_buffer):
+def _const_batches(shards, *, image_size, batch_size, train, device, workers, seed, rank, shuffle_buffer, crop):
     from gzpipe.loaders import Batch
     from gzpipe.loaders.shards import iter_samples
 

@@ -35,6 +35,51 @@ def test_predicting_the_test_shard_reproduces_training_predictions(model, train_
                                ref[list(schema.TARGET_NAMES)].to_numpy(), atol=1e-4)
 
 
+def test_a_model_trained_at_a_closer_crop_is_fed_that_crop_everywhere(train_shards, model, tmp_path):
+    """--crop is recorded with the run; evaluation, features, predict (alone and in an ensemble with a default-crop
+    backbone) and export all make inputs at it: predict reproduces the run's own test predictions."""
+    from gzpipe.ensemble import EnsembleConfig, run_ensemble
+    from gzpipe.export import run_export
+    from gzpipe.features import FeaturesConfig, read_features, run_features
+
+    art = tmp_path / "a"
+    shutil.copytree(model, art / "resnet50")  # a default-crop backbone beside it
+    run_train(resolve("efficientnet_v2_s", str(train_shards), None, out=str(art), image_size=32, batch_size=8,
+                      epochs=1, workers=0, device="cpu", warmup_epochs=1, backend="pil", crop=0.5))
+    run_dir = art / "efficientnet_v2_s"
+    import json
+
+    assert json.loads((run_dir / "config.json").read_text())["crop"] == 0.5
+    tars = [train_shards / s["name"] for s in read_manifest(train_shards)["shards"] if s["split"] == "test"]
+    ref = pd.read_parquet(run_dir / "test_predictions.parquet").set_index("id")[list(schema.TARGET_NAMES)]
+    df = run_predict(run_dir, tars, tmp_path / "p.csv", workers=0).set_index("id")
+    np.testing.assert_allclose(df.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
+    exported = run_export(run_dir, tmp_path / "export")
+    assert json.loads((exported / "config.json").read_text())["input"]["eval_crop"] == 0.5
+    dfe = run_predict(exported, tars, tmp_path / "pe.csv", workers=0).set_index("id")
+    np.testing.assert_allclose(dfe.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
+    # an ensemble of the two: each member fed its own crop, so the mix is the weighted mix of both runs' predictions
+    from gzpipe.ensemble import load_weights
+
+    run_ensemble(EnsembleConfig("equal", out=str(art)))
+    w = load_weights(art / "ensemble_equal")
+    mix = run_predict(art / "ensemble_equal", tars, tmp_path / "pm.csv", workers=0).set_index("id")
+    other = pd.read_parquet(art / "resnet50/test_predictions.parquet").set_index("id")[list(schema.TARGET_NAMES)]
+    want = w["efficientnet_v2_s"] * ref + w["resnet50"] * other.loc[ref.index]
+    np.testing.assert_allclose(mix.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), want.to_numpy(), atol=1e-4)
+    # features at the run's crop: the head over them gives the run's predictions
+    run_features(FeaturesConfig("efficientnet_v2_s", out=str(art), workers=0, device="cpu", backend="pil",
+                                dtype="float32"))
+    ids, x, _, _ = read_features(art, "efficientnet_v2_s", "test")
+    from gzpipe.runs import load_trained
+    import torch
+
+    t = load_trained(run_dir, "cpu")
+    with torch.inference_mode():
+        p = t.model.head(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(p, ref.loc[list(ids)].to_numpy(), atol=1e-4)
+
+
 def _real_batch(tmp_path):
     if not KAGGLE.exists() or not SAMPLE.exists():
         pytest.skip(f"real images not found under {KAGGLE.parent} (../shared is absent on a user's machine)")

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=8, help="galaxies (rows) to show [8]")
     ap.add_argument("--views", type=int, default=3, help="train-augmented views per galaxy [3]")
     ap.add_argument("--image-size", type=int, default=128, help="loader output size in pixels [128]")
+    ap.add_argument("--crop", type=float, default=0.8, help="share of the image side the model sees, as "
+                    "`gzpipe train --crop` [0.8]")
     ap.add_argument("--backend", default="pil", help="loader backend: pil, dali, nvjpeg or auto [pil]")
     ap.add_argument("--seed", type=int, default=0, help="augmentation seed [0]")
     ap.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write [preview.png]")
@@ -44,7 +46,7 @@ def top_answers(targets, mask, k: int = 2) -> list[str]:
     return [label(j) for j in order]
 
 
-def collect(shards: Path, split: str, n: int, views: int, size: int, backend: str, seed: int):
+def collect(shards: Path, split: str, n: int, views: int, size: int, backend: str, seed: int, crop: float = 0.8):
     """{id: (eval image, [train images], targets, mask)} for up to ``n`` galaxies of the split's first shards."""
     from gzpipe.loaders import create_loader
     from gzpipe.loaders.shards import SplitShards, split_shards
@@ -59,13 +61,13 @@ def collect(shards: Path, split: str, n: int, views: int, size: int, backend: st
     part = SplitShards(sp.root, split, tuple(files), sp.manifest)
     denorm = _denormaliser()
     out: dict = {}
-    for b in create_loader(part, split, backend, size, 16, train=False, device="cpu", workers=0):
+    for b in create_loader(part, split, backend, size, 16, train=False, device="cpu", workers=0, crop=crop):
         for i, img, t, m in zip(b.ids, b.images, b.targets, b.mask):
             if len(out) < n:
                 out[i] = (denorm(img), [], t.numpy(), m.numpy())
     for epoch in range(views):
         loader = create_loader(part, split, backend, size, 1, train=True, device="cpu", workers=0, seed=seed,
-                               shuffle_buffer=1)  # batches of 1: train mode drops a last partial batch
+                               shuffle_buffer=1, crop=crop)  # batches of 1: train mode drops a last partial batch
         loader.set_epoch(epoch)
         for b in loader:
             for i, img in zip(b.ids, b.images):
@@ -120,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     from gzpipe.errors import GzpipeError
 
     try:
-        galaxies = collect(args.shards, args.split, args.n, args.views, args.image_size, args.backend, args.seed)
+        galaxies = collect(args.shards, args.split, args.n, args.views, args.image_size, args.backend, args.seed,
+                           args.crop)
     except GzpipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     draw(galaxies, args.views, f"{args.shards} ({args.split}): eval view and {args.views} train-augmented views, "
-                               f"{args.image_size} px, {args.backend} backend", args.out)
+                               f"{args.image_size} px, crop {args.crop:g}, {args.backend} backend", args.out)
     print(f"wrote {args.out} ({len(galaxies)} galaxies)")
     return 0
 

@@ -12,6 +12,7 @@ import torch
 
 from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
+from gzpipe.loaders.presets import DEFAULT_CROP, check_crop
 from gzpipe.loaders.registry import BACKENDS, resolve_backend
 from gzpipe.loaders.shards import SplitShards, dist_rank_world, split_shards
 
@@ -54,9 +55,11 @@ class Loader:
 
 def create_loader(shards: str | Path, split: str, backend: str = "auto", image_size: int = 224, batch_size: int = 64,
                   train: bool = False, *, device: str | torch.device | None = None, workers: int = 2, seed: int = 42,
-                  shuffle_buffer: int = 1000, rank: int | None = None, world_size: int | None = None) -> Loader:
+                  shuffle_buffer: int = 1000, rank: int | None = None, world_size: int | None = None,
+                  crop: float = DEFAULT_CROP) -> Loader:
     """Build a loader over ``split`` of the shard folder ``shards`` (see the module docstring); ``shards`` may also
-    be a ``SplitShards`` already chosen (a subset of a split's shards)."""
+    be a ``SplitShards`` already chosen (a subset of a split's shards). ``crop``: the share of the image side the
+    model sees (``gzpipe.loaders.presets.preset_for``)."""
     if image_size < 8:
         raise GzpipeError(f"image_size must be at least 8, got {image_size}")
     if batch_size < 1:
@@ -71,8 +74,9 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
     spec = BACKENDS[name]
     mine = all_shards if spec.reads_shards_itself else all_shards.for_rank(rank, world, allow_empty=not train)
     module = importlib.import_module(spec.module)
+    check_crop(crop)
     kwargs = dict(image_size=image_size, batch_size=batch_size, train=train, device=dev, workers=workers, seed=seed,
-                  rank=rank, shuffle_buffer=shuffle_buffer)
+                  rank=rank, shuffle_buffer=shuffle_buffer, crop=crop)
     if spec.reads_shards_itself:
         kwargs["world"] = world
     batches = module.build(mine, **kwargs)
@@ -90,7 +94,8 @@ class Units:
 
 
 def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 224, batch_size: int = 64, *,
-                       device: str | torch.device | None = None, workers: int = 2) -> Loader:
+                       device: str | torch.device | None = None, workers: int = 2,
+                       crop: float = DEFAULT_CROP) -> Loader:
     """An eval-mode loader over ``units`` (e.g. `predict`'s chunks of image files), in their order, through the
     same backends (and so the same decoding, reduction and warp) as the shard loaders."""
     from gzpipe.device import resolve_device
@@ -98,6 +103,7 @@ def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 22
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     name = resolve_backend(backend, dev, units=True)
     module = importlib.import_module(BACKENDS[name].module)
+    check_crop(crop)
     batches = module.build(units, image_size=image_size, batch_size=batch_size, train=False, device=dev,
-                           workers=workers, seed=0, rank=0, shuffle_buffer=1)
+                           workers=workers, seed=0, rank=0, shuffle_buffer=1, crop=crop)
     return Loader(name, units, batch_size, False, 1, batches)

@@ -16,7 +16,7 @@ import torch
 
 from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
-from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine, epoch_rng
+from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD, draw_affine, epoch_rng, preset_for
 
 # The share of JPEGs the mixed decoder gives the GPU's hardware JPEG engine (A100 / H100 / H200 have one), the rest
 # going to the CUDA decoder: DALI 2's own default for its nvImageCodec decoder, set here so that it is a decision
@@ -39,8 +39,8 @@ def threads(workers: int) -> int:
     return max(1, workers, min(16, cpu_count() // local_ranks))
 
 
-def _affines(train: bool, batch_size: int, seed: int, rank: int):
-    preset = PRESETS["train" if train else "eval"]
+def _affines(train: bool, batch_size: int, seed: int, rank: int, crop: float = DEFAULT_CROP):
+    preset = preset_for(train, crop)
 
     def source(info):  # info: nvidia.dali.types.BatchInfo(iteration, epoch_idx)
         rng = epoch_rng(seed, info.epoch_idx, rank, info.iteration)
@@ -50,7 +50,7 @@ def _affines(train: bool, batch_size: int, seed: int, rank: int):
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, world: int, shuffle_buffer: int):
+          rank: int, world: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -70,7 +70,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
             name="reader")
         shape = fn.cast(fn.peek_image_shape(jpg), dtype=types.FLOAT)  # H, W, C of the stored image
         h, w = shape[0], shape[1]
-        a = fn.external_source(source=_affines(train, batch_size, seed, rank), batch=True, batch_info=True,
+        a = fn.external_source(source=_affines(train, batch_size, seed, rank, crop), batch=True, batch_info=True,
                                dtype=types.FLOAT, ndim=1)
         # pixel_matrix() of presets.py, written with DALI arithmetic so it follows each image's own size
         m = fn.stack(a[0] * w / s, a[1] * w / s, w / 2 * (1 - a[0] - a[1]),

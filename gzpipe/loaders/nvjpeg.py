@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
-from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
+from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD, draw_affine, preset_for
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.stopping import dataloader_worker_init
 
@@ -55,11 +55,11 @@ class _Raw:
     sample also says where it came from: its file name for files a user gave (``tolerant``: a failure is that row's
     error), else its key and shard (verified data: a failure means a damaged shard)."""
 
-    def __init__(self, train: bool):
-        self.train = train
+    def __init__(self, train: bool, crop: float = DEFAULT_CROP):
+        self.train, self.preset, self.eval_preset = train, preset_for(train, crop), preset_for(False, crop)
 
     def __call__(self, s: dict, rng: np.random.Generator):
-        a = draw_affine(rng, self.train, PRESETS["train" if self.train else "eval"])
+        a = draw_affine(rng, self.train, self.preset)
         data = s["jpg"]
         if data[:3] == b"\xff\xd8\xff":
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -72,7 +72,7 @@ class _Raw:
             torch.from_numpy(s["mask"]), s["id"], "", _origin(s)
 
     def failed(self, s: dict, reason: str):
-        a = torch.as_tensor(draw_affine(None, False), dtype=torch.float32)
+        a = torch.as_tensor(draw_affine(None, False, self.eval_preset), dtype=torch.float32)
         return torch.zeros((3, 1, 1), dtype=torch.uint8), a, torch.from_numpy(s["targets"]), \
             torch.from_numpy(s["mask"]), s["id"], reason, _origin(s)
 
@@ -167,10 +167,10 @@ def _decode_one(payload: torch.Tensor, dev: torch.device, origin: tuple[bool, st
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, shuffle_buffer: int):
+          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
     if device.type != "cuda" and _DECODE_DEVICE is None:
         raise RuntimeError("the nvjpeg loader backend decodes on a CUDA device; on the CPU use dali or pil")
-    ds = ShardStream(shards, _Raw(train), train, seed, rank, shuffle_buffer)
+    ds = ShardStream(shards, _Raw(train, crop), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
                     worker_init_fn=dataloader_worker_init,
                     pin_memory=False, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

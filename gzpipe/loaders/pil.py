@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
-from gzpipe.loaders.presets import PRESETS, draw_affine, pixel_matrix
+from gzpipe.loaders.presets import DEFAULT_CROP, draw_affine, pixel_matrix, preset_for
 from gzpipe.loaders.slots import BatchSlots
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.shard.images import jpeg_frame
@@ -92,11 +92,11 @@ def decode_augment(data: bytes, a: np.ndarray, image_size: int, draft: bool = Tr
 class _Transform:
     """Worker side: decode, warp, and hand over H x W x 3 uint8 (normalised in the main process, per batch)."""
 
-    def __init__(self, image_size: int, train: bool):
-        self.image_size, self.train = image_size, train
+    def __init__(self, image_size: int, train: bool, crop: float = DEFAULT_CROP):
+        self.image_size, self.train, self.preset = image_size, train, preset_for(train, crop)
 
     def __call__(self, s: dict, rng: np.random.Generator):
-        a = draw_affine(rng, self.train, PRESETS["train" if self.train else "eval"])
+        a = draw_affine(rng, self.train, self.preset)
         return self._out(torch.from_numpy(decode_augment(s["jpg"], a, self.image_size)), s, "")
 
     def failed(self, s: dict, reason: str):
@@ -108,10 +108,10 @@ class _Transform:
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, shuffle_buffer: int):
+          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
     on_gpu = device.type == "cuda"
     prefetch = 4
-    ds = ShardStream(shards, _Transform(image_size, train), train, seed, rank, shuffle_buffer)
+    ds = ShardStream(shards, _Transform(image_size, train, crop), train, seed, rank, shuffle_buffer)
     # each worker can have `prefetch` batches queued, one being consumed and one being written: reused buffers
     slots = BatchSlots(workers, batch_size, per_worker=prefetch + 2)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(seed),

@@ -1,7 +1,10 @@
 """The loader backend registry (no torch import: the CLI lists its names in `--help` without loading torch).
 
 A backend is a module with ``build(shards, **options)`` returning a function of the epoch that yields ``Batch``es,
-registered with its place in ``auto``'s order and its own availability check."""
+registered with its place in ``auto``'s order and its own availability check. The options: ``image_size``,
+``batch_size``, ``train``, ``device``, ``workers``, ``seed``, ``rank``, ``shuffle_buffer``, ``crop`` (the share of the
+image side the model sees: ``gzpipe.loaders.presets.preset_for(train, crop)`` gives the augmentation preset), and
+``world`` for a backend that ``reads_shards_itself``."""
 
 from __future__ import annotations
 

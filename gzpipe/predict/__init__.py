@@ -126,21 +126,23 @@ def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.nd
 
 
 def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
-    """Predict one part: every image size its members need, then the weighted sum; error rows are NaN."""
+    """Predict one part: every (image size, crop) view its members need, then the weighted sum; error rows are NaN."""
     from gzpipe.loaders import Units, create_loader, create_unit_loader
 
     acc: np.ndarray | None = None
     order: dict[str, int] = {}
     errors: list[str] = []
     first = True
-    for size in predictor.sizes:
+    for view in predictor.views:
+        size, crop = view
         if part.kind == "files":
             loader = create_unit_loader(Units(part.chunks(), part.rows), cfg.backend, size, cfg.batch_size,
-                                        device=next(iter(predictor.backbones.values())).device, workers=cfg.workers)
+                                        device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
+                                        crop=crop)
         else:
             loader = create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
                                    device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
-                                   rank=0, world_size=1)
+                                   rank=0, world_size=1, crop=crop)
         if acc is None:
             acc = np.zeros((part.rows, schema.N_TARGETS))
             errors = [""] * part.rows
@@ -154,7 +156,7 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
                         for i in batch.ids:
                             order.setdefault(i, len(order))
                     pos = [order[i] for i in batch.ids]
-                acc[pos] += predictor.predict(batch.images, size, cfg.tta, cfg.tta_kind)
+                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind)
                 if batch.errors:
                     for q, e in zip(pos, batch.errors):
                         if e:

@@ -1,7 +1,7 @@
 """Any finished model as one predictor of the 30 fractions: a backbone, a booster (through its backbone's
 features) or an ensemble (its members' weighted sum; a weight is one number, or one per target). Members trained
-at different image sizes are fed one size at a time; every backbone is loaded once (``gzpipe.runs.load_trained``)
-and serves all the members that need it."""
+at different image sizes or crops are fed one (size, crop) view at a time; every backbone is loaded once
+(``gzpipe.runs.load_trained``) and serves all the members that need it."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ class Predictor:
     inputs: dict = field(default_factory=dict)  # for the output's provenance
 
     @property
-    def sizes(self) -> list[int]:
-        return sorted({b.image_size for b in self.backbones.values()})
+    def views(self) -> list[tuple[int, float]]:
+        """The (image size, crop) pairs its backbones were trained at: each input is made into every one of them."""
+        return sorted({b.view for b in self.backbones.values()})
 
     def untrained(self) -> list[str]:
         """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
@@ -44,14 +45,16 @@ class Predictor:
         learned = set().union(*map(set, known)) if known else set()
         return [t for t in schema.TASK_SLICES if t not in learned]
 
-    def members_at(self, size: int) -> list[Member]:
-        return [m for m in self.members if self.backbones[m.backbone].image_size == size]
+    def members_at(self, view: tuple[int, float]) -> list[Member]:
+        return [m for m in self.members if self.backbones[m.backbone].view == view]
 
-    def predict(self, images: torch.Tensor, size: int, tta: int = 1, tta_kind: str = "dihedral") -> np.ndarray:
-        """The weighted sum over the members at ``size`` of their predictions for a normalised batch, averaged over
-        ``tta`` views (features averaged over views for boosters, as `gzpipe features --tta` does)."""
+    def predict(self, images: torch.Tensor, view: tuple[int, float], tta: int = 1,
+                tta_kind: str = "dihedral") -> np.ndarray:
+        """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
+        normalised batch made at that view, averaged over ``tta`` views (features averaged over views for
+        boosters, as `gzpipe features --tta` does)."""
         out = np.zeros((len(images), schema.N_TARGETS))
-        need = {m.backbone for m in self.members_at(size)}
+        need = {m.backbone for m in self.members_at(view)}
         got = {}
         for b in need:
             t = self.backbones[b]
@@ -61,7 +64,7 @@ class Predictor:
                 fs.append(f)
                 ps.append(p)
             got[b] = (torch.stack(fs).mean(0).cpu().numpy(), torch.stack(ps).mean(0).cpu().numpy())
-        for m in self.members_at(size):
+        for m in self.members_at(view):
             f, p = got[m.backbone]
             if m.booster is not None:
                 p = m.booster.predict(f)

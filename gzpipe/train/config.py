@@ -16,7 +16,7 @@ from gzpipe.configs import from_mapping
 from gzpipe.device import AMP, check_device_name
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import check_out_folder
-from gzpipe.loaders.presets import PRESETS
+from gzpipe.loaders.presets import DEFAULT_CROP, check_crop
 from gzpipe.models import BACKBONES, resolve_name
 from gzpipe.models.heads import HEADS
 
@@ -33,10 +33,10 @@ MODES = ("resume", "restart", "skip")
 LOSSES = ("l1", "mse", "bce")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
-               "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
+               "crop", "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
                "zero_init_residual")
 # What a key missing from an older run's saved config meant when that run was trained (before the key existed).
-SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse"}
+SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
@@ -56,6 +56,7 @@ class TrainConfig:
     min_delta: float = 0.0
     grad_clip: float = 1.0
     image_size: int = 224
+    crop: float = DEFAULT_CROP  # the share of the image side the model sees, resized to image_size
     backend: str = "auto"
     workers: int = 2
     device: str = "auto"
@@ -136,7 +137,7 @@ def warn_upsampled_crop(cfg: TrainConfig, manifest: dict) -> None:
     the ``--resize`` that would not (the real sample's resnet50 at 64 px: val MAE 2% lower from 128 px shards than
     from 64 px ones, benchmarks/RESULTS.md)."""
     stored = manifest.get("stored_size")
-    crop = PRESETS["eval"].crop_scale
+    crop = cfg.crop
     if isinstance(stored, int) and stored * crop < cfg.image_size:
         need = math.ceil(cfg.image_size / crop)
         warnings.warn(f"the shards hold {stored} px images, so the centre crop ({crop:g} of the side, "
@@ -172,6 +173,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     if cfg.head is not None and cfg.head not in HEADS:
         bad(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     check_device_name(cfg.device)
+    check_crop(cfg.crop)
     from gzpipe.loaders.tta import check_tta
 
     check_tta(cfg.tta, cfg.tta_kind)

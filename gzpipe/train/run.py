@@ -99,10 +99,10 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         net = net.to(memory_format=torch.channels_last)
     train_loader = create_loader(cfg.shards, "train", cfg.backend, cfg.image_size, cfg.batch_size, train=True,
                                  device=device, workers=cfg.workers, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                                 rank=d.rank, world_size=d.world)
+                                 rank=d.rank, world_size=d.world, crop=cfg.crop)
     val_loader = create_loader(cfg.shards, "val", cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
-                               world_size=d.world)
+                               world_size=d.world, crop=cfg.crop)
     steps = ddp.min_int(d, len(train_loader))
     if steps == 0:
         raise GzpipeError(f"the train split has {train_loader.samples} samples per rank, fewer than --batch-size "
@@ -333,7 +333,7 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir:
     for split in runs.EVAL_SPLITS:
         loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
-                               world_size=d.world)
+                               world_size=d.world, crop=t.crop)
         results[split] = evaluate(net, loader, device, cfg.amp, saved_value(t.config, "loss"), ddp.gather_eval(d),
                                   tta=cfg.tta, tta_kind=cfg.tta_kind)
         if results[split] is None:
