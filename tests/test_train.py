@@ -216,6 +216,45 @@ def test_l1_loss_is_the_masked_mae():
     assert loss.item() == pytest.approx(compute_metrics(pred.numpy(), target.numpy(), mask.numpy())["mae"], rel=1e-6)
 
 
+def test_cumulative_loss_is_the_square_of_the_kaggle_metric():
+    """--loss cumulative over a batch is the Kaggle metric's mean square over the known cumulative values (questions
+    absent for some galaxies, and questions nobody reached, which Kaggle scores as 0), and masked targets never
+    count, whatever they hold."""
+    from gzpipe.metrics import kaggle_rmse
+    from gzpipe.train.loop import masked_loss
+
+    rng = np.random.default_rng(0)
+
+    def fractions(n):
+        x = rng.random((n, 30))
+        for s in schema.TASK_SLICES.values():
+            x[:, s] /= x[:, s].sum(1, keepdims=True)
+        return x
+
+    n = 40
+    pred, target = fractions(n), fractions(n)
+    target[:10, :3] = [1.0, 0.0, 0.0]  # nobody called them featured: every question below is unreached
+    reach = schema.conditional_to_cumulative(target)
+    mask = np.ones((n, 30), bool)
+    for t in schema.TASKS:  # ... so unlabelled, yet known in cumulative terms (Kaggle's 0)
+        p = schema.PARENT_INDEX[t.name]
+        if p is not None:
+            mask[:10, schema.TASK_SLICES[t.name]] = reach[:10, p:p + 1] > 0
+    assert not mask[:10].all()
+    for t in ("t03_bar", "t10_arms_winding"):
+        mask[20:30, schema.TASK_SLICES[t]] = False  # a catalogue without these questions
+    held = np.where(mask, target, 99.0)
+    loss, count = masked_loss(torch.tensor(pred), torch.logit(torch.tensor(pred)), torch.tensor(held),
+                              torch.tensor(mask), "cumulative")
+    k = kaggle_rmse(pred, target, mask)
+    assert count.item() == k["values_known"] and k["galaxies"] == 30
+    assert loss.item() == pytest.approx(k["rmse_known"] ** 2, rel=1e-6)  # the loss runs in float32
+    loss.requires_grad_(False)
+    p = torch.tensor(pred, requires_grad=True)
+    masked_loss(p, p, torch.tensor(held), torch.tensor(mask), "cumulative")[0].backward()
+    assert torch.isfinite(p.grad).all() and p.grad[:10, 3:].abs().sum() > 0  # unreached: a reach predicted > 0 costs
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_zero_init_residual_starts_each_residual_block_as_the_identity(backbone):
     from gzpipe.models.build import zero_residual_branches

@@ -48,8 +48,9 @@ def train(
                                                  help="Memory format [the backbone's default]."),
     head: Optional[Literal["sigmoid", "softmax"]] = typer.Option(None, help="Output activation; softmax is per "
                                                                             "task [sigmoid for debiased targets]."),
-    loss: Optional[Literal["l1", "mse", "bce"]] = typer.Option(None, help="Loss over valid entries only; l1 is the "
-                                                                          "MAE the study reports [l1]."),
+    loss: Optional[Literal["l1", "mse", "bce", "cumulative"]] = typer.Option(None, help=(
+        "Loss over valid entries only; l1 is the MAE the study reports, cumulative the squared error of the "
+        "cumulative fractions that Kaggle's metric takes the root of [l1].")),
     zero_init_residual: Optional[bool] = typer.Option(None, "--zero-init-residual/--no-zero-init-residual",
                                                       help="From random initialisation, start every residual "
                                                            "block as the identity [on]."),

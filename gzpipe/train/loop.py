@@ -28,6 +28,8 @@ def masked_loss(pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, 
 
     ``l1`` (absolute error) is the study's headline metric itself, MAE: it is minimised by the median of a galaxy's
     plausible fractions where ``mse`` is minimised by their mean, and GZ2's fractions pile up near 0 and 1."""
+    if kind == "cumulative":
+        return cumulative_loss(pred, target, mask)
     m = mask.to(pred.dtype)
     n = m.sum()
     if kind == "mse":
@@ -37,6 +39,46 @@ def masked_loss(pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, 
     else:  # soft-target binary cross-entropy on the sigmoid logits
         per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     per = torch.where(mask, per, torch.zeros_like(per))
+    return per.sum() / n.clamp_min(1.0), n
+
+
+def _cumulative(cond: torch.Tensor) -> torch.Tensor:
+    """Conditional fractions (N, 30) multiplied down the decision tree (``schema.conditional_to_cumulative``)."""
+    from gzpipe import schema
+
+    parts = [None] * schema.N_TARGETS
+    for t in schema.TASKS:
+        s, p = schema.TASK_SLICES[t.name], schema.PARENT_INDEX[t.name]
+        reach = 1.0 if p is None else parts[p]
+        for j in range(s.start, s.stop):
+            parts[j] = cond[:, j:j + 1] * reach
+    return torch.cat(parts, dim=1)
+
+
+def cumulative_known(target: torch.Tensor, mask: torch.Tensor, cum_target: torch.Tensor) -> torch.Tensor:
+    """Which cumulative values are known (``gzpipe.metrics.cumulative_known``, on the device): a task's where its
+    answers are labelled and its parent's is known, or where its parent's is known to be 0 (nobody reached it)."""
+    from gzpipe import schema
+
+    known = [None] * schema.N_TARGETS
+    for t in schema.TASKS:
+        s, p = schema.TASK_SLICES[t.name], schema.PARENT_INDEX[t.name]
+        for j in range(s.start, s.stop):
+            m = mask[:, j:j + 1]
+            known[j] = m if p is None else known[p] & (m | (cum_target[:, p:p + 1] <= 0))
+    return torch.cat(known, dim=1)
+
+
+def cumulative_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error of the cumulative fractions (each answer's share of all volunteers: the conditional fraction
+    times the chance of reaching its question), over the known ones: the quantity Kaggle's Galaxy Challenge metric
+    takes the root of. A deep question's conditional fraction, often from a handful of volunteers, weighs as much as
+    the volunteers who reached it."""
+    t = torch.where(mask, target, torch.zeros_like(target))
+    ct = _cumulative(t)
+    known = cumulative_known(t, mask, ct)
+    per = torch.where(known, (_cumulative(pred.float()) - ct) ** 2, torch.zeros_like(ct))
+    n = known.to(pred.dtype).sum()
     return per.sum() / n.clamp_min(1.0), n
 
 
