@@ -116,3 +116,17 @@ def test_the_scale_benchmark_passes_each_engine_its_own_full_preset_options():
     (_, lgb), = mod._boost_settings(["full"], "lightgbm")
     assert xgb == ["--pca", "128", "--max-bin", "64", "--colsample", "0.5"]
     assert lgb == ["--max-bin", "32", "--colsample", "0.05"]
+
+
+def test_every_preset_stores_its_images_large_enough_for_its_crop():
+    """A preset that shards with --resize stores at least --image-size / --crop pixels, or every input would be an
+    enlarged, blurred crop (what `gzpipe train` warns about)."""
+    from gzpipe.loaders.presets import DEFAULT_CROP
+    from gzpipe.study.config import PRESETS
+
+    for name, p in PRESETS.items():
+        resize = p["shard"].get("resize")
+        if resize is None:
+            continue  # the originals: 424 px
+        size, crop = p["train"].get("image_size", 224), p["train"].get("crop", DEFAULT_CROP)
+        assert resize * crop >= size, (name, resize, crop, size)

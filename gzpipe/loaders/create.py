@@ -64,6 +64,7 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
         raise GzpipeError(f"image_size must be at least 8, got {image_size}")
     if batch_size < 1:
         raise GzpipeError(f"batch_size must be at least 1, got {batch_size}")
+    check_crop(crop)
     from gzpipe.device import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
@@ -74,7 +75,6 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
     spec = BACKENDS[name]
     mine = all_shards if spec.reads_shards_itself else all_shards.for_rank(rank, world, allow_empty=not train)
     module = importlib.import_module(spec.module)
-    check_crop(crop)
     kwargs = dict(image_size=image_size, batch_size=batch_size, train=train, device=dev, workers=workers, seed=seed,
                   rank=rank, shuffle_buffer=shuffle_buffer, crop=crop)
     if spec.reads_shards_itself:
@@ -100,10 +100,10 @@ def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 22
     same backends (and so the same decoding, reduction and warp) as the shard loaders."""
     from gzpipe.device import resolve_device
 
+    check_crop(crop)
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     name = resolve_backend(backend, dev, units=True)
     module = importlib.import_module(BACKENDS[name].module)
-    check_crop(crop)
     batches = module.build(units, image_size=image_size, batch_size=batch_size, train=False, device=dev,
                            workers=workers, seed=0, rank=0, shuffle_buffer=1, crop=crop)
     return Loader(name, units, batch_size, False, 1, batches)

@@ -1,0 +1,100 @@
+"""Finished runs trained on one shard set, side by side on its test (or val) split, with paired-bootstrap intervals.
+
+    .venv/bin/python benchmarks/compare_recipes.py --shards SHARDS RUN [RUN ...] [--predictions NAME=FILE.csv ...]
+        [--split val|test]
+
+For each run folder (``<split>_predictions.parquet``) or `gzpipe predict` CSV (e.g. the same model with --tta 8):
+MAE and the Kaggle RMSE (cumulative fractions, over the test galaxies with all 30 known), each with a 95% interval
+from one set of bootstrap draws over the split's galaxies, and the paired difference of both to the first run; the
+train-mean baseline's MAE and the best constant's Kaggle RMSE beside them. One JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learning_curve import _kaggle_interval  # noqa: E402
+from common import emit, machine  # noqa: E402
+
+from gzpipe import schema  # noqa: E402
+from gzpipe.labels import split_labels  # noqa: E402
+from gzpipe.metrics import cumulative_known  # noqa: E402
+from gzpipe.report.intervals import draws  # noqa: E402
+
+NAMES = list(schema.TARGET_NAMES)
+
+
+def _kaggle_terms(pred: np.ndarray, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per galaxy: the summed squared cumulative error and the count of values, over the complete galaxies."""
+    full = cumulative_known(y, m).all(axis=1)
+    pc = schema.conditional_to_cumulative(np.clip(pred, 0, 1))
+    tc = schema.conditional_to_cumulative(np.nan_to_num(y))
+    return ((pc - tc) ** 2).sum(axis=1) * full, full * float(schema.N_TARGETS)
+
+
+def _mae_terms(pred: np.ndarray, y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (np.abs(pred - np.nan_to_num(y)) * m).sum(axis=1), m.sum(axis=1).astype(float)
+
+
+def _ci(point: float, boot: np.ndarray) -> list[float]:
+    lo, hi = np.nanquantile(boot, [0.025, 0.975])
+    return [round(float(point), 5), round(float(lo), 5), round(float(hi), 5)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=Path, required=True)
+    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--predictions", nargs="*", default=[], help="NAME=FILE.csv from `gzpipe predict`")
+    ap.add_argument("--split", default="test", choices=("val", "test"), help="the split to score [test]")
+    args = ap.parse_args()
+    lab = split_labels(args.shards, args.split)
+    y = lab[NAMES].to_numpy(float)
+    m = lab[[f"mask:{n}" for n in NAMES]].to_numpy(bool)
+    preds: dict[str, np.ndarray] = {}
+    for r in args.runs:
+        p = pd.read_parquet(r / f"{args.split}_predictions.parquet").set_index("id")
+        preds[f"{r.parent.name}/{r.name}"] = p.loc[lab.index, NAMES].to_numpy(float)
+    for item in args.predictions:
+        name, _, f = item.partition("=")
+        preds[name] = pd.read_csv(f).set_index("id").loc[lab.index, NAMES].to_numpy(float)
+    train = split_labels(args.shards, "train")
+    mean = np.nanmean(np.where(train[[f"mask:{n}" for n in NAMES]].to_numpy(bool), train[NAMES].to_numpy(float),
+                               np.nan), axis=0)
+    baseline = np.tile(mean, (len(y), 1))
+    counts = draws(len(y))
+    tc = schema.conditional_to_cumulative(np.nan_to_num(y))[cumulative_known(y, m).all(axis=1)]
+    const = float(np.sqrt(((tc - tc.mean(axis=0)) ** 2).mean()))
+    mae_base = _mae_terms(baseline, y, m)
+    emit({"machine": machine(), "shards": str(args.shards), "split": args.split, "galaxies": len(y),
+          "baseline_mae": round(float(mae_base[0].sum() / mae_base[1].sum()), 5),
+          "best_constant_kaggle_rmse": round(const, 5), "kaggle_galaxies": len(tc)})
+    first = None
+    for name, p in preds.items():
+        se, n = _mae_terms(p, y, m)
+        ke, kn = _kaggle_terms(p, y, m)
+        mae, kaggle = se.sum() / n.sum(), np.sqrt(ke.sum() / kn.sum())
+        boot_mae = (counts @ se) / (counts @ n)
+        with np.errstate(invalid="ignore"):
+            boot_k = np.sqrt((counts @ ke) / (counts @ kn))
+        row = {"run": name, "mae": _ci(mae, boot_mae), "mae_vs_baseline": round(float(mae / (mae_base[0].sum()
+               / mae_base[1].sum())), 3), "kaggle_rmse": _ci(kaggle, boot_k),
+               "kaggle_vs_best_constant": round(float(kaggle / const), 3),
+               "kaggle_galaxies": int((kn > 0).sum())}
+        assert abs(_kaggle_interval(p, y, m, counts)["rmse"] - kaggle) < 1e-9  # the learning curve's own figure
+        if first is None:
+            first = (boot_mae, boot_k, mae, kaggle)
+        else:
+            row["mae_diff_to_first"] = _ci(mae - first[2], boot_mae - first[0])
+            row["kaggle_diff_to_first"] = _ci(kaggle - first[3], boot_k - first[1])
+        emit(row)
+
+
+if __name__ == "__main__":
+    main()
