@@ -43,8 +43,12 @@ def test_every_backbone_trains_a_step_and_exposes_features(train_shards, tmp_pat
                           "regnety_8gf": 2016}[backbone]
 
 
-def test_run_folder_is_complete_and_correct(train_shards, tmp_path):
+def test_run_folder_is_complete_and_correct(train_shards, tmp_path, capsys):
     m = run_train(_cfg(train_shards, tmp_path, epochs=2))
+    # the resolved settings, said once at the start (defaults come from several places)
+    n_train = json.loads((train_shards / "manifest.json").read_text())["counts"]["per_split"]["train"]
+    assert (f"resnet50: 2 epochs over {n_train} train galaxies at 32 px (crop 0.8), batch 8, lr 0.001 from random "
+            "initialisation, l1 loss, sigmoid head, pil loader on cpu") in capsys.readouterr().out
     run = tmp_path / "resnet50"
     for f in ("config.json", "metrics.json", "training_curves.png", "training_complete.txt", "val_predictions.parquet",
               "test_predictions.parquet", "checkpoints/latest_checkpoint.pth", "checkpoints/best_model.pth"):

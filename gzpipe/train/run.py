@@ -53,6 +53,16 @@ def _log(d: ddp.Dist, msg: str) -> None:
         print(msg, flush=True)
 
 
+def _settings_line(cfg: TrainConfig, loader, device, world: int) -> str:
+    """What this run resolved to, in one line: defaults come from several places (the study, the backbone, whether
+    weights are loaded), so say which values were picked."""
+    start = (f"from {cfg.weights}" if cfg.weights else "from the published weights" if cfg.pretrained
+             else "from random initialisation")
+    ranks = f" a rank, {world} ranks" if world > 1 else ""
+    return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px (crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} "
+            f"{start}, {cfg.loss} loss, {cfg.head} head, {loader.backend} loader on {device}")
+
+
 def run_train(cfg: TrainConfig, restart_hint: str = "--restart") -> dict | None:
     """Train (or resume, or skip) one backbone; returns metrics.json's content, or None when the run paused
     (``stop_after``) before finishing. SIGINT / SIGTERM stop it after the current step, with a checkpoint.
@@ -160,6 +170,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     if d.enabled:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if d.main:
+        _log(d, _settings_line(cfg, train_loader, device, d.world))
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         inputs = {runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **({"weights": cfg.weights} if cfg.weights else {})}
         runs.record_inputs(run_dir, inputs)
