@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learning_curve import _kaggle_interval  # noqa: E402
 from common import emit, machine  # noqa: E402
 
-from gzpipe import schema  # noqa: E402
+from gzpipe import runs, schema  # noqa: E402
 from gzpipe.labels import split_labels  # noqa: E402
 from gzpipe.metrics import cumulative_known  # noqa: E402
 from gzpipe.report.intervals import draws  # noqa: E402
@@ -59,8 +59,9 @@ def main() -> None:
     m = lab[[f"mask:{n}" for n in NAMES]].to_numpy(bool)
     preds: dict[str, np.ndarray] = {}
     for r in args.runs:
-        p = pd.read_parquet(r / f"{args.split}_predictions.parquet").set_index("id")
-        preds[f"{r.parent.name}/{r.name}"] = p.loc[lab.index, NAMES].to_numpy(float)
+        p = runs.read_predictions(r, args.split)
+        where = r.absolute()
+        preds[f"{where.parent.name}/{where.name}"] = p.loc[lab.index, NAMES].to_numpy(float)
     for item in args.predictions:
         name, _, f = item.partition("=")
         preds[name] = pd.read_csv(f).set_index("id").loc[lab.index, NAMES].to_numpy(float)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from gzpipe import rerun, runs, schema
 from gzpipe.device import check_device_name, resolve_device
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
+from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, local_path, remove_stale_tmp, staging_dir, swap_in, write_json
 from gzpipe.loaders import check_backend_name
 from gzpipe.manifest import manifest_digest
 from gzpipe.models import BACKBONES, resolve_name
@@ -206,7 +206,7 @@ def gather_batches(batches, path: Path) -> tuple[list[str], np.ndarray, np.ndarr
     into arrays sized from the file's row count: one copy in memory, not the batches and their concatenation
     (3.1 GB instead of 1.6 at GZ2's 190,000 train rows x 2,048 features). ``x`` may be a transform of the file's
     features (a booster's reduction), so its width is the first batch's."""
-    n = pq.ParquetFile(path).metadata.num_rows
+    n = pq.ParquetFile(local_path(path)).metadata.num_rows
     ids: list[str] = []
     x = y = m = None
     for i, xb, yb, mb in batches:
@@ -230,7 +230,7 @@ def features_path(out: str | Path, backbone: str, split: str) -> Path:
 
 def iter_feature_batches(out: str | Path, backbone: str, split: str, batch_rows: int = 8192):
     """Stream (ids, X float32, targets float32, mask bool) in row batches straight from the parquet file."""
-    pf = pq.ParquetFile(features_path(out, backbone, split))
+    pf = pq.ParquetFile(local_path(features_path(out, backbone, split)))
     names = pf.schema_arrow.names
     fcols = [c for c in names if c.startswith("f") and c[1:].isdigit()]
     for rb in pf.iter_batches(batch_size=batch_rows):

@@ -15,6 +15,13 @@ from gzpipe.errors import GzpipeError
 _TMP_PID = re.compile(r"\.tmp-(\d+)")
 
 
+def local_path(path: str | Path) -> str:
+    """``path`` as an absolute path string, for readers that take a leading ``name:`` as a URI scheme (pyarrow,
+    fsspec): a run folder such as ``timm:resnet18`` relative to the working directory (`--out .`) would otherwise
+    fail with "Unrecognized filesystem type in URI"."""
+    return str(Path(path).absolute())
+
+
 def tmp_path_for(path: Path) -> Path:
     """The temporary name a file is written under before it is renamed into place."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
+from gzpipe.fileio import local_path
 from gzpipe.manifest import LABELS
 
 MASK_COLUMNS = [f"mask:{n}" for n in schema.TARGET_NAMES]
@@ -19,7 +20,7 @@ def split_labels(shards: str | Path, split: str) -> pd.DataFrame:
     p = Path(shards) / LABELS
     if not p.exists():
         raise GzpipeError(f"{p} not found; re-run `gzpipe shard` (it writes labels.parquet beside the manifest)")
-    df = pd.read_parquet(p)
+    df = pd.read_parquet(local_path(p))
     return df[df["split"] == split].drop(columns="split").set_index("id")
 
 

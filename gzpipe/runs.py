@@ -30,7 +30,7 @@ import pandas as pd
 
 from gzpipe import schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, sha256_file, write_json
+from gzpipe.fileio import atomic_open, local_path, sha256_file, write_json
 from gzpipe.rerun import stale_line
 
 BACKBONE, BOOSTER, ENSEMBLE = "backbone", "booster", "ensemble"
@@ -141,7 +141,7 @@ def read_predictions(run_dir: str | Path, split: str) -> pd.DataFrame:
     p = predictions_path(run_dir, split)
     if not p.exists():
         raise GzpipeError(f"{p} not found; the run in {Path(run_dir)} is unfinished")
-    return pd.read_parquet(p).set_index("id")
+    return pd.read_parquet(local_path(p)).set_index("id")
 
 
 # --- inputs: what a run was built from -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from gzpipe.errors import CatalogError
+from gzpipe.fileio import local_path
 
 DELIMITERS = (",", "\t", ";", "|")
 LARGE_CSV_BYTES = 64 * 2**20
@@ -82,7 +83,7 @@ def read_table(path: str | Path, dtype=None, usecols: list[str] | None = None) -
     path = _catalog_file(path)
     if path.suffix.lower() == ".parquet":
         with _read_errors(path, None):
-            df = pd.read_parquet(path, columns=usecols)
+            df = pd.read_parquet(local_path(path), columns=usecols)
         if dtype is str:
             df = df.astype(str).where(df.notna(), None)
     else:

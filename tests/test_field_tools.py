@@ -80,6 +80,23 @@ def test_a_timm_backbone_runs_through_every_stage(timm_run, tmp_path, synth_rele
     assert len(pd.read_csv(p)) == 48
 
 
+def test_the_stages_downstream_run_from_inside_the_artifacts_folder(timm_run, tmp_path, monkeypatch, capsys):
+    """`--out .` leaves a timm run folder as the relative path `timm:NAME/...`, which pyarrow and fsspec took for a
+    URI ("Unrecognized filesystem type in URI: timm:..."): boost, ensemble and report read it as a folder."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(timm_run, art)
+    monkeypatch.chdir(art)
+    _run(["boost", "--engine", "lightgbm", "--backbone", f"timm:{ARCH}", "--out", ".", "--rounds", "3",
+          "--device", "cpu"], capsys)
+    _run(["ensemble", "--method", "stacked", "--out", "."], capsys)
+    _run(["report", "--out", "."], capsys)
+    table = pd.read_csv(art / "model_comparison" / "comparison_table.csv")
+    assert {f"timm:{ARCH}", f"xgboost_timm:{ARCH}", f"lightgbm_timm:{ARCH}", "ensemble_stacked"} <= set(table["name"])
+    assert (art / "model_comparison" / "predicted_vs_true.png").exists()
+
+
 # ---- 2. safetensors and Hugging Face folders in ---------------------------------------------------------------
 
 def _timm_state(seed: int = 0, arch: str = ARCH) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.device import cuda_available
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_path
+from gzpipe.fileio import atomic_path, local_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
 from gzpipe.stopping import STOP
@@ -193,7 +193,7 @@ def _train_dask(cfg, params: Params, run_dir: Path):
     from gzpipe.features import features_path
 
     with Client(cfg.dask_scheduler) as client:
-        df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, "train")))
+        df = dd.read_parquet(local_path(features_path(cfg.out, cfg.backbone, "train")))
         fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
         x = df[fcols].astype("float32").to_dask_array(lengths=True)
         models_dir = run_dir / MODELS

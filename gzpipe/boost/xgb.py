@@ -24,7 +24,7 @@ from gzpipe import schema
 from gzpipe.device import cuda_available
 from gzpipe.errors import GzpipeError
 from gzpipe.features import features_path
-from gzpipe.fileio import atomic_path
+from gzpipe.fileio import atomic_path, local_path
 from gzpipe.info import cpu_count
 from gzpipe.progress import progress_bar
 from gzpipe.stopping import STOP
@@ -247,7 +247,7 @@ def _dask_split(client, cfg, split):
     """(X, y) as dask arrays, one chunk per parquet row group, read on the workers."""
     import dask.dataframe as dd
 
-    df = dd.read_parquet(str(features_path(cfg.out, cfg.backbone, split)))
+    df = dd.read_parquet(local_path(features_path(cfg.out, cfg.backbone, split)))
     workers = len(client.scheduler_info()["workers"])
     if df.npartitions < workers:  # spread small data so that every worker trains on some rows
         df = df.repartition(npartitions=workers)

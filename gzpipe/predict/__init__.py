@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from gzpipe import schema
 from gzpipe.device import check_device_name
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp, write_json
+from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp, write_json
 from gzpipe.loaders import check_backend_name
 from gzpipe.loaders.tta import check_tta
 from gzpipe.predict.inputs import collect_inputs
@@ -72,7 +72,7 @@ class PredictResult:
     def frame(self) -> pd.DataFrame:
         """The whole output as a DataFrame (reads it back: for outputs that fit in memory)."""
         if self.out.suffix != ".csv":
-            return pd.read_parquet(self.out)
+            return pd.read_parquet(local_path(self.out))
         df = pd.read_csv(self.out, keep_default_na=False, dtype={"id": str, "path": str, "error": str})
         for c in df.columns[3:]:
             df[c] = pd.to_numeric(df[c], errors="coerce")  # an error row's empty cells are NaN
@@ -184,7 +184,7 @@ def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str
     with atomic_open(out, "wb" if out.suffix == ".parquet" else "w") as f, contextlib.ExitStack() as stack:
         writer = None
         for i, p in enumerate(parts):
-            t = pq.read_table(parts_dir / f"{p.name}.parquet")
+            t = pq.read_table(local_path(parts_dir / f"{p.name}.parquet"))
             rows += t.num_rows
             failed = [e for e in t.column("error").to_pylist() if e]
             errors += len(failed)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from gzpipe import runs, schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, remove_stale_tmp
+from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp
 from gzpipe.labels import aligned, split_labels
 from gzpipe.report import figures
 from gzpipe.report.collect import DEEP, ENSEMBLE, collect, dl_vs_gb, engines_in
@@ -60,7 +60,7 @@ def run_report(out: str | Path = "artifacts") -> dict:
     figs["Per task"] = "per_task_heatmap.png"
     best = table.sort_values("mae").iloc[0]["name"]
     if shards:
-        pred = pd.read_parquet(runs.predictions_path(out / best, "test"))
+        pred = pd.read_parquet(local_path(runs.predictions_path(out / best, "test")))
         y, m = aligned(split_labels(shards, "test"), pred["id"].tolist())
         figures.predicted_vs_true(pred[list(schema.TARGET_NAMES)].to_numpy(), y, m, best, dest / "predicted_vs_true.png")
         figs["Predicted vs true"] = "predicted_vs_true.png"
