@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_learning_curve.py [--out artifacts/learning_curve] [--sizes 800,2000,all]
 
-ResNet-50 with one fixed recipe (the `real` preset's train section: 48 px, its epochs, batch and lr) trained on 800,
-2,000 and all of the train split of the union of the three real catalogues in ../shared/data (the `real` preset's
-data: the GZ2 sample's weighted fractions, 420 full Kaggle rows, 4,916 rows with 5 of the 11 questions). Every run
-is scored on the same validation and test galaxies: the smaller train sets come from `gzpipe shard --train-fraction`,
-which keeps a share of the train split by id hash and the val and test splits whole.
+ResNet-50 with one fixed recipe (the `real` preset's train section: its image size, crop, loss, epochs, batch, lr
+and evaluation views) trained on 800, 2,000 and all of the train split of the union of the three real catalogues in
+../shared/data (the `real` preset's data: the GZ2 sample's weighted fractions, 420 full Kaggle rows, 4,916 rows with
+5 of the 11 questions). Every run is scored on the same validation and test galaxies: the smaller train sets come
+from `gzpipe shard --train-fraction`, which keeps a share of the train split by id hash and the val and test splits
+whole.
 
 Per size: val and test MAE, the Kaggle RMSE (cumulative fractions, over the test galaxies with all 30 columns
 known), each with a 95% paired-bootstrap interval over the test galaxies, the paired MAE difference to the next
@@ -127,6 +128,13 @@ def main() -> None:
     print(f"wrote {args.out / 'learning_curve.json'} and {args.out / 'learning_curve.png'}")
 
 
+def _recipe_title(res: dict) -> str:
+    r = res["recipe"]
+    extra = [f"crop {r['crop']:g}" if "crop" in r else "", f"{r['loss']} loss" if "loss" in r else "",
+             f"{r['tta']} views" if r.get("tta", 1) > 1 else ""]
+    return ", ".join([res["backbone"], f"{r['image_size']} px", f"{r['epochs']} epochs", *filter(None, extra)])
+
+
 def _plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -143,7 +151,7 @@ def _plot(res: dict, path: Path) -> None:
     ax.plot(n, [r["val_mae"] for r in s], marker="s", ls=":", label="val MAE")
     ax.axhline(res["baseline_test_mae"], color="k", ls="--", lw=1, label="train-mean baseline (test)")
     ax.set(xscale="log", xlabel="train galaxies", ylabel="MAE over the labelled answers",
-           title=f"{res['backbone']}, {res['recipe']['image_size']} px, {res['recipe']['epochs']} epochs")
+           title=_recipe_title(res))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[1]
