@@ -241,6 +241,29 @@ def test_the_paired_bootstrap_on_known_cases():
         paired_bootstrap({"a": a}, target, mask)["models"]["a"]["mae"]
 
 
+def test_the_kaggle_rmse_interval_is_the_metrics_figure_over_the_complete_galaxies():
+    """The report's Kaggle RMSE interval: its point is gzpipe.metrics.kaggle_rmse's, over the galaxies with all 30
+    cumulative fractions known; galaxies lacking a question change neither; none complete -> no interval."""
+    rng = np.random.default_rng(5)
+    n = 300
+    target = rng.dirichlet(np.ones(3), size=n).repeat(10, axis=1)[:, : schema.N_TARGETS]  # any fractions will do
+    mask = np.ones_like(target, dtype=bool)
+    mask[200:, schema.TASK_SLICES["t03_bar"]] = False  # a third of the galaxies without the bar question
+    pred = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1)
+    r = paired_bootstrap({"a": pred, "b": pred * 0.9}, target, mask)
+    ref = kaggle_rmse(pred, target, mask)
+    k = r["models"]["a"]["kaggle"]
+    assert ref["galaxies"] == r["kaggle_galaxies"] == 200
+    assert abs(k.point - ref["rmse"]) < 1e-12 and k.lo < k.point < k.hi
+    assert abs(r["models"]["b"]["kaggle"].point - kaggle_rmse(pred * 0.9, target, mask)["rmse"]) < 1e-12
+    # the interval is over the complete galaxies only: the same as bootstrapping those 200 alone, about
+    sub = paired_bootstrap({"a": pred[:200]}, target[:200], mask[:200])["models"]["a"]["kaggle"]
+    assert abs((k.hi - k.lo) / (sub.hi - sub.lo) - 1) < 0.15
+    none = mask.copy()
+    none[:, schema.TASK_SLICES["t03_bar"]] = False
+    assert paired_bootstrap({"a": pred}, target, none)["models"]["a"]["kaggle"] is None
+
+
 @pytest.fixture(scope="module")
 def k17_study(real_kaggle, tmp_path_factory) -> Path:
     """Every stage on a shard set of the 17-column file alone (six questions with no label anywhere): two backbones,
@@ -287,6 +310,9 @@ def test_every_stage_honours_questions_no_catalogue_had(k17_study):
     assert set(runs_) <= set(t.index)
     assert (t["mae_lo"] <= t["mae"]).all() and (t["mae"] <= t["mae_hi"]).all()
     assert t["tied_with_best"].sum() >= 1 and "kaggle_rmse" in t
+    k = t.dropna(subset=["kaggle_rmse"])  # galaxies nobody sent down the featured branch have all 30 (Kaggle's 0s)
+    assert ((k["kaggle_rmse_lo"] <= k["kaggle_rmse"]) & (k["kaggle_rmse"] <= k["kaggle_rmse_hi"])).all()
+    assert t["kaggle_rmse"].isna().equals(t["kaggle_rmse_lo"].isna())
     for task in schema.TASK_SLICES:  # the per-task table: empty exactly for the absent questions
         assert t[f"accuracy:{task}"].isna().all() == (task in ABSENT_17), task
     page = (k17_study / "model_comparison/report.html").read_text()

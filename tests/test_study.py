@@ -336,8 +336,12 @@ def test_report_with_18_models(train_shards, tmp_path):
     assert len(gb) == 5 and {"deep_mae", "xgboost_mae", "lightgbm_mae"} <= set(gb.columns)
     for f in ("metrics_by_model.png", "per_task_heatmap.png", "predicted_vs_true.png", "training_curves.png"):
         assert (d / f).stat().st_size > 10_000
+    k = table.dropna(subset=["kaggle_rmse"])  # synthetic labels carry every question: every model has the metric
+    assert len(k) == 18 and (k["kaggle_galaxies"] > 0).all()
+    assert ((k["kaggle_rmse_lo"] <= k["kaggle_rmse"]) & (k["kaggle_rmse"] <= k["kaggle_rmse_hi"])).all()
     page = (d / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "ensemble_inverse_mae" in page
+    assert "MAE, RMSE and kaggle_rmse carry a 95% interval" in page
 
 
 def test_tiny_study_runs_and_resumes(tmp_path):

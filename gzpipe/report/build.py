@@ -81,8 +81,11 @@ def run_report(out: str | Path = "artifacts") -> dict:
     return {"models": len(table), "best": best, "dir": str(dest)}
 
 
+_INTERVAL_COLUMNS = ("mae_lo", "mae_hi", "rmse_lo", "rmse_hi", "kaggle_rmse_lo", "kaggle_rmse_hi")
+
+
 def _add_intervals(out: Path, table: pd.DataFrame, shards: str, raw: dict) -> dict:
-    """Each model's test MAE and RMSE with a 95% paired-bootstrap interval, its paired MAE difference to the best
+    """Each model's test MAE, RMSE and Kaggle RMSE with a 95% paired-bootstrap interval, its paired MAE difference to the best
     and whether that interval contains 0 (``tied_with_best``), as columns of ``table``; returns the stacked
     ensemble's claim (its paired difference to the best single model) for the page."""
     from gzpipe.report.intervals import RESAMPLES, difference, paired_bootstrap
@@ -101,15 +104,17 @@ def _add_intervals(out: Path, table: pd.DataFrame, shards: str, raw: dict) -> di
         return {}
     y, m = aligned(labels, ids)
     r = paired_bootstrap(preds, y, m)
-    for col in ("mae_lo", "mae_hi", "rmse_lo", "rmse_hi", "d_mae_vs_best_lo", "d_mae_vs_best_hi"):
+    for col in (*_INTERVAL_COLUMNS, "d_mae_vs_best_lo", "d_mae_vs_best_hi"):
         table[col] = np.nan
     table["tied_with_best"] = pd.Series([None] * len(table), index=table.index, dtype=object)
     for i, name in zip(table.index, table["name"]):
         if name not in r["models"]:
             continue
         f = r["models"][name]
-        table.loc[i, ["mae_lo", "mae_hi", "rmse_lo", "rmse_hi", "d_mae_vs_best_lo", "d_mae_vs_best_hi"]] = [
-            f["mae"].lo, f["mae"].hi, f["rmse"].lo, f["rmse"].hi, f["vs_best"].lo, f["vs_best"].hi]
+        k = f["kaggle"]
+        table.loc[i, [*_INTERVAL_COLUMNS, "d_mae_vs_best_lo", "d_mae_vs_best_hi"]] = [
+            f["mae"].lo, f["mae"].hi, f["rmse"].lo, f["rmse"].hi, k.lo if k else np.nan, k.hi if k else np.nan,
+            f["vs_best"].lo, f["vs_best"].hi]
         table.at[i, "tied_with_best"] = bool(f["tied_with_best"])
     claims = {"best": r["best"], "resamples": RESAMPLES, "galaxies": len(ids),
               "tied": [n for n in preds if r["models"][n]["tied_with_best"] and n != r["best"]]}
@@ -148,12 +153,15 @@ def _table_html(df: pd.DataFrame) -> str:
 
 
 def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
-    """The page's view of the table: MAE and RMSE as "point [lo, hi]" and the verdict against the best."""
+    """The page's view of the table: MAE, RMSE and Kaggle RMSE as "point [lo, hi]" and the verdict against the
+    best."""
     t = table.copy()
     if "mae_lo" not in t:
         return t
-    for col in ("mae", "rmse"):
-        t[col] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(lo) else f"{v:.4f}"
+    for col in ("mae", "rmse", "kaggle_rmse"):
+        if col not in t or f"{col}_lo" not in t:
+            continue
+        t[col] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(lo) else "" if pd.isna(v) else f"{v:.4f}"
                   for v, lo, hi in zip(t[col], t[f"{col}_lo"], t[f"{col}_hi"])]
     t["vs_best"] = ["best" if pd.notna(lo) and lo == 0 and hi == 0 else
                     "" if pd.isna(lo) else ("not distinguishable" if tied else "worse") +
@@ -166,7 +174,7 @@ def _claims_html(claims: dict) -> str:
     if not claims:
         return ""
     tied = claims["tied"]
-    txt = (f" MAE and RMSE carry a 95% interval from a paired bootstrap over the {claims['galaxies']} test galaxies "
+    txt = (f" MAE, RMSE and kaggle_rmse carry a 95% interval from a paired bootstrap over the {claims['galaxies']} test galaxies "
            f"({claims['resamples']} resamples, the same draws for every model); vs_best is the paired MAE difference "
            f"to the best model. {'Not distinguishable from ' + html.escape(claims['best']) + ': <b>' if tied else ''}"
            + (f"{', '.join(map(html.escape, tied))}</b>." if tied else

@@ -33,43 +33,56 @@ def _save(fig, path: Path) -> None:
 
 
 def metric_bars(table: pd.DataFrame, path: Path, baseline: dict | None = None) -> None:
+    """Every model's test MAE, Kaggle RMSE (where test galaxies have all 30 cumulative fractions) and accuracy, best
+    first, with the 95% paired-bootstrap intervals and the train-mean baseline."""
     t = table.sort_values("mae")
+    panels = [("mae", "test MAE (lower is better)")]
+    if "kaggle_rmse" in t and t["kaggle_rmse"].notna().any():
+        n_k = int(t["kaggle_galaxies"].max()) if "kaggle_galaxies" in t else None
+        panels.append(("kaggle_rmse", "Kaggle RMSE" + (f" on the {n_k} galaxies with all 30 known"
+                                                                             if n_k else "") + " (lower is better)"))
+    panels.append(("accuracy", "test accuracy, rounded to 0/1 (higher is better)"))
     h = max(3.0, 0.32 * len(t) + 1.2)
-    fig, axes = plt.subplots(1, 2, figsize=(13, h), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), h), sharey=True)
     palette = kind_colours(t["kind"])
     colours = [palette[k] for k in t["kind"]]
     y = np.arange(len(t))
     n_test = int(t["test_galaxies"].max()) if "test_galaxies" in t and t["test_galaxies"].notna().any() else None
-    for ax, col, label in ((axes[0], "mae", "test MAE (lower is better)"),
-                           (axes[1], "accuracy", "test accuracy, rounded to 0/1 (higher is better)")):
+    for ax, (col, label) in zip(axes, panels):
         err = None
         if f"{col}_lo" in t and t[f"{col}_lo"].notna().any():  # the 95% paired-bootstrap interval
             err = np.vstack([(t[col] - t[f"{col}_lo"]).clip(lower=0), (t[f"{col}_hi"] - t[col]).clip(lower=0)])
             err = np.nan_to_num(err.astype(float))
-        ax.barh(y, t[col], color=colours, xerr=err, error_kw={"ecolor": "0.25", "capsize": 2, "lw": 1})
-        if baseline is not None:  # behind the value labels, which sit on a white box: the line never hides them
-            ax.axvline(baseline[col], color="k", ls="--", lw=1, zorder=1)
+        ax.barh(y, t[col].fillna(0), color=colours, xerr=err, error_kw={"ecolor": "0.25", "capsize": 2, "lw": 1})
+        base = baseline.get(col) if baseline else None
+        if base is not None:  # behind the value labels, which sit on a white box: the line never hides them
+            ax.axvline(base, color="k", ls="--", lw=1, zorder=1)
         ends = t[f"{col}_hi"].fillna(t[col]) if err is not None else t[col]
         for yi, v, end in zip(y, t[col], ends):
-            ax.text(end, yi, f" {v:.3f}", va="center", fontsize=8, zorder=3,
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.85})
+            if pd.notna(v):
+                ax.text(end, yi, f" {v:.3f}", va="center", fontsize=8, zorder=3,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.85})
         ax.set(xlabel=label)
         ax.grid(axis="x", alpha=0.3)
-    top = t["mae_hi"].max() if "mae_hi" in t and t["mae_hi"].notna().any() else t["mae"].max()
-    axes[0].set_xlim(0, float(max(top, baseline["mae"] if baseline else 0)) * 1.18)
-    axes[1].set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
+        if col == "accuracy":
+            ax.set_xlim(min(0.5, t["accuracy"].min() - 0.05), 1.0)
+        else:
+            top = t[f"{col}_hi"].max() if f"{col}_hi" in t and t[f"{col}_hi"].notna().any() else t[col].max()
+            ax.set_xlim(0, float(max(top, base or 0)) * 1.18)
     axes[0].set_yticks(y, [_label(r) for _, r in t.iterrows()])
     axes[0].invert_yaxis()
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
     names = list(palette.keys())
     if baseline is not None:  # named in the legend, not written across the line
         handles.append(plt.Line2D([0], [0], color="k", ls="--", lw=1))
-        names.append(f"train-mean baseline (MAE {baseline['mae']:.3f}, accuracy {baseline['accuracy']:.3f})")
+        kag = f", Kaggle RMSE {baseline['kaggle_rmse']:.3f}" if baseline.get("kaggle_rmse") is not None and \
+            len(panels) == 3 else ""
+        names.append(f"train-mean baseline (MAE {baseline['mae']:.3f}{kag},\naccuracy {baseline['accuracy']:.3f})")
     if "mae_lo" in t and t["mae_lo"].notna().any():
         handles.append(plt.Line2D([0], [0], color="0.25", lw=1, marker="|"))
-        names.append("95% paired-bootstrap interval\n(* = not distinguishable from the best)")
-    axes[1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.suptitle("All models on the test split" + (f" ({n_test} galaxies)" if n_test else "") + ", best first")
+        names.append("95% paired-bootstrap interval\n(* = MAE not distinguishable from the best)")
+    axes[-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle("All models on the test split" + (f" ({n_test} galaxies)" if n_test else "") + ", best MAE first")
     _save(fig, path)
 
 

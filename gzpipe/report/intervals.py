@@ -3,9 +3,10 @@
 A study's test split is small (54 galaxies in the demo, a few hundred in the real preset), so two models' point
 MAEs differ by chance. Each resample draws the test galaxies with replacement, the *same* draw for every model
 (paired: galaxies that are hard for one model are hard for all, which the difference then cancels), and recomputes
-each model's MAE and RMSE over the valid entries of the drawn galaxies. The 95% interval is the 2.5th to 97.5th
-percentile over the resamples (percentile bootstrap; Efron & Tibshirani 1993, ch. 13). A model is "not
-distinguishable from the best" when the interval of its paired MAE difference to the best contains 0.
+each model's MAE and RMSE over the valid entries of the drawn galaxies, and its Kaggle RMSE over the drawn galaxies
+whose 30 cumulative fractions are all known. The 95% interval is the 2.5th to 97.5th percentile over the resamples
+(percentile bootstrap; Efron & Tibshirani 1993, ch. 13). A model is "not distinguishable from the best" when the
+interval of its paired MAE difference to the best contains 0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from gzpipe import schema
+from gzpipe.metrics import cumulative_known
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -38,6 +42,15 @@ def _per_galaxy(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple
     return np.abs(d).sum(axis=1), (d * d).sum(axis=1), m.sum(axis=1).astype(np.float64)
 
 
+def _kaggle_per_galaxy(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per galaxy: the summed squared error of the 30 cumulative (Kaggle) fractions and their count, over the
+    galaxies whose 30 are all known (``gzpipe.metrics.kaggle_rmse``'s galaxies); 0 and 0 for the others."""
+    full = cumulative_known(np.asarray(target, np.float64), np.asarray(mask, bool)).all(axis=1)
+    pc = schema.conditional_to_cumulative(np.clip(np.asarray(pred, np.float64), 0.0, 1.0))
+    tc = schema.conditional_to_cumulative(np.nan_to_num(np.asarray(target, np.float64)))
+    return np.where(full, ((pc - tc) ** 2).sum(axis=1), 0.0), full * float(schema.N_TARGETS)
+
+
 def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """(resamples, n) counts: how often each galaxy is drawn in each resample (the same for every model)."""
     rng = np.random.default_rng(seed)
@@ -52,17 +65,19 @@ def _interval(point: float, samples: np.ndarray, level: float = LEVEL) -> Interv
 
 def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray,
                      resamples: int = RESAMPLES, seed: int = 0, reference: str | None = None) -> dict:
-    """For each model (``preds``: name -> n x 30 on the same galaxies in the same order): its MAE and RMSE with
-    intervals, and its paired MAE difference to ``reference`` (default: the lowest point MAE) with an interval.
+    """For each model (``preds``: name -> n x 30 on the same galaxies in the same order): its MAE, RMSE and Kaggle
+    RMSE with intervals, and its paired MAE difference to ``reference`` (default: the lowest point MAE) with an
+    interval.
 
-    Returns ``{"best": name, "resamples": B, "galaxies": n, "models": {name: {"mae", "rmse", "vs_best",
-    "tied_with_best"}}}`` (the three figures are ``Interval``\\ s; ``vs_best`` is this model minus the best, so a
-    positive interval means the best is really better)."""
+    Returns ``{"best": name, "resamples": B, "galaxies": n, "kaggle_galaxies": k, "models": {name: {"mae", "rmse",
+    "kaggle", "vs_best", "tied_with_best"}}}`` (the figures are ``Interval``\\ s; ``kaggle`` is None when no galaxy
+    has all 30 cumulative values known, and a resample that draws none of the k leaves its value out; ``vs_best`` is
+    this model minus the best, so a positive interval means the best is really better)."""
     names = list(preds)
     n = len(target)
     counts = draws(n, resamples, seed)
     sums = {k: _per_galaxy(preds[k], target, mask) for k in names}
-    mae_s, rmse_s, point = {}, {}, {}
+    mae_s, rmse_s, kaggle, point, k_galaxies = {}, {}, {}, {}, 0
     for k, (a, s, c) in sums.items():
         used = counts @ c
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -70,13 +85,18 @@ def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.
             rmse_s[k] = np.sqrt((counts @ s) / used)
         total = c.sum()
         point[k] = (a.sum() / total if total else np.nan, np.sqrt(s.sum() / total) if total else np.nan)
+        ks, kc = _kaggle_per_galaxy(preds[k], target, mask)
+        k_galaxies = int(kc.sum()) // schema.N_TARGETS
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kaggle[k] = _interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc))) \
+                if kc.any() else None
     best = reference or min(names, key=lambda k: point[k][0])
     out = {}
     for k in names:
         diff = _interval(point[k][0] - point[best][0], mae_s[k] - mae_s[best])
         out[k] = {"mae": _interval(point[k][0], mae_s[k]), "rmse": _interval(point[k][1], rmse_s[k]),
-                  "vs_best": diff, "tied_with_best": k == best or not diff.excludes_zero()}
-    return {"best": best, "resamples": resamples, "galaxies": n, "models": out}
+                  "kaggle": kaggle[k], "vs_best": diff, "tied_with_best": k == best or not diff.excludes_zero()}
+    return {"best": best, "resamples": resamples, "galaxies": n, "kaggle_galaxies": k_galaxies, "models": out}
 
 
 def difference(preds_a: np.ndarray, preds_b: np.ndarray, target: np.ndarray, mask: np.ndarray,
