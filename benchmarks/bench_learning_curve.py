@@ -94,7 +94,9 @@ def main() -> None:
         results.append({"name": name, "train_galaxies": got["train"], "val_galaxies": got["val"],
                         "test_galaxies": got["test"], "val_mae": metrics["val"]["mae"],
                         "test_mae": metrics["test"]["mae"], "epochs_run": metrics["epochs_run"],
-                        "best_epoch": metrics["best_epoch"], "train_wall_s": wall,
+                        "best_epoch": metrics["best_epoch"],
+                        # as the run recorded it: a re-run that finds the run finished skips it in a moment
+                        "train_wall_s": metrics.get("wall_time_s", wall),
                         "images_per_s": metrics.get("images_per_s")})
     y, msk = aligned(split_labels(args.out / "shards_all", "test"), test_ids)
     boot = paired_bootstrap({k: v.to_numpy(np.float64) for k, v in preds.items()}, y, msk)
