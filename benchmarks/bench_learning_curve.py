@@ -30,24 +30,15 @@ from common import emit, machine  # noqa: E402
 
 from gzpipe import runs, schema  # noqa: E402
 from gzpipe.labels import aligned, split_labels  # noqa: E402
-from gzpipe.metrics import cumulative_known  # noqa: E402
-from gzpipe.report.intervals import draws, paired_bootstrap  # noqa: E402
+from gzpipe.report.intervals import KaggleTerms, paired_bootstrap  # noqa: E402
 from gzpipe.shard import ShardConfig, run_shard  # noqa: E402
 from gzpipe.study.config import PRESETS, expand  # noqa: E402
 
 
-def _kaggle_interval(pred: np.ndarray, y: np.ndarray, m: np.ndarray, counts: np.ndarray) -> dict:
-    """The Kaggle RMSE over the complete galaxies with a bootstrap interval (the same draws as the MAE's)."""
-    full = cumulative_known(y, m).all(axis=1)
-    pc = schema.conditional_to_cumulative(np.clip(pred, 0, 1))
-    tc = schema.conditional_to_cumulative(np.nan_to_num(y))
-    se = ((pc - tc) ** 2).sum(axis=1) * full
-    n = full * float(schema.N_TARGETS)
-    point = float(np.sqrt(se.sum() / n.sum()))
-    with np.errstate(invalid="ignore"):
-        boot = np.sqrt((counts @ se) / (counts @ n))
-    lo, hi = np.nanquantile(boot, [0.025, 0.975])
-    return {"rmse": point, "lo": float(lo), "hi": float(hi), "galaxies": int(full.sum())}
+def _kaggle(boot: dict, name: str) -> dict:
+    """A run's Kaggle RMSE over the complete test galaxies, with its interval from the paired bootstrap."""
+    k = boot["models"][name]["kaggle"]
+    return {"rmse": k.point, "lo": k.lo, "hi": k.hi, "galaxies": boot["kaggle_galaxies"]}
 
 
 def main() -> None:
@@ -99,21 +90,16 @@ def main() -> None:
                         "train_wall_s": metrics.get("wall_time_s", wall),
                         "images_per_s": metrics.get("images_per_s")})
     y, msk = aligned(split_labels(args.out / "shards_all", "test"), test_ids)
-    boot = paired_bootstrap({k: v.to_numpy(np.float64) for k, v in preds.items()}, y, msk)
-    counts = draws(len(test_ids))
     tr = split_labels(args.out / "shards_all", "train")
     ytr, mtr = tr[list(schema.TARGET_NAMES)].to_numpy(), tr[[f"mask:{n}" for n in schema.TARGET_NAMES]].to_numpy()
     mean = np.array([ytr[mtr[:, j], j].mean() for j in range(schema.N_TARGETS)])
     base = np.tile(mean, (len(y), 1))
-    base_boot = paired_bootstrap({"baseline": base, **{k: v.to_numpy(np.float64) for k, v in preds.items()}}, y, msk)
-    cum_known = cumulative_known(y, msk).all(axis=1)
-    tc = schema.conditional_to_cumulative(np.nan_to_num(y))[cum_known]
-    best_const = float(np.sqrt(((tc - tc.mean(axis=0)) ** 2).mean())) if cum_known.any() else None
-    for r, (k, v) in zip(results, preds.items()):
+    boot = paired_bootstrap({"baseline": base, **{k: v.to_numpy(np.float64) for k, v in preds.items()}}, y, msk)
+    best_const = KaggleTerms(y, msk).best_constant()
+    for r, k in zip(results, preds):
         f = boot["models"][k]
-        r.update(test_mae_lo=f["mae"].lo, test_mae_hi=f["mae"].hi,
-                 kaggle=_kaggle_interval(v.to_numpy(np.float64), y, msk, counts),
-                 vs_baseline_mae=f["mae"].point / base_boot["models"]["baseline"]["mae"].point)
+        r.update(test_mae_lo=f["mae"].lo, test_mae_hi=f["mae"].hi, kaggle=_kaggle(boot, k),
+                 vs_baseline_mae=f["mae"].point / boot["models"]["baseline"]["mae"].point)
     for a, b in zip(results, results[1:]):  # does each step up in data help? paired difference b - a
         d = paired_bootstrap({a["name"]: preds[a["name"]].to_numpy(np.float64),
                               b["name"]: preds[b["name"]].to_numpy(np.float64)}, y, msk, reference=a["name"])
@@ -121,7 +107,7 @@ def main() -> None:
         b["vs_previous"] = {"d_test_mae": iv.point, "lo": iv.lo, "hi": iv.hi, "helps": iv.hi < 0}
     out = {"machine": machine(), "backbone": args.backbone, "recipe": train_cfg, "shard": shard_cfg,
            "catalogs": full["catalogs"], "duplicates": full["counts"]["duplicates"],
-           "baseline_test_mae": base_boot["models"]["baseline"]["mae"].point,
+           "baseline_test_mae": boot["models"]["baseline"]["mae"].point,
            "best_constant_kaggle_rmse": best_const, "sizes": results}
     (args.out / "learning_curve.json").write_text(json.dumps(out, indent=2))
     for r in results:

@@ -35,20 +35,35 @@ class Interval:
         return f"{self.point:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
 
 
-def _per_galaxy(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def error_terms(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per galaxy: the sum of absolute errors, of squared errors, and the count of valid entries."""
     m = np.asarray(mask, bool)
     d = np.where(m, np.asarray(pred, np.float64) - np.nan_to_num(np.asarray(target, np.float64)), 0.0)
     return np.abs(d).sum(axis=1), (d * d).sum(axis=1), m.sum(axis=1).astype(np.float64)
 
 
-def _kaggle_per_galaxy(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class KaggleTerms:
     """Per galaxy: the summed squared error of the 30 cumulative (Kaggle) fractions and their count, over the
-    galaxies whose 30 are all known (``gzpipe.metrics.kaggle_rmse``'s galaxies); 0 and 0 for the others."""
-    full = cumulative_known(np.asarray(target, np.float64), np.asarray(mask, bool)).all(axis=1)
-    pc = schema.conditional_to_cumulative(np.clip(np.asarray(pred, np.float64), 0.0, 1.0))
-    tc = schema.conditional_to_cumulative(np.nan_to_num(np.asarray(target, np.float64)))
-    return np.where(full, ((pc - tc) ** 2).sum(axis=1), 0.0), full * float(schema.N_TARGETS)
+    galaxies whose 30 are all known (``gzpipe.metrics.kaggle_rmse``'s galaxies; 0 and 0 for the others). The
+    targets' cumulative form is computed once, for every model scored against them."""
+
+    def __init__(self, target: np.ndarray, mask: np.ndarray):
+        self.full = cumulative_known(np.asarray(target, np.float64), np.asarray(mask, bool)).all(axis=1)
+        self.tc = schema.conditional_to_cumulative(np.nan_to_num(np.asarray(target, np.float64)))
+        self.count = self.full * float(schema.N_TARGETS)
+
+    @property
+    def galaxies(self) -> int:
+        return int(self.full.sum())
+
+    def best_constant(self) -> float | None:
+        """The Kaggle RMSE of the best constant on these galaxies: their mean cumulative fractions."""
+        tc = self.tc[self.full]
+        return float(np.sqrt(((tc - tc.mean(axis=0)) ** 2).mean())) if len(tc) else None
+
+    def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pc = schema.conditional_to_cumulative(np.clip(np.asarray(pred, np.float64), 0.0, 1.0))
+        return np.where(self.full, ((pc - self.tc) ** 2).sum(axis=1), 0.0), self.count
 
 
 def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -76,8 +91,9 @@ def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.
     names = list(preds)
     n = len(target)
     counts = draws(n, resamples, seed)
-    sums = {k: _per_galaxy(preds[k], target, mask) for k in names}
-    mae_s, rmse_s, kaggle, point, k_galaxies = {}, {}, {}, {}, 0
+    sums = {k: error_terms(preds[k], target, mask) for k in names}
+    kaggle_terms = KaggleTerms(target, mask)
+    mae_s, rmse_s, kaggle, point = {}, {}, {}, {}
     for k, (a, s, c) in sums.items():
         used = counts @ c
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -85,18 +101,19 @@ def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.
             rmse_s[k] = np.sqrt((counts @ s) / used)
         total = c.sum()
         point[k] = (a.sum() / total if total else np.nan, np.sqrt(s.sum() / total) if total else np.nan)
-        ks, kc = _kaggle_per_galaxy(preds[k], target, mask)
-        k_galaxies = int(kc.sum()) // schema.N_TARGETS
-        with np.errstate(invalid="ignore", divide="ignore"):
-            kaggle[k] = _interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc))) \
-                if kc.any() else None
+        kaggle[k] = None
+        if kaggle_terms.galaxies:
+            ks, kc = kaggle_terms(preds[k])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                kaggle[k] = _interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc)))
     best = reference or min(names, key=lambda k: point[k][0])
     out = {}
     for k in names:
         diff = _interval(point[k][0] - point[best][0], mae_s[k] - mae_s[best])
         out[k] = {"mae": _interval(point[k][0], mae_s[k]), "rmse": _interval(point[k][1], rmse_s[k]),
                   "kaggle": kaggle[k], "vs_best": diff, "tied_with_best": k == best or not diff.excludes_zero()}
-    return {"best": best, "resamples": resamples, "galaxies": n, "kaggle_galaxies": k_galaxies, "models": out}
+    return {"best": best, "resamples": resamples, "galaxies": n, "kaggle_galaxies": kaggle_terms.galaxies,
+            "models": out}
 
 
 def difference(preds_a: np.ndarray, preds_b: np.ndarray, target: np.ndarray, mask: np.ndarray,

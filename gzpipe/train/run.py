@@ -59,8 +59,9 @@ def _settings_line(cfg: TrainConfig, loader, device, world: int) -> str:
     start = (f"from {cfg.weights}" if cfg.weights else "from the published weights" if cfg.pretrained
              else "from random initialisation")
     ranks = f" a rank, {world} ranks" if world > 1 else ""
-    return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px (crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} "
-            f"{start}, {cfg.loss} loss, {cfg.head} head, {loader.backend} loader on {device}")
+    return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px "
+            f"(crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} {start}, {cfg.loss} loss, {cfg.head} head, "
+            f"{loader.backend} loader on {device}")
 
 
 def run_train(cfg: TrainConfig, restart_hint: str = "--restart") -> dict | None:
