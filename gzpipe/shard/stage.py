@@ -16,182 +16,33 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from gzpipe import __version__, rerun, schema
-from gzpipe.catalog import CatalogSource, mask_array, target_array
-from gzpipe.errors import CatalogError, GzpipeError
-from gzpipe.fileio import (atomic_open, check_out_folder, finish_swap, remove_folder_if_empty, remove_stale_tmp,
-                           sha256_file, staging_dir, swap_in, sync_folder, write_json)
+from gzpipe.catalog import mask_array, target_array
+from gzpipe.errors import GzpipeError
+from gzpipe.fileio import (atomic_open, finish_swap, remove_folder_if_empty, remove_stale_tmp, staging_dir, swap_in,
+                           sync_folder, write_json)
 from gzpipe.rerun import stale_line
 from gzpipe.manifest import LABELS, MANIFEST
-from gzpipe.shard.images import VERIFY_MODES
 from gzpipe.shard.jobs import DONE_DIR, MANIFEST_VERSION, Job, Rejection, execute
+from gzpipe.shard.config import ShardConfig
+from gzpipe.shard.prior import changed_sources, read_prior, settings_diff
+from gzpipe.shard.prior import sources as shard_sources
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo
-from gzpipe.union import DUPLICATE_COLUMN, read_catalogs, sources_of
+from gzpipe.union import DUPLICATE_COLUMN, read_catalogs
 
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
-
-
-@dataclass
-class ShardConfig:
-    catalog: Path | list[Path]  # several: one shard set over their union (gzpipe.union)
-    images: Path | None | list  # None: the catalogue says where each image is; a list: one folder per catalogue
-    out: Path
-    mapping: Path | None = None
-    format: str = "auto"
-    target: str | None = None  # Hart16's column family (None: debiased); Kaggle and galaxy-datasets hold one kind
-    fraction: float = 1.0
-    train_fraction: float = 1.0  # keep this share of the train split only (val and test whole): a learning curve
-    val: float = 0.1
-    test: float = 0.1
-    seed: int = 42
-    resize: int | None = None
-    quality: int = 90
-    shard_size: int = 1000
-    workers: int = 1
-    verify: str = "decode"
-    max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
-    all_questions: bool = False  # a catalogue without some of the 10 questions is an error (not masked, with a note)
-    force: bool = False  # rebuild a finished folder with other settings (beside it, swapped in when complete)
-
-    def validate(self, check_paths: bool = True) -> None:
-        if self.shard_size < 1:
-            raise GzpipeError("shard_size must be at least 1")
-        if self.resize is not None and not 8 <= self.resize <= 4096:
-            raise GzpipeError(f"resize must be between 8 and 4096 px, got {self.resize}")
-        if not 1 <= self.quality <= 100:
-            raise GzpipeError(f"quality must be 1..100, got {self.quality}")
-        if self.verify not in VERIFY_MODES:
-            raise GzpipeError(f"verify must be one of {', '.join(VERIFY_MODES)}")
-        if not 0 <= self.max_rejected <= 1:
-            raise GzpipeError(f"max_rejected must be in [0, 1], got {self.max_rejected}")
-        if self.workers < 1:
-            raise GzpipeError("workers must be at least 1")
-        try:
-            assign_splits([], self.seed, self.val, self.test)
-            in_fraction([], self.seed, self.fraction)
-            in_fraction([], self.seed, self.train_fraction)
-        except ValueError as e:
-            raise GzpipeError(str(e)) from None
-        for key in ("val", "test"):
-            if getattr(self, key) <= 0:
-                raise GzpipeError(f"{key} must be above 0 (got {getattr(self, key):g}): training early-stops and "
-                                  "weights its ensembles on the val split and scores every model on the test split")
-        check_out_folder(self.out, what="the shard folder")
-        sources = self.sources()  # one --images for all catalogues, or one each
-        for c in {s.catalog for s in sources}:
-            if check_paths and not Path(c).is_file():
-                raise GzpipeError(f"catalogue not found: {c}" if not Path(c).exists() else
-                                  f"--catalog {c} is a folder; give the catalogue file")
-        for images in {s.images for s in sources if s.images is not None}:
-            if check_paths and Path(images).exists() and not Path(images).is_dir():
-                raise GzpipeError(f"--images {images} is a file; give the folder of the images")
-            if check_paths and not Path(images).is_dir():
-                raise GzpipeError(f"image folder not found: {images}")
-
-    def catalogs(self) -> list[Path]:
-        return [Path(c) for c in self.catalog] if isinstance(self.catalog, (list, tuple)) else [Path(self.catalog)]
-
-    def sources(self) -> list[CatalogSource]:
-        """One ``CatalogSource`` per catalogue (``images``: one folder for all, or one per catalogue)."""
-        images = list(self.images) if isinstance(self.images, (list, tuple)) else \
-            [] if self.images is None else [self.images]
-        try:
-            return sources_of(self.catalogs(), images, mapping=self.mapping and Path(self.mapping),
-                              format=self.format, target=self.target, all_questions=self.all_questions)
-        except CatalogError as e:
-            raise GzpipeError(str(e)) from None
 
 
 def key_for(galaxy_id: str) -> str:
     """A WebDataset key: no dots (they separate key from extension) and no path characters."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", galaxy_id)
-
-
-# ShardConfig keys that change what the shards hold (the rest - workers, max_rejected, force - only how they are
-# written); with the catalogue's and mapping's contents and the image folder, what a finished folder is compared on
-SETTINGS = ("format", "target", "fraction", "train_fraction", "val", "test", "seed", "resize", "quality", "shard_size",
-            "verify", "all_questions")
-
-
-def _sources(cfg: ShardConfig) -> dict:
-    """The catalogue(s) and mapping by content (sha256) and absolute path, and the image folder's absolute path
-    (one catalogue: ``catalog`` and ``images``; several: ``catalogs``, each with its ``images``)."""
-    def one(p) -> dict:
-        return {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
-
-    def folder(p) -> str | None:
-        return str(Path(p).resolve()) if p is not None else None
-
-    srcs = cfg.sources()
-    if len(srcs) == 1:
-        rec = {"catalog": one(srcs[0].catalog)}
-    else:
-        rec = {"catalogs": [{**one(s.catalog), "images": folder(s.images)} for s in srcs]}
-    if cfg.mapping:
-        rec["mapping"] = one(cfg.mapping)
-    if len(srcs) == 1:
-        rec["images"] = {"path": folder(srcs[0].images)}
-    return rec
-
-
-def _read_prior(out: Path) -> dict | None:
-    """The manifest of a finished shard folder, or None: one whose run passed its own checks (something written,
-    no more rejected than its --max-rejected; a failed run's manifest stays for inspection but is not finished)."""
-    try:
-        m = json.loads((out / MANIFEST).read_text())
-        c = m["counts"]
-        ok = c["written"] > 0 and c["rejected"] <= m["config"].get("max_rejected", 0.1) * c["inputs"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return m if ok else None
-
-
-def _changed_sources(prior: dict, now: dict) -> list[str]:
-    """The catalogue or mapping whose contents changed since the folder was written (older manifests record
-    none: nothing to compare)."""
-    out = []
-    old_all = prior.get("sources") or {}
-    for k in ("catalog", "mapping"):
-        old = old_all.get(k)
-        if old is None or k not in now:
-            continue
-        if old.get("sha256") != now[k]["sha256"]:
-            out.append(f"the {'catalogue' if k == 'catalog' else k} ({now[k]['path']}) has changed")
-    for old, new in zip(old_all.get("catalogs") or [], now.get("catalogs") or []):
-        if old.get("path") == new["path"] and old.get("sha256") != new["sha256"]:
-            out.append(f"the catalogue ({new['path']}) has changed")
-    return out
-
-
-def _settings_diff(prior: dict, cfg: ShardConfig, sources: dict) -> list[str]:
-    now = {k: getattr(cfg, k) for k in SETTINGS}
-    diff = rerun.differences(prior["config"], now, SETTINGS)
-    if prior.get("images_dir") and "images" in sources and prior["images_dir"] != sources["images"]["path"]:
-        diff.append(f"images {prior['images_dir']} -> {sources['images']['path']}")
-    old_cats = [(c["path"], c.get("images")) for c in (prior.get("sources") or {}).get("catalogs") or []] or \
-        [((prior.get("sources") or {}).get("catalog", {}).get("path"), prior.get("images_dir"))]
-    new_cats = [(c["path"], c["images"]) for c in sources.get("catalogs") or []] or \
-        [(sources["catalog"]["path"], sources["images"]["path"])]
-    if [c for c, _ in old_cats] != [c for c, _ in new_cats] and old_cats[0][0] is not None:
-        diff.append(f"catalogues {', '.join(Path(c).name for c, _ in old_cats)} -> "
-                    f"{', '.join(Path(c).name for c, _ in new_cats)}")
-    had_mapping = bool(prior["config"].get("mapping"))
-    if had_mapping != bool(cfg.mapping):
-        diff.append(f"mapping {'given' if had_mapping else 'none'} -> {'given' if cfg.mapping else 'none'}")
-    return diff
-
-
-def out_of_date(cfg: ShardConfig) -> list[str]:
-    """What changed in the catalogue or mapping since a finished folder at ``cfg.out`` was written ([] if none)."""
-    prior = _read_prior(Path(cfg.out))
-    return _changed_sources(prior, _sources(cfg)) if prior is not None else []
 
 
 def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
@@ -205,18 +56,18 @@ def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
     out = Path(cfg.out)
     finish_swap(out)
     existed = out.exists()
-    prior = _read_prior(out) if existed else None
+    prior = read_prior(out) if existed else None
     table = read_catalogs(cfg.sources(), cfg.workers)
     cfg = replace(cfg, target=table.attrs["target_kind"])  # recorded as the kind the data is
     _say_absent(table)
-    sources = _sources(cfg)
+    sources = shard_sources(cfg)
     build = out
     if prior is not None and not cfg.force:
-        changed = _changed_sources(prior, sources)
+        changed = changed_sources(prior, sources)
         if changed:
             raise GzpipeError(stale_line(str(out), changed, f"{force_hint} rebuilds the shards (beside the old "
                                          "ones, swapped in when complete)"))
-        diff = _settings_diff(prior, cfg, sources)
+        diff = settings_diff(prior, cfg, sources)
         if diff:
             rerun.say(rerun.finished_line("shards", out, diff, force_hint))
             return {**prior, "run": {"skipped": True, "shards_reused": 0, "shards_written": 0}}

@@ -43,7 +43,7 @@ def run_study(cfg: StudyConfig, force: set[str] | None = None) -> dict:
     from gzpipe.features import FeaturesConfig, run_features
     from gzpipe.report import run_report
     from gzpipe.shard import ShardConfig, run_shard
-    from gzpipe.shard.stage import out_of_date
+    from gzpipe.shard.prior import out_of_date
     from gzpipe.stopping import STOP
     from gzpipe.train.config import resolve
     from gzpipe.train.run import run_train
