@@ -6,7 +6,9 @@
 For each run folder (``<split>_predictions.parquet``) or `gzpipe predict` CSV (e.g. the same model with --tta 8):
 MAE and the Kaggle RMSE (cumulative fractions, over the test galaxies with all 30 known), each with a 95% interval
 from one set of bootstrap draws over the split's galaxies, and the paired difference of both to the first run; the
-train-mean baseline's MAE and the best constant's Kaggle RMSE beside them. One JSON object per line.
+train-mean baseline's MAE and the best constant's Kaggle RMSE beside them; and ``kaggle_by_catalogue``: the Kaggle
+RMSE over every known cumulative value on all the split's galaxies and on each catalogue format's, over the best
+constant's on the same values (``gzpipe.report.catalogues``, the report's "By catalogue"). One JSON object per line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from common import emit, machine  # noqa: E402
 
 from gzpipe import runs, schema  # noqa: E402
 from gzpipe.labels import split_labels  # noqa: E402
+from gzpipe.report.catalogues import by_catalogue  # noqa: E402
 from gzpipe.report.intervals import KaggleTerms, draws, error_terms  # noqa: E402
 
 NAMES = list(schema.TARGET_NAMES)
@@ -63,6 +66,7 @@ def main() -> None:
     emit({"machine": machine(), "shards": str(args.shards), "split": args.split, "galaxies": len(y),
           "baseline_mae": round(float(base_mae), 5), "best_constant_kaggle_rmse": round(const, 5),
           "kaggle_galaxies": kaggle_terms.galaxies})
+    by_cat = by_catalogue(preds, y, m, lab.index.tolist()).set_index("name") if preds else None
     first = None
     for name, p in preds.items():
         err, _, n = error_terms(p, y, m)
@@ -73,7 +77,14 @@ def main() -> None:
             boot_k = np.sqrt((counts @ ke) / (counts @ kn))
         row = {"run": name, "mae": _ci(mae, boot_mae), "mae_vs_baseline": round(float(mae / base_mae), 3),
                "kaggle_rmse": _ci(kaggle, boot_k), "kaggle_vs_best_constant": round(float(kaggle / const), 3),
-               "kaggle_galaxies": kaggle_terms.galaxies}
+               "kaggle_galaxies": kaggle_terms.galaxies,
+               "kaggle_by_catalogue": {g["catalogue"]: {"galaxies": int(g["galaxies"]), "values": int(g["kaggle_values"]),
+                                                        "kaggle_rmse_known": [round(float(g[c]), 5) for c in (
+                                                            "kaggle_rmse_known", "kaggle_rmse_known_lo",
+                                                            "kaggle_rmse_known_hi")],
+                                                        "best_constant": round(float(g["best_constant"]), 5),
+                                                        "vs_constant": round(float(g["kaggle_vs_constant"]), 3)}
+                                       for _, g in by_cat.loc[[name]].iterrows()}}
         if first is None:
             first = (boot_mae, boot_k, mae, kaggle)
         else:

@@ -17,7 +17,7 @@ from gzpipe.catalog import CatalogSource, mask_array, read_catalog, target_array
 from gzpipe.errors import CatalogError, GzpipeError
 from gzpipe.labels import split_labels
 from gzpipe.metrics import compute_metrics, cumulative_known, kaggle_rmse
-from gzpipe.report.intervals import difference, paired_bootstrap
+from gzpipe.report.intervals import KaggleTerms, difference, paired_bootstrap
 from gzpipe.shard import ShardConfig, run_shard
 
 PARTIAL = SHARED / "data" / "kaggle_partial_labels"
@@ -264,6 +264,65 @@ def test_the_kaggle_rmse_interval_is_the_metrics_figure_over_the_complete_galaxi
     assert paired_bootstrap({"a": pred}, target, none)["models"]["a"]["kaggle"] is None
 
 
+def test_the_kaggle_rmse_over_every_known_value_and_the_best_constant_on_them():
+    """KaggleTerms(every_known=True) counts each galaxy's known cumulative values, however few; its best constant
+    is each column's mean over those values, and a model that predicts exactly that constant scores it."""
+    rng = np.random.default_rng(11)
+    n = 240
+    target = np.concatenate([rng.dirichlet(np.ones(len(range(*s.indices(schema.N_TARGETS)))), size=n)
+                             for s in schema.TASK_SLICES.values()], axis=1)
+    mask = np.ones_like(target, dtype=bool)
+    for name in ("t03_bar", "t04_spiral", "t10_arms_winding"):  # a partial catalogue: some questions absent
+        mask[160:, schema.TASK_SLICES[name]] = False
+    terms = KaggleTerms(target, mask, every_known=True)
+    known = cumulative_known(target, mask)
+    assert terms.galaxies == n and terms.values == int(known.sum()) < n * schema.N_TARGETS
+    tc = schema.conditional_to_cumulative(target)
+    mean = np.array([tc[known[:, j], j].mean() for j in range(schema.N_TARGETS)])
+    want = float(np.sqrt(((tc - mean)[known] ** 2).mean()))
+    assert abs(terms.best_constant() - want) < 1e-12
+    cond, _ = schema.cumulative_to_conditional(np.tile(mean, (n, 1)))  # that constant, as conditional fractions
+    s, c = terms(cond)
+    assert abs(np.sqrt(s.sum() / c.sum()) - want) < 1e-9
+    assert abs(np.sqrt(s.sum() / c.sum()) - kaggle_rmse(cond, target, mask)["rmse_known"]) < 1e-12
+    # the default counts the complete galaxies only, and ``rows`` keeps some
+    assert KaggleTerms(target, mask).galaxies == 160 == KaggleTerms(target, mask, rows=np.arange(n) < 200).galaxies
+    assert KaggleTerms(target, mask, rows=np.arange(n) < 100).galaxies == 100
+    assert KaggleTerms(target, mask, rows=np.zeros(n, bool)).best_constant() is None
+
+
+def test_by_catalogue_scores_each_catalogues_galaxies_against_its_own_constant():
+    from gzpipe.report.catalogues import by_catalogue
+
+    rng = np.random.default_rng(12)
+    n = 300
+    target = np.concatenate([rng.dirichlet(np.ones(len(range(*s.indices(schema.N_TARGETS)))), size=n)
+                             for s in schema.TASK_SLICES.values()], axis=1)
+    mask = np.ones_like(target, dtype=bool)
+    mask[100:, schema.TASK_SLICES["t03_bar"]] = False  # the "kaggle" galaxies lack the bar question
+    ids = [f"hart16:{i}" for i in range(100)] + [f"kaggle:{i}" for i in range(100, n)]
+    noisy = np.clip(target + rng.normal(0, 0.05, target.shape), 0, 1)
+    t = by_catalogue({"perfect": target.copy(), "noisy": noisy}, target, mask, ids, resamples=500)
+    assert list(dict.fromkeys(t["catalogue"])) == ["all", "hart16", "kaggle"]
+    g = t.set_index(["catalogue", "name"])
+    assert g.loc[("all", "noisy"), "galaxies"] == n and g.loc[("kaggle", "noisy"), "galaxies"] == 200
+    known = cumulative_known(target, mask)
+    assert g.loc[("kaggle", "noisy"), "kaggle_values"] == int(known[100:].sum())
+    assert g.loc[("all", "perfect"), "kaggle_rmse_known"] == 0 and g.loc[("all", "perfect"), "kaggle_vs_constant"] == 0
+    # the "all" row is gzpipe.metrics' figure over every known value; each group's constant is its own galaxies'
+    assert abs(g.loc[("all", "noisy"), "kaggle_rmse_known"] - kaggle_rmse(noisy, target, mask)["rmse_known"]) < 1e-12
+    assert abs(g.loc[("hart16", "noisy"), "best_constant"]
+               - KaggleTerms(target[:100], mask[:100], every_known=True).best_constant()) < 1e-12
+    assert abs(g.loc[("kaggle", "noisy"), "mae"] - compute_metrics(noisy[100:], target[100:], mask[100:])["mae"]) < 1e-12
+    r = t[t["name"] == "noisy"]
+    assert ((r["mae_lo"] < r["mae"]) & (r["mae"] < r["mae_hi"])).all()
+    assert ((r["kaggle_rmse_known_lo"] < r["kaggle_rmse_known"]) & (r["kaggle_rmse_known"] < r["kaggle_rmse_known_hi"])).all()
+    assert np.allclose(r["kaggle_vs_constant"], r["kaggle_rmse_known"] / r["best_constant"])
+    # one catalogue format (ids without a prefix): the "all" group only
+    assert set(by_catalogue({"noisy": noisy}, target, mask, [str(i) for i in range(n)], resamples=50)["catalogue"]) \
+        == {"all"}
+
+
 @pytest.fixture(scope="module")
 def k17_study(real_kaggle, tmp_path_factory) -> Path:
     """Every stage on a shard set of the 17-column file alone (six questions with no label anywhere): two backbones,
@@ -315,7 +374,13 @@ def test_every_stage_honours_questions_no_catalogue_had(k17_study):
     assert t["kaggle_rmse"].isna().equals(t["kaggle_rmse_lo"].isna())
     for task in schema.TASK_SLICES:  # the per-task table: empty exactly for the absent questions
         assert t[f"accuracy:{task}"].isna().all() == (task in ABSENT_17), task
+    by = pd.read_csv(k17_study / "model_comparison/by_catalogue.csv")  # one format: all its galaxies, one group
+    assert set(by["catalogue"]) == {"all"} and set(runs_) <= set(by["name"])
+    assert (by["kaggle_values"] > 4 * by["galaxies"]).all()  # the four questions it has count for every galaxy
+    assert (by["kaggle_vs_constant"] > 0).all() and (by["kaggle_vs_constant"] < 2).all()
+    assert (t["kaggle_vs_constant"].dropna() > 0).all()
     page = (k17_study / "model_comparison/report.html").read_text()
+    assert "<h2>By catalogue</h2>" in page and "kaggle_by_catalogue" not in page  # the figure is inlined
     assert "paired bootstrap over the" in page and page.count("no labels") >= len(ABSENT_17) * len(runs_)
 
 

@@ -340,7 +340,10 @@ def test_report_with_18_models(train_shards, tmp_path):
     assert len(k) == 18 and (k["kaggle_galaxies"] > 0).all()
     assert ((k["kaggle_rmse_lo"] <= k["kaggle_rmse"]) & (k["kaggle_rmse"] <= k["kaggle_rmse_hi"])).all()
     page = (d / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "ensemble_inverse_mae" in page
+    assert page.count("data:image/png;base64,") == 5 and "ensemble_inverse_mae" in page
+    by = pd.read_csv(d / "by_catalogue.csv")
+    assert set(by["catalogue"]) == {"all"} and len(by) == 18 and (d / "kaggle_by_catalogue.png").stat().st_size > 10_000
+    assert (table["kaggle_vs_constant"] > 0).all()
     assert "MAE, RMSE and kaggle_rmse carry a 95% interval" in page
 
 

@@ -46,7 +46,11 @@ def run_report(out: str | Path = "artifacts") -> dict:
         gb.to_csv(f, index=False, float_format="%.6g")
     figs = {}
     shards = _shards_of(out, table)
-    claims = _add_intervals(out, table, shards, raw) if shards else {}
+    test = _test_predictions(out, table, shards) if shards else None
+    claims = _add_intervals(table, raw, *test) if test else {}
+    by_cat = _by_catalogue(dest, *test) if test else None
+    if by_cat is not None:
+        figures.kaggle_by_catalogue(by_cat, table, dest / "kaggle_by_catalogue.png")
     with atomic_open(dest / "comparison_table.csv", "w") as f:  # with the intervals
         table.to_csv(f, index=False, float_format="%.6g")
     baseline = _baseline(shards) if shards else None
@@ -76,7 +80,9 @@ def run_report(out: str | Path = "artifacts") -> dict:
     if histories:
         figures.all_training_curves(histories, dest / "training_curves.png")
         figs["Training curves"] = "training_curves.png"
-    _write_html(dest, table, gb, figs, best, baseline, stale, claims)
+    if by_cat is not None:
+        figs["Kaggle RMSE by catalogue, against the best constant"] = "kaggle_by_catalogue.png"
+    _write_html(dest, table, gb, figs, best, baseline, stale, claims, by_cat)
     print(f"report: {len(table)} models -> {dest / 'report.html'} (best on test MAE: {best})", flush=True)
     return {"models": len(table), "best": best, "dir": str(dest)}
 
@@ -84,12 +90,9 @@ def run_report(out: str | Path = "artifacts") -> dict:
 _INTERVAL_COLUMNS = ("mae_lo", "mae_hi", "rmse_lo", "rmse_hi", "kaggle_rmse_lo", "kaggle_rmse_hi")
 
 
-def _add_intervals(out: Path, table: pd.DataFrame, shards: str, raw: dict) -> dict:
-    """Each model's test MAE, RMSE and Kaggle RMSE with a 95% paired-bootstrap interval, its paired MAE difference to the best
-    and whether that interval contains 0 (``tied_with_best``), as columns of ``table``; returns the stacked
-    ensemble's claim (its paired difference to the best single model) for the page."""
-    from gzpipe.report.intervals import RESAMPLES, difference, paired_bootstrap
-
+def _test_predictions(out: Path, table: pd.DataFrame, shards: str):
+    """(ids, targets, mask, {model: n x 30 predictions}) over the test split, for the models whose predictions
+    cover every test galaxy; None when none does."""
     labels = split_labels(shards, "test")
     ids = labels.index.tolist()
     preds = {}
@@ -101,9 +104,34 @@ def _add_intervals(out: Path, table: pd.DataFrame, shards: str, raw: dict) -> di
         if set(ids) <= set(p.index):
             preds[name] = p.loc[ids, list(schema.TARGET_NAMES)].to_numpy(np.float64)
     if not preds:
-        return {}
+        return None
     y, m = aligned(labels, ids)
+    return ids, y, m, preds
+
+
+def _by_catalogue(dest: Path, ids: list[str], y: np.ndarray, m: np.ndarray, preds: dict) -> pd.DataFrame | None:
+    """``by_catalogue.csv``: each model's MAE and Kaggle RMSE over every known cumulative value, on all test
+    galaxies and on each catalogue's, beside the best constant (``gzpipe.report.catalogues``)."""
+    from gzpipe.report.catalogues import by_catalogue
+
+    t = by_catalogue(preds, y, m, ids)
+    if t.empty:
+        return None
+    with atomic_open(dest / "by_catalogue.csv", "w") as f:
+        t.to_csv(f, index=False, float_format="%.6g")
+    return t
+
+
+def _add_intervals(table: pd.DataFrame, raw: dict, ids: list[str], y: np.ndarray, m: np.ndarray,
+                   preds: dict) -> dict:
+    """Each model's test MAE, RMSE and Kaggle RMSE with a 95% paired-bootstrap interval, its paired MAE difference
+    to the best and whether that interval contains 0 (``tied_with_best``), and its Kaggle RMSE over the best
+    constant's on the same galaxies (``kaggle_vs_constant``), as columns of ``table``; returns the stacked
+    ensemble's claim (its paired difference to the best single model) for the page."""
+    from gzpipe.report.intervals import RESAMPLES, KaggleTerms, difference, paired_bootstrap
+
     r = paired_bootstrap(preds, y, m)
+    const = KaggleTerms(y, m).best_constant()
     for col in (*_INTERVAL_COLUMNS, "d_mae_vs_best_lo", "d_mae_vs_best_hi"):
         table[col] = np.nan
     table["tied_with_best"] = pd.Series([None] * len(table), index=table.index, dtype=object)
@@ -116,7 +144,8 @@ def _add_intervals(out: Path, table: pd.DataFrame, shards: str, raw: dict) -> di
             f["mae"].lo, f["mae"].hi, f["rmse"].lo, f["rmse"].hi, k.lo if k else np.nan, k.hi if k else np.nan,
             f["vs_best"].lo, f["vs_best"].hi]
         table.at[i, "tied_with_best"] = bool(f["tied_with_best"])
-    claims = {"best": r["best"], "resamples": RESAMPLES, "galaxies": len(ids),
+    table["kaggle_vs_constant"] = table["kaggle_rmse"] / const if const else np.nan  # no complete galaxy: none
+    claims = {"best": r["best"], "resamples": RESAMPLES, "galaxies": len(ids), "kaggle_constant": const,
               "tied": [n for n in preds if r["models"][n]["tied_with_best"] and n != r["best"]]}
     stacked = next((n for n in preds if raw[n].get("method") == "stacked"), None)
     ranked = table.sort_values("mae")
@@ -189,10 +218,38 @@ def _claims_html(claims: dict) -> str:
     return txt
 
 
+def _by_catalogue_html(by_cat: pd.DataFrame | None, table: pd.DataFrame) -> str:
+    """The by-catalogue view as one row per model (best MAE first) and, for each group, its MAE and its Kaggle RMSE
+    over every known cumulative value with their intervals and the Kaggle RMSE over the best constant's."""
+    if by_cat is None or by_cat.empty:
+        return ""
+    order = [n for n in table.sort_values("mae")["name"] if n in set(by_cat["name"])]
+    groups = list(dict.fromkeys(by_cat["catalogue"]))
+    page = pd.DataFrame({"name": order})
+    notes = []
+    for g in groups:
+        t = by_cat[by_cat["catalogue"] == g].set_index("name").loc[order]
+        page[f"{g}: MAE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels"
+                             for v, lo, hi in zip(t["mae"], t["mae_lo"], t["mae_hi"])]
+        page[f"{g}: Kaggle RMSE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels" for v, lo, hi in
+                                     zip(t["kaggle_rmse_known"], t["kaggle_rmse_known_lo"], t["kaggle_rmse_known_hi"])]
+        page[f"{g}: / constant"] = [f"{v:.3f}" if pd.notna(v) else "" for v in t["kaggle_vs_constant"]]
+        const = t["best_constant"].iloc[0]
+        notes.append(f"{html.escape(g)}: {int(t['galaxies'].iloc[0]):,} galaxies, {int(t['kaggle_values'].iloc[0]):,}"
+                     " cumulative values" + (f", best constant {const:.4f}" if pd.notna(const) else ""))
+    return (f"<h2>By catalogue</h2><p>Each model on all test galaxies and, where the shards join several catalogue "
+            f"formats, on each one's galaxies ({'; '.join(notes)}). Here the Kaggle RMSE is over <i>every</i> "
+            "cumulative value a galaxy's labels carry, so a catalogue with only some questions counts for those it "
+            "has; '/ constant' divides it by the RMSE of the best constant on the same values (each column's mean). "
+            "95% paired-bootstrap intervals, drawn within each group. Also in by_catalogue.csv.</p>"
+            + _table_html(page))
+
+
 def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[str, str], best: str,
-                baseline: dict | None, stale: dict[str, list[str]], claims: dict | None = None) -> None:
+                baseline: dict | None, stale: dict[str, list[str]], claims: dict | None = None,
+                by_cat: pd.DataFrame | None = None) -> None:
     main_cols = [c for c in ("name", "kind", "members", "accuracy", "mae", "rmse", "vs_best", "kaggle_rmse",
-                              "kaggle_galaxies", "test_galaxies", "val_galaxies", "parameters", "trees",
+                              "kaggle_vs_constant", "kaggle_galaxies", "test_galaxies", "val_galaxies", "parameters", "trees",
                               "training_time_s", "throughput_per_s", "throughput_of")
                  if c in table or c == "vs_best" and "mae_lo" in table]
     task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
@@ -226,7 +283,10 @@ def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[st
         kaggle_txt = (f" kaggle_rmse is the {KAGGLE_COLUMNS_NOTE} ({n_k} of the test galaxies; the 2014 winner scored "
                       "0.0749 over all 37 columns on Kaggle's own test set)"
                       + (f"; the train-mean baseline scores {baseline['kaggle_rmse']:.4f}" if baseline and
-                         baseline.get("kaggle_rmse") is not None else "") + ".")
+                         baseline.get("kaggle_rmse") is not None else "")
+                      + (f"; the best constant (each column's mean over these galaxies) "
+                         f"{claims['kaggle_constant']:.4f}, and kaggle_vs_constant is a model's over it"
+                         if claims and claims.get("kaggle_constant") else "") + ".")
     stale_txt = ""
     if stale:
         items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape('; '.join(c))}</li>" for n, c in stale.items())
@@ -242,6 +302,7 @@ img{{max-width:100%;border:1px solid #eee}}</style></head><body>
 rounds prediction and target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE:
 <b>{html.escape(best)}</b>.{ens_txt}{base_txt}{_claims_html(claims or {})}{kaggle_txt}</p>{stale_txt}
 <h2>Comparison</h2>{_table_html(_with_intervals(table)[main_cols])}
+{_by_catalogue_html(by_cat, table)}
 <h2>Deep models beside their boosters</h2>{_table_html(gb)}
 <h2>Per-task accuracy</h2>{_table_html(tasks)}
 {imgs}

@@ -202,3 +202,34 @@ def tta_effect(table: pd.DataFrame, path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Test-time augmentation: test MAE with and without")
     _save(fig, path)
+
+
+def kaggle_by_catalogue(by_cat: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    """One panel per group of test galaxies (all, then each catalogue): every model's Kaggle RMSE over every known
+    cumulative value, as a share of the best constant's on the same values (1 = no better than a constant), with
+    its 95% paired-bootstrap interval; models in the main table's order (best MAE first)."""
+    order = [n for n in table.sort_values("mae")["name"] if n in set(by_cat["name"])]
+    kinds = dict(zip(table["name"], table["kind"]))
+    palette = kind_colours(table["kind"])
+    groups = list(dict.fromkeys(by_cat["catalogue"]))
+    h = max(3.0, 0.32 * len(order) + 1.4)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups) + 1.5, h), sharey=True, squeeze=False)
+    y = np.arange(len(order))
+    for ax, g in zip(axes[0], groups):
+        t = by_cat[by_cat["catalogue"] == g].set_index("name").loc[order]
+        const = float(t["best_constant"].iloc[0])
+        ratio = t["kaggle_vs_constant"].to_numpy(float)
+        err = np.vstack([ratio - t["kaggle_rmse_known_lo"] / const, t["kaggle_rmse_known_hi"] / const - ratio])
+        ax.barh(y, np.nan_to_num(ratio), color=[palette[kinds[n]] for n in order],
+                xerr=np.nan_to_num(err.clip(min=0)), error_kw={"ecolor": "0.25", "capsize": 2, "lw": 1})
+        ax.axvline(1.0, color="k", ls="--", lw=1, zorder=1)
+        for yi, v in zip(y, ratio):
+            if np.isfinite(v):
+                ax.text(0.02, yi, f"{v:.3f}", va="center", fontsize=8, color="white", zorder=3)
+        ax.set(xlim=(0, 1.05), xlabel="Kaggle RMSE / best constant's (lower is better)",
+               title=f"{g}: {int(t['galaxies'].iloc[0]):,} galaxies, {int(t['kaggle_values'].iloc[0]):,} values\n"
+                     f"best constant {const:.4f}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, order)
+    axes[0][0].invert_yaxis()
+    _save(fig, path)

@@ -43,27 +43,45 @@ def error_terms(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple
 
 
 class KaggleTerms:
-    """Per galaxy: the summed squared error of the 30 cumulative (Kaggle) fractions and their count, over the
-    galaxies whose 30 are all known (``gzpipe.metrics.kaggle_rmse``'s galaxies; 0 and 0 for the others). The
-    targets' cumulative form is computed once, for every model scored against them."""
+    """Per galaxy: the summed squared error of its cumulative (Kaggle) fractions and their count. By default over
+    the galaxies whose 30 are all known (``gzpipe.metrics.kaggle_rmse``'s galaxies; 0 and 0 for the others); with
+    ``every_known`` over each galaxy's known values, however few (``rmse_known``: a catalogue that carries only
+    some questions, such as Kaggle's 17-column file, still counts for the questions it has). ``rows`` (bool, one
+    per galaxy) keeps only those galaxies. The targets' cumulative form is computed once, for every model scored
+    against them."""
 
-    def __init__(self, target: np.ndarray, mask: np.ndarray):
-        self.full = cumulative_known(np.asarray(target, np.float64), np.asarray(mask, bool)).all(axis=1)
+    def __init__(self, target: np.ndarray, mask: np.ndarray, rows: np.ndarray | None = None,
+                 every_known: bool = False):
+        known = cumulative_known(np.asarray(target, np.float64), np.asarray(mask, bool))
+        if not every_known:
+            known = np.repeat(known.all(axis=1, keepdims=True), known.shape[1], axis=1)
+        if rows is not None:
+            known &= np.asarray(rows, bool)[:, None]
+        self.known = known
+        self.full = known.any(axis=1)  # the galaxies that count
         self.tc = schema.conditional_to_cumulative(np.nan_to_num(np.asarray(target, np.float64)))
-        self.count = self.full * float(schema.N_TARGETS)
+        self.count = known.sum(axis=1).astype(np.float64)
 
     @property
     def galaxies(self) -> int:
         return int(self.full.sum())
 
+    @property
+    def values(self) -> int:
+        return int(self.count.sum())
+
     def best_constant(self) -> float | None:
-        """The Kaggle RMSE of the best constant on these galaxies: their mean cumulative fractions."""
-        tc = self.tc[self.full]
-        return float(np.sqrt(((tc - tc.mean(axis=0)) ** 2).mean())) if len(tc) else None
+        """The Kaggle RMSE of the best constant on these values: each column's mean over its known values."""
+        k = self.known
+        if not k.any():
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(k, self.tc, 0.0).sum(axis=0) / k.sum(axis=0)
+        return float(np.sqrt(((self.tc - mean)[k] ** 2).mean()))
 
     def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pc = schema.conditional_to_cumulative(np.clip(np.asarray(pred, np.float64), 0.0, 1.0))
-        return np.where(self.full, ((pc - self.tc) ** 2).sum(axis=1), 0.0), self.count
+        return np.where(self.known, (pc - self.tc) ** 2, 0.0).sum(axis=1), self.count
 
 
 def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -72,7 +90,7 @@ def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
 
 
-def _interval(point: float, samples: np.ndarray, level: float = LEVEL) -> Interval:
+def interval(point: float, samples: np.ndarray, level: float = LEVEL) -> Interval:
     a = (1 - level) / 2
     lo, hi = np.nanquantile(samples, [a, 1 - a])
     return Interval(float(point), float(lo), float(hi))
@@ -105,12 +123,12 @@ def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.
         if kaggle_terms.galaxies:
             ks, kc = kaggle_terms(preds[k])
             with np.errstate(invalid="ignore", divide="ignore"):
-                kaggle[k] = _interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc)))
+                kaggle[k] = interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc)))
     best = reference or min(names, key=lambda k: point[k][0])
     out = {}
     for k in names:
-        diff = _interval(point[k][0] - point[best][0], mae_s[k] - mae_s[best])
-        out[k] = {"mae": _interval(point[k][0], mae_s[k]), "rmse": _interval(point[k][1], rmse_s[k]),
+        diff = interval(point[k][0] - point[best][0], mae_s[k] - mae_s[best])
+        out[k] = {"mae": interval(point[k][0], mae_s[k]), "rmse": interval(point[k][1], rmse_s[k]),
                   "kaggle": kaggle[k], "vs_best": diff, "tied_with_best": k == best or not diff.excludes_zero()}
     return {"best": best, "resamples": resamples, "galaxies": n, "kaggle_galaxies": kaggle_terms.galaxies,
             "models": out}
