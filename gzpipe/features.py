@@ -201,6 +201,15 @@ def read_features(out: str | Path, backbone: str, split: str) -> tuple[list[str]
     return gather_batches(iter_feature_batches(out, backbone, split), features_path(out, backbone, split))
 
 
+def tasks_labelled(out: str | Path, backbone: str, split: str = "train") -> list[str]:
+    """The tasks with at least one label in a split's features (its mask columns only are read): what a booster
+    trained on them can have learned."""
+    masks = [f"mask:{n}" for n in schema.TARGET_NAMES]
+    m = pq.read_table(local_path(features_path(out, backbone, split)), columns=masks)
+    has = [bool(np.asarray(m.column(c)).any()) for c in masks]
+    return [t for t, s in schema.TASK_SLICES.items() if any(has[s])]
+
+
 def gather_batches(batches, path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """A split's (ids, x, y, mask) batches, from the features file at ``path``, as whole arrays, each batch written
     into arrays sized from the file's row count: one copy in memory, not the batches and their concatenation

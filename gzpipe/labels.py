@@ -31,6 +31,17 @@ def tasks_with_labels(shards: str | Path, split: str = "train") -> list[str]:
     return [t for t, s in schema.TASK_SLICES.items() if lab[MASK_COLUMNS[s]].to_numpy().any()]
 
 
+def blank_untrained(pred: np.ndarray, trained: list[str] | None) -> np.ndarray:
+    """``pred`` with the columns of every task not in ``trained`` set to NaN (a copy; ``trained`` None: all were):
+    a question a model never had a label for is predicted empty, never as a made-up 0.5."""
+    pred = np.array(pred, dtype=np.float64 if np.asarray(pred).dtype == np.float64 else np.float32)
+    if trained is not None:
+        for t, s in schema.TASK_SLICES.items():
+            if t not in trained:
+                pred[:, s] = np.nan
+    return pred
+
+
 def aligned(labels: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Targets and masks in the order of ``ids``; every id must be in the split."""
     missing = [i for i in ids if i not in labels.index]

@@ -46,8 +46,9 @@ def cumulative_known(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def kaggle_rmse(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     """The Kaggle Galaxy Challenge metric: RMSE between predicted and true cumulative fractions, over the galaxies
     whose 30 cumulative values are all known (``galaxies``); ``rmse_known`` is over every known value."""
-    known = cumulative_known(target, np.asarray(mask, bool))
     pc = schema.conditional_to_cumulative(np.clip(pred, 0.0, 1.0))
+    # a question the model left empty (NaN: never learned) cannot be scored, nor the values below it
+    known = cumulative_known(target, np.asarray(mask, bool)) & np.isfinite(pc)
     tc = schema.conditional_to_cumulative(np.nan_to_num(target))
     full = known.all(axis=1)
     d = pc - tc

@@ -365,6 +365,11 @@ def test_every_stage_honours_questions_no_catalogue_had(k17_study):
             else:
                 assert f["n"] > 0 and 0 <= f["mae"] < 1, (name, t)
         assert m["test"]["n"] == sum(m["test"]["per_task"][t]["n"] for t in schema.TASK_SLICES)
+        for split in ("val", "test"):  # the prediction files: the absent questions empty, never a made-up 0.5
+            p = pd.read_parquet(k17_study / name / f"{split}_predictions.parquet")
+            for t, sl in schema.TASK_SLICES.items():
+                cols = list(schema.TARGET_NAMES)[sl]
+                assert (p[cols].isna().all().all() if t in ABSENT_17 else p[cols].notna().all().all()), (name, t)
     t = pd.read_csv(k17_study / "model_comparison/comparison_table.csv").set_index("name")
     assert set(runs_) <= set(t.index)
     assert (t["mae_lo"] <= t["mae"]).all() and (t["mae"] <= t["mae_hi"]).all()

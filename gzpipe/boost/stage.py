@@ -15,7 +15,8 @@ from gzpipe import rerun, runs
 from gzpipe.configs import check_keys, unknown_keys_error
 from gzpipe.device import check_device_name
 from gzpipe.errors import GzpipeError
-from gzpipe.features import features_meta, features_path, iter_feature_batches
+from gzpipe.features import features_meta, features_path, iter_feature_batches, tasks_labelled
+from gzpipe.labels import blank_untrained
 from gzpipe.fileio import check_out_folder, finish_swap, rebuilt, remove_stale_tmp, staging_dir, write_json
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import resolve_name
@@ -262,9 +263,10 @@ def _fit(cfg: BoostConfig, params, impl, device: str, why: str, run_dir: Path) -
                   f"variance ({reduction.rows} train rows were fitted); a smaller --pca gives the same model "
                   "faster", flush=True)
     data = FeatureData(cfg.out, cfg.backbone, reduction)
+    trained = tasks_labelled(cfg.out, cfg.backbone)  # the others have no booster: predicted empty
     predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0
-    metrics = {"model": name, "engine": cfg.engine, "backbone": cfg.backbone,
+    metrics = {"model": name, "engine": cfg.engine, "backbone": cfg.backbone, "tasks_trained": trained,
                "train_time_s": train_time, "device": device, "device_reason": why,
                "pca_explained": reduction.explained if reduction else None, **info}
     for split in runs.EVAL_SPLITS:
@@ -277,7 +279,7 @@ def _fit(cfg: BoostConfig, params, impl, device: str, why: str, run_dir: Path) -
             ys.append(y)
             ms.append(m)
         rate = len(ids) / max(time.perf_counter() - t1, 1e-9)
-        pred = np.concatenate(preds)
+        pred = blank_untrained(np.concatenate(preds), trained)
         metrics[split] = compute_metrics(pred, np.concatenate(ys), np.concatenate(ms))
         metrics[f"{split}_predict_rows_per_s"] = rate
         runs.write_predictions(run_dir, split, ids, pred)

@@ -141,7 +141,9 @@ def fit_stacked(out: Path, used: list[str], cfg: StackConfig | None = None) -> t
     rows = np.arange(len(p_val))
     if len(rows) > cfg.max_rows:
         rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_rows, replace=False))
-    weights, how = fit_stack(p_val[rows], np.nan_to_num(y_val[rows]), m_val[rows].astype(bool), cfg)
+    # a question no member learned is NaN in every member and has no val label: its weights fit on a neutral 0.5,
+    # and its predictions stay NaN (finite weights times NaN)
+    weights, how = fit_stack(np.nan_to_num(p_val[rows], nan=0.5), np.nan_to_num(y_val[rows]), m_val[rows].astype(bool), cfg)
     result: dict = {"method": "stacked", "models": used, "weights_from": "val", "evaluated_on": "test",
                     "weights": {b: weights[k].round(6).tolist() for k, b in enumerate(used)}, **how,
                     "weights_fitted_on": int(len(rows)),

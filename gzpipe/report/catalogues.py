@@ -28,7 +28,7 @@ def catalogue_of(ids: list[str]) -> np.ndarray:
 def by_catalogue(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray, ids: list[str],
                  resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
     """One row per (group, model): ``all`` galaxies first, then each catalogue format when there are several.
-    Columns: catalogue, name, galaxies, mae [mae_lo, mae_hi], kaggle_values (cumulative values known),
+    Columns: catalogue, name, galaxies, mae [mae_lo, mae_hi], kaggle_values (the known cumulative values it was scored on),
     kaggle_rmse_known [lo, hi], best_constant (the Kaggle RMSE of each column's mean over the same values) and
     kaggle_vs_constant (the model's over the constant's)."""
     target, mask = np.asarray(target, np.float64), np.asarray(mask, bool)
@@ -51,9 +51,9 @@ def by_catalogue(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndar
                 mae = interval(a.sum() / c.sum(), (counts @ a) / (counts @ c)) if c.sum() else None
                 ks, kc = terms(p)
                 kag = interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc))) \
-                    if terms.values else None
+                    if kc.sum() else None
             row.update(mae=mae.point if mae else np.nan, mae_lo=mae.lo if mae else np.nan,
-                       mae_hi=mae.hi if mae else np.nan, kaggle_values=terms.values,
+                       mae_hi=mae.hi if mae else np.nan, kaggle_values=int(kc.sum()),
                        kaggle_rmse_known=kag.point if kag else np.nan, kaggle_rmse_known_lo=kag.lo if kag else np.nan,
                        kaggle_rmse_known_hi=kag.hi if kag else np.nan,
                        best_constant=const if const is not None else np.nan,

@@ -58,6 +58,7 @@ class KaggleTerms:
         if rows is not None:
             known &= np.asarray(rows, bool)[:, None]
         self.known = known
+        self.every_known = every_known
         self.full = known.any(axis=1)  # the galaxies that count
         self.tc = schema.conditional_to_cumulative(np.nan_to_num(np.asarray(target, np.float64)))
         self.count = known.sum(axis=1).astype(np.float64)
@@ -81,7 +82,10 @@ class KaggleTerms:
 
     def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pc = schema.conditional_to_cumulative(np.clip(np.asarray(pred, np.float64), 0.0, 1.0))
-        return np.where(self.known, (pc - self.tc) ** 2, 0.0).sum(axis=1), self.count
+        ok = self.known & np.isfinite(pc)  # a value the model left empty (a question it never learned) is not scored
+        if not self.every_known:
+            ok &= ok.all(axis=1, keepdims=True)  # a galaxy counts whole or not at all
+        return np.where(ok, (pc - self.tc) ** 2, 0.0).sum(axis=1), ok.sum(axis=1).astype(np.float64)
 
 
 def draws(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -120,8 +124,8 @@ def paired_bootstrap(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.
         total = c.sum()
         point[k] = (a.sum() / total if total else np.nan, np.sqrt(s.sum() / total) if total else np.nan)
         kaggle[k] = None
-        if kaggle_terms.galaxies:
-            ks, kc = kaggle_terms(preds[k])
+        ks, kc = kaggle_terms(preds[k])
+        if kc.sum():  # none when no galaxy is complete, or the model left a question of each empty
             with np.errstate(invalid="ignore", divide="ignore"):
                 kaggle[k] = interval(np.sqrt(ks.sum() / kc.sum()), np.sqrt((counts @ ks) / (counts @ kc)))
     best = reference or min(names, key=lambda k: point[k][0])

@@ -29,7 +29,7 @@ from gzpipe.device import resolve_device
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
 from gzpipe.loaders import create_loader
-from gzpipe.labels import tasks_with_labels
+from gzpipe.labels import blank_untrained, tasks_with_labels
 from gzpipe.manifest import MANIFEST, read_manifest
 from gzpipe.metrics import compute_metrics
 from gzpipe.models import BACKBONES, create_model
@@ -365,9 +365,14 @@ def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, 
         return {}
     samples = sum(h["images_per_s"] * h["seconds"] for h in history)
     secs = sum(h["seconds"] for h in history)
+    trained = tasks_with_labels(cfg.shards)  # a question with no train label was never learned: predicted empty
+    for r in results.values():
+        r.pred = blank_untrained(r.pred, trained)
+        if "plain" in r.extra:
+            r.extra["plain"] = blank_untrained(r.extra["plain"], trained)
     metrics = {
         "backbone": cfg.backbone,
-        "tasks_trained": tasks_with_labels(cfg.shards),  # a question with no train label was never learned
+        "tasks_trained": trained,
         **{split: {"loss": r.loss, **compute_metrics(r.pred, r.target, r.mask)} for split, r in results.items()},
         "tta": {"views": cfg.tta, "kind": cfg.tta_kind},
         **{f"{split}_without_tta": compute_metrics(r.extra["plain"], r.target, r.mask)
