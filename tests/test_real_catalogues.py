@@ -127,11 +127,27 @@ def test_a_model_trained_without_some_questions_predicts_them_empty(real_kaggle,
 
 # ---- 2. several catalogues in one run ----------------------------------------------------------------------------
 
-def test_the_union_of_three_real_catalogues_uses_each_galaxy_once(real_kaggle, tmp_path):
+def test_the_union_of_three_real_catalogues_uses_each_galaxy_once(real_kaggle, tmp_path, capsys):
     cfg = ShardConfig(catalog=[real_kaggle["gz2"], real_kaggle["k37"], real_kaggle["k17"]],
                       images=[SAMPLE / "images", KAGGLE / "images", PARTIAL / "images"], out=tmp_path / "u",
                       target="weighted_fraction", shard_size=40, workers=2)
     m = run_shard(cfg)
+    # the galaxies in two catalogues: their labels compared, question by question, against the raw files
+    (agree,) = m["duplicate_labels"]
+    assert (agree["later"], agree["kept"], agree["galaxies"]) == ("kaggle", "hart16", real_kaggle["twins"])
+    gz2 = pd.read_csv(real_kaggle["gz2"], dtype={"asset_id": str}).set_index("asset_id")
+    kag = pd.concat([pd.read_csv(real_kaggle[k], dtype={"GalaxyID": str}) for k in ("k37", "k17")]).set_index("GalaxyID")
+    pairs = [(d["id"].split(":")[1], d["same_as"].split("hart16:")[1].split()[0]) for d in m["duplicates"]]
+    smooth = np.array([kag.loc[k, "Class1.1"] - gz2.loc[h, "t01_smooth_or_features_a01_smooth_weighted_fraction"]
+                       for k, h in pairs])
+    t01 = agree["tasks"]["t01_smooth_or_features"]
+    assert t01["galaxies"] == len(pairs)
+    assert abs(t01["mean_diff"]["t01_smooth_or_features_a01_smooth"] - smooth.mean()) < 1e-3
+    assert smooth.mean() < -0.05  # Kaggle calls these galaxies less smooth than the Hart16 sample does
+    assert "t03_bar" not in agree["tasks"] or agree["tasks"]["t03_bar"]["galaxies"] < len(pairs)  # k17 has no bar
+    out = capsys.readouterr().out
+    assert f"note: {len(pairs)} galaxies are in both a hart16 and a kaggle catalogue and their labels disagree: " in out
+    assert "the hart16 labels are kept" in out
     c, rows = m["counts"], real_kaggle["rows"]
     assert c["catalog_rows"] == sum(rows.values())
     assert c["duplicates"] == real_kaggle["twins"]  # the same pictures, re-encoded: found by their pixels
@@ -174,6 +190,16 @@ def test_two_catalogues_of_one_family_share_ids(synth_release, tmp_path):
                               out=tmp_path / "s", shard_size=16))
     assert m["counts"]["duplicates"] == 5 and m["counts"]["written"] == len(df)
     assert all("the same id" in d["same_as"] for d in m["duplicates"])
+    (agree,) = m["duplicate_labels"]  # the same rows twice: they agree to the last digit, and shard says nothing
+    assert agree["galaxies"] == 5 and all(t["mean_abs_diff"] == 0 for t in agree["tasks"].values())
+    from gzpipe.union import disagreement_lines
+
+    assert disagreement_lines(m["duplicate_labels"]) == []
+    moved = {**agree, "tasks": {**agree["tasks"], "t02_edgeon": {"galaxies": 5, "mean_abs_diff": 0.3,
+                                                                 "mean_diff": {"t02_edgeon_a04_yes": 0.3}}}}
+    (line,) = disagreement_lines([moved])
+    assert "5 galaxies are in both a hart16 and a hart16 catalogue" in line and "t02_edgeon by 0.30" in line
+    assert "(t02_edgeon_a04_yes: the later hart16 catalogue +0.30)" in line
     assert not any(":" in s for s in split_labels(tmp_path / "s", "train").index)
 
 

@@ -39,20 +39,18 @@ def run_report(out: str | Path = "artifacts") -> dict:
     remove_stale_tmp(dest)
     order = {k: i for i, k in enumerate([DEEP, *engines_in(table), ENSEMBLE])}
     table = table.sort_values(["kind", "mae"], key=lambda s: s.map(order) if s.name == "kind" else s)
-    with atomic_open(dest / "comparison_table.csv", "w") as f:
-        table.to_csv(f, index=False, float_format="%.6g")
     gb = dl_vs_gb(table)
-    with atomic_open(dest / "dl_vs_gb_comparison.csv", "w") as f:
-        gb.to_csv(f, index=False, float_format="%.6g")
     figs = {}
     shards = _shards_of(out, table)
     test = _test_predictions(out, table, shards) if shards else None
     claims = _add_intervals(table, raw, *test) if test else {}
+    with atomic_open(dest / "comparison_table.csv", "w") as f:  # once, with the intervals
+        table.to_csv(f, index=False, float_format="%.6g")
+    with atomic_open(dest / "dl_vs_gb_comparison.csv", "w") as f:
+        gb.to_csv(f, index=False, float_format="%.6g")
     by_cat = _by_catalogue(dest, *test) if test else None
     if by_cat is not None:
         figures.kaggle_by_catalogue(by_cat, table, dest / "kaggle_by_catalogue.png")
-    with atomic_open(dest / "comparison_table.csv", "w") as f:  # with the intervals
-        table.to_csv(f, index=False, float_format="%.6g")
     baseline = _baseline(shards) if shards else None
     if baseline:
         from gzpipe.fileio import write_json

@@ -91,7 +91,12 @@ def run_shard(cfg: ShardConfig, force_hint: str = "--force") -> dict:
 
 
 def _say_absent(table: pd.DataFrame) -> None:
-    """One line per catalogue that lacks some of the questions: they are masked for its galaxies."""
+    """One line per catalogue that lacks some of the questions: they are masked for its galaxies; and one per pair
+    of catalogues whose shared galaxies' labels disagree."""
+    from gzpipe.union import disagreement_lines
+
+    for line in disagreement_lines(table.attrs.get("duplicate_labels", [])):
+        rerun.say(line)
     for c in table.attrs.get("catalogs", []):
         if c["tasks_absent"]:
             n = len(c["tasks_absent"])
@@ -333,6 +338,7 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, in_frac: np.ndarray, keep: 
         "duplicates": [{"row": int(i), **_where(table, int(i)), "id": str(table["id"].iat[i]),
                         "same_as": table[DUPLICATE_COLUMN].iat[i]} for i in duplicates],
         "catalogs": catalogs,
+        "duplicate_labels": table.attrs.get("duplicate_labels", []),
         "tasks_absent": list(table.attrs.get("tasks_absent", [])),
         "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
