@@ -162,6 +162,15 @@ def test_the_union_of_three_real_catalogues_uses_each_galaxy_once(real_kaggle, t
     # the same command again: finished, reused; the rebuild command names every catalogue
     again = run_shard(cfg)
     assert again["run"]["shards_written"] == 0
+    # a set finished by a gzpipe from before duplicate_labels keeps its manifest byte for byte: every model
+    # trained on it records the manifest's sha256, and a new entry would make them all read as out of date
+    from gzpipe.fileio import write_json
+
+    old = json.loads((tmp_path / "u/manifest.json").read_text())
+    del old["duplicate_labels"]
+    write_json(tmp_path / "u/manifest.json", old)
+    before = (tmp_path / "u/manifest.json").read_bytes()
+    assert "duplicate_labels" not in run_shard(cfg) and (tmp_path / "u/manifest.json").read_bytes() == before
     from gzpipe.shard.verify import rebuild_command
 
     cmd = rebuild_command(tmp_path / "u")

@@ -81,14 +81,20 @@ class FeatureData:
     """A backbone's features as an engine reads them: ``batches(split)`` streams (ids, x, y, mask), ``read(split)``
     reads a split whole; both through the reduction when there is one."""
 
-    def __init__(self, out: str | Path, backbone: str, reduction: Reduction | None = None):
+    def __init__(self, out: str | Path, backbone: str, reduction: Reduction | None = None,
+                 catalogues: list[str] | None = None):
         self.out, self.backbone, self.reduction = out, backbone, reduction
+        self.catalogues = list(catalogues or [])  # by_catalogue: one 0/1 column per format, after the features
 
     def batches(self, split: str, batch_rows: int = 8192):
+        from gzpipe.boost.catalogues import indicators
         from gzpipe.features import iter_feature_batches
 
         for ids, x, y, m in iter_feature_batches(self.out, self.backbone, split, batch_rows):
-            yield ids, (self.reduction.apply(x) if self.reduction else x), y, m
+            x = self.reduction.apply(x) if self.reduction else x
+            if self.catalogues:
+                x = np.hstack([x, indicators(ids, self.catalogues)])
+            yield ids, x, y, m
 
     def read(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         from gzpipe.features import features_path, gather_batches

@@ -44,6 +44,9 @@ class BoostConfig:
     objective: str | None = None
     pca: int | None = None  # reduce the features to this many principal components (fitted on train) first
     pca_fit_rows: int = 20_000  # train rows the reduction is fitted on
+    # one 0/1 input per catalogue format of the train split, so each catalogue's labels are learnt as they are
+    # (gzpipe.boost.catalogues); None: on when the train split joins several formats
+    by_catalogue: bool | None = None
     device: str = "auto"
     threads: int = 0  # 0 = all cores
     seed: int = 42
@@ -152,7 +155,7 @@ def validate(cfg: BoostConfig) -> object:
 
 # BoostConfig keys that change what a booster is (the rest - device, threads, the scheduler - only how it is fitted)
 SETTINGS = ("rounds", "early_stopping", "learning_rate", "max_bin", "colsample", "subsample", "objective", "pca",
-            "pca_fit_rows", "seed")
+            "pca_fit_rows", "seed", "by_catalogue")
 SCHEDULER_TIMEOUT_S = 10
 _ADDRESS = re.compile(r"^(?:(tcp|tls|inproc|ucx|ws|wss)://)?\[?[A-Za-z0-9_.:-]*[A-Za-z0-9_.-]\]?:\d{1,5}$")
 
@@ -163,7 +166,40 @@ def settings(cfg: BoostConfig, params) -> dict:
 
 
 def saved_settings(saved: dict) -> dict:
-    return {**{k: saved[k] for k in SETTINGS if k in saved}, **saved.get("params", {})}
+    legacy = {"by_catalogue": False}  # boosters from before the option read the features alone
+    return {**{k: saved.get(k, legacy.get(k)) for k in SETTINGS if k in saved or k in legacy},
+            **saved.get("params", {})}
+
+
+def train_catalogues(out: str, backbone: str) -> dict[str, int]:
+    """{catalogue format: train rows} of a backbone's train features (their ids only are read)."""
+    import pyarrow.parquet as pq
+
+    from gzpipe.boost.catalogues import catalogue_rows
+    from gzpipe.fileio import local_path
+
+    ids = pq.read_table(local_path(features_path(out, backbone, "train")), columns=["id"]).column("id").to_pylist()
+    return catalogue_rows(ids)
+
+
+def resolve_by_catalogue(cfg: BoostConfig) -> bool:
+    """``by_catalogue`` as it will be fitted: None means on when the train features join several catalogue
+    formats (and never with a Dask scheduler, whose workers read the features themselves)."""
+    if cfg.by_catalogue is False:
+        return False
+    try:
+        rows = train_catalogues(cfg.out, cfg.backbone)
+    except (GzpipeError, OSError):
+        return bool(cfg.by_catalogue)  # no features yet: check_data says so, with the command that makes them
+    several = len([c for c in rows if c]) > 1
+    if cfg.by_catalogue and cfg.dask_scheduler:
+        raise GzpipeError("by_catalogue is not available with a Dask scheduler (the workers read the features "
+                          "themselves); leave it out or train without --dask-scheduler")
+    if cfg.by_catalogue and not several:
+        raise GzpipeError(f"--by-catalogue: the train features of {cfg.backbone} come from one catalogue format "
+                          f"({', '.join(c or 'ids without a format prefix' for c in rows)}); it applies to shards "
+                          "that join several (gzpipe shard --catalog A --catalog B)")
+    return several and not cfg.dask_scheduler
 
 
 def check_scheduler(address: str) -> None:
@@ -212,6 +248,7 @@ def run_boost(cfg: BoostConfig, force_hint: str | None = None) -> dict:
     caller's user replaces a finished one (named in the messages)."""
     params = validate(cfg)
     cfg.backbone = resolve_name(cfg.backbone)
+    cfg.by_catalogue = resolve_by_catalogue(cfg)
     name = f"{cfg.engine}_{cfg.backbone}"
     final = cfg.run_dir
     check_out_folder(cfg.out)
@@ -262,11 +299,17 @@ def _fit(cfg: BoostConfig, params, impl, device: str, why: str, run_dir: Path) -
             print(f"{name}: note: only {reduction.rows - 1} of the {cfg.pca} components carry "
                   f"variance ({reduction.rows} train rows were fitted); a smaller --pca gives the same model "
                   "faster", flush=True)
-    data = FeatureData(cfg.out, cfg.backbone, reduction)
+    rows = train_catalogues(cfg.out, cfg.backbone) if cfg.by_catalogue else {}
+    catalogues = [c for c in rows if c]
+    if catalogues:
+        print(f"{name}: learning each catalogue's labels: one input per catalogue format ("
+              + ", ".join(f"{c} {n:,}" for c, n in rows.items()) + " train galaxies)", flush=True)
+    data = FeatureData(cfg.out, cfg.backbone, reduction, catalogues)
     trained = tasks_labelled(cfg.out, cfg.backbone)  # the others have no booster: predicted empty
     predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0
     metrics = {"model": name, "engine": cfg.engine, "backbone": cfg.backbone, "tasks_trained": trained,
+               "catalogue_rows": {c: rows[c] for c in catalogues},
                "train_time_s": train_time, "device": device, "device_reason": why,
                "pca_explained": reduction.explained if reduction else None, **info}
     for split in runs.EVAL_SPLITS:
@@ -297,9 +340,22 @@ class TrainedBooster:
     backbone: str
     run_dir: Path
     predict_raw: Callable[[np.ndarray], np.ndarray]
+    catalogue_rows: dict = field(default_factory=dict)  # by_catalogue: {format: train rows}; empty: features alone
+    catalogue: str | None = None  # whose labels ``predict`` follows (by_catalogue): the largest, unless set
+
+    @property
+    def catalogues(self) -> list[str]:
+        return list(self.catalogue_rows)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.clip(self.predict_raw(np.asarray(x, dtype=np.float32)), 0.0, 1.0)
+        """Predictions for backbone features ``x``; a by-catalogue booster in ``catalogue``'s convention."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.catalogue_rows:
+            from gzpipe.boost.catalogues import default_catalogue, indicators
+
+            which = self.catalogue or default_catalogue(self.catalogue_rows)
+            x = np.hstack([x, indicators(range(len(x)), self.catalogues, fixed=which)])
+        return np.clip(self.predict_raw(x), 0.0, 1.0)
 
 
 def load_booster(run_dir: str | Path) -> TrainedBooster:
@@ -313,7 +369,10 @@ def load_booster(run_dir: str | Path) -> TrainedBooster:
     metrics = runs.read_json(d, runs.METRICS)
     fn = ENGINES[name].impl().load(d, cfg, metrics)
     reduction = Reduction.load(d)
-    if reduction is not None:  # the booster reads the features through the reduction fitted with it
-        fn = (lambda f, r: (lambda x: f(r.apply(x))))(fn, reduction)
-    return TrainedBooster(d.name, name, cfg["backbone"], d, fn)
+    rows = metrics.get("catalogue_rows") or {}
+    if reduction is not None:  # the booster reads the features through the reduction fitted with it (and then,
+        k = len(rows)          # by catalogue, the indicators, which the reduction never saw)
+        fn = (lambda f, r: (lambda x: f(np.hstack([r.apply(x[:, :x.shape[1] - k]), x[:, x.shape[1] - k:]]))))(
+            fn, reduction)
+    return TrainedBooster(d.name, name, cfg["backbone"], d, fn, rows)
 

@@ -158,6 +158,11 @@ def boost(
                                                                              "tree."),
     pca: Optional[int] = typer.Option(None, min=1, metavar="K", help="First reduce the features to K principal "
                                       "components, fitted on the train split (kept with the model)."),
+    by_catalogue: Optional[bool] = typer.Option(
+        None, "--by-catalogue/--no-by-catalogue", help="Give the booster one 0/1 input per catalogue format of the "
+        "shards (kaggle:, hart16: ids), so it learns each catalogue's labels as they are rather than a mix (two "
+        "catalogues can label one galaxy differently: `gzpipe shard` says so); val and test galaxies are scored in "
+        "their own catalogue's, `gzpipe predict --catalogue` picks one [on when the shards join several formats]."),
     max_depth: Optional[int] = typer.Option(None, min=1, max=64, metavar="N", help="XGBoost tree depth [6]; its "
                                             "histogram cache is held within a quarter of the free memory."),
     num_leaves: Optional[int] = typer.Option(None, min=2, max=131072, metavar="N", help="LightGBM leaves per tree "
@@ -187,7 +192,8 @@ def boost(
                                      ("multi_strategy", multi_strategy)) if v is not None})
     run_boost(BoostConfig(engine=engine, backbone=backbone, out=str(out_dir), rounds=rounds,
                           early_stopping=early_stopping, learning_rate=learning_rate, max_bin=max_bin,
-                          colsample=colsample, subsample=subsample, pca=pca, device=device, force=force,
+                          colsample=colsample, subsample=subsample, pca=pca, by_catalogue=by_catalogue,
+                          device=device, force=force,
                           objective=objective, dask_scheduler=dask_scheduler, params=params, **common))
 
 

@@ -44,6 +44,10 @@ def predict(
                                                                        "asset_id, ...]."),
     path_column: Optional[str] = typer.Option(None, metavar="NAME", help="A catalogue's image path column "
                                                                          "[file_loc, path, ...]."),
+    catalogue: Optional[str] = typer.Option(None, metavar="FORMAT", help="Whose labels to predict, for a model "
+                                            "whose boosters learnt several catalogues' (`gzpipe boost "
+                                            "--by-catalogue`): kaggle, hart16, ... [the one with the most train "
+                                            "galaxies]."),
 ) -> None:
     """Predict the 30 GZ2 vote fractions for new galaxy images with any finished model. Unreadable files get a row
     with the reason in the `error` column; the rest go on. Under `torchrun` the processes share the work."""
@@ -53,7 +57,7 @@ def predict(
                               out=str(out_file) if out_file else None, tta=tta, tta_kind=tta_kind,
                               cumulative=cumulative, batch_size=batch_size, workers=workers, device=device,
                               backend=backend, part_size=part_size, images=str(images) if images else None,
-                              id_column=id_column, path_column=path_column))
+                              id_column=id_column, path_column=path_column, catalogue=catalogue))
 
 
 @app.command()

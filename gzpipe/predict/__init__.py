@@ -59,6 +59,7 @@ class PredictConfig:
     id_column: str | None = None
     path_column: str | None = None
     keep_parts: bool = False
+    catalogue: str | None = None  # by-catalogue boosters: whose labels to predict (None: their largest)
 
 
 @dataclass
@@ -213,9 +214,10 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
     try:
         device = resolve_device(cfg.device, d.local_rank if d.enabled else None)
         predictor = load_predictor(cfg.model, device)
+        predictor.use_catalogue(cfg.catalogue)
         parts = plan_parts(found.items, found.shard_folders, cfg.part_size)
         settings = {"model": str(Path(cfg.model).resolve()), "tta": cfg.tta, "tta_kind": cfg.tta_kind,
-                    "cumulative": cfg.cumulative, "inputs": runs.input_record(
+                    "cumulative": cfg.cumulative, "catalogue": predictor.catalogue, "inputs": runs.input_record(
                         {m: t.checkpoint for m, t in predictor.backbones.items()}, Path(cfg.model))}
         digest = plan_digest(parts, settings)
         parts_dir = out.with_name(out.name + ".parts")
@@ -276,6 +278,9 @@ def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
         notes.append(f"skipped {len(found.skipped)} file(s) that are not images: {shown}")
     if found.duplicates:
         notes.append(f"{found.duplicates} duplicate input path(s) were predicted once")
+    if predictor.catalogue:
+        notes.append(f"as the {predictor.catalogue} catalogue labels galaxies (its boosters learnt "
+                     f"{', '.join(predictor.catalogues())}; --catalogue picks)")
     if predictor.untrained():
         notes.append(f"left empty (NaN): {', '.join(predictor.untrained())}, which the model had no training "
                      "labels for")

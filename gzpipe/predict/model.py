@@ -37,6 +37,35 @@ class Predictor:
         """The (image size, crop) pairs its backbones were trained at: each input is made into every one of them."""
         return sorted({b.view for b in self.backbones.values()})
 
+    def catalogues(self) -> list[str]:
+        """The catalogue formats whose labels its by-catalogue boosters learnt (empty: none is)."""
+        return sorted({c for m in self.members if m.booster is not None for c in m.booster.catalogues})
+
+    @property
+    def catalogue(self) -> str | None:
+        """Whose labels its by-catalogue boosters predict (None: it has none)."""
+        return next((m.booster.catalogue for m in self.members if m.booster is not None and m.booster.catalogues),
+                    None)
+
+    def use_catalogue(self, choice: str | None) -> None:
+        """Have every by-catalogue booster predict ``choice``'s labels (None: the catalogue with the most train
+        galaxies, summed over them)."""
+        from gzpipe.boost.catalogues import check_catalogue, default_catalogue
+
+        aware = [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
+        if not aware:
+            if choice is not None:
+                raise GzpipeError(f"--catalogue {choice!r}: {self.name} learnt one convention (none of its boosters "
+                                  "was trained --by-catalogue); leave --catalogue out")
+            return
+        rows: dict[str, int] = {}
+        for b in aware:
+            for c, n in b.catalogue_rows.items():
+                rows[c] = max(rows.get(c, 0), n)
+        which = default_catalogue(rows) if choice is None else check_catalogue(choice, self.catalogues(), self.name)
+        for b in aware:
+            b.catalogue = check_catalogue(which, b.catalogues, b.name)
+
     def untrained(self) -> list[str]:
         """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
         known = [b.tasks_trained for b in self.backbones.values()]

@@ -15,14 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from gzpipe.boost.catalogues import catalogue_of
 from gzpipe.report.intervals import RESAMPLES, KaggleTerms, draws, error_terms, interval
 
 ALL = "all"
-
-
-def catalogue_of(ids: list[str]) -> np.ndarray:
-    """Each id's catalogue format (the prefix a union gives it), or "" where it has none."""
-    return np.array([i.split(":", 1)[0] if ":" in i else "" for i in ids], dtype=object)
 
 
 def by_catalogue(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray, ids: list[str],

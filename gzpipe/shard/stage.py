@@ -40,6 +40,11 @@ from gzpipe.union import DUPLICATE_COLUMN, read_catalogs
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 
 
+# manifest entries that say more about the data without changing the shards; a shard set finished before they
+# existed keeps its manifest without them (`--force` rebuilds it with them)
+ADDED_LATER = ("duplicate_labels",)
+
+
 def key_for(galaxy_id: str) -> str:
     """A WebDataset key: no dots (they separate key from extension) and no path characters."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", galaxy_id)
@@ -143,6 +148,9 @@ def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prio
         # every model trained on these shards records the manifest's sha256 and would read as out of date.
         manifest["config"] = prior["config"]
         manifest["sources"] = prior.get("sources", manifest["sources"])
+        for key in ADDED_LATER:  # information a later gzpipe records: not added to a finished set, for the same reason
+            if key not in prior:
+                manifest.pop(key, None)
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
     _check_rejections(manifest, cfg, out)
