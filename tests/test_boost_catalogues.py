@@ -12,7 +12,7 @@ import pytest
 
 from gzpipe import schema
 from gzpipe.boost import BoostConfig, load_booster, run_boost
-from gzpipe.boost.catalogues import catalogue_rows, default_catalogue, indicators
+from gzpipe.boost.catalogues import OWN, catalogue_rows, conventions, default_catalogue, indicators
 from gzpipe.errors import GzpipeError
 from gzpipe.features import read_features, schema_for
 
@@ -61,6 +61,9 @@ def test_the_helpers():
     np.testing.assert_array_equal(indicators(ids, ["hart16", "kaggle"]), [[0, 1], [1, 0], [0, 1], [0, 0]])
     np.testing.assert_array_equal(indicators(ids, ["hart16", "kaggle"], fixed="hart16"), [[1, 0]] * 4)
     assert default_catalogue({"hart16": 633, "kaggle": 4240}) == "kaggle"
+    assert list(conventions(ids, ["hart16", "kaggle"], OWN, "kaggle")) == ["kaggle", "hart16", "kaggle", "kaggle"]
+    assert list(conventions(ids + ["zoobot:5"], ["hart16", "kaggle"], OWN, "hart16"))[3:] == ["hart16", "hart16"]
+    assert list(conventions(ids, ["hart16", "kaggle"], "hart16", "kaggle")) == ["hart16"] * 4
 
 
 @pytest.mark.parametrize("engine", ["lightgbm", "xgboost"])
@@ -85,6 +88,15 @@ def test_a_booster_learns_each_catalogues_labels(tmp_path, engine, fakenet):
     as_hart16 = b.predict(x)[:, 0]
     assert abs((as_hart16 - as_kaggle).mean() - (OFFSET["hart16"] - OFFSET["kaggle"])) < 0.05
     assert np.abs(as_kaggle - (0.3 * x[:, 0] + OFFSET["kaggle"])).mean() < 0.05
+    # each galaxy in its own catalogue's convention, by its id: exactly the fixed choice, row by row
+    ids, _, y, _ = read_features(on, "fakenet", "test")
+    b.catalogue, b.fallback = OWN, "kaggle"
+    own = b.predict(x, ids)
+    hart = np.array([i.startswith("hart16:") for i in ids])
+    np.testing.assert_array_equal(own[hart, 0], as_hart16[hart])
+    np.testing.assert_array_equal(own[~hart, 0], as_kaggle[~hart])
+    assert np.abs(own[:, 0] - y[:, 0]).mean() < 0.05  # as the test predictions were scored
+    np.testing.assert_array_equal(b.predict(x, ["new.jpg"] * len(x))[:, 0], as_kaggle)  # no catalogue: the fallback
     # a finished run with the option flipped: kept, the difference named
     again = run_boost(BoostConfig(out=str(on), by_catalogue=False, **common))
     assert again["catalogue_rows"] == m["catalogue_rows"]
@@ -125,9 +137,14 @@ def test_predict_asks_for_one_catalogue(tmp_path, fakenet):
     pred.use_catalogue("hart16")
     assert b.catalogue == "hart16"
     with pytest.raises(GzpipeError, match=r"--catalogue 'zoobot': lightgbm_fakenet learnt the labels of hart16, "
-                                          r"kaggle; pick one"):
+                                          r"kaggle; pick one of them, or own"):
         pred.use_catalogue("zoobot")
+    assert pred.conventions(["kaggle:1", "hart16:2", "x.jpg"]).tolist() == ["hart16"] * 3
+    pred.use_catalogue(OWN)
+    assert (pred.catalogue, b.fallback) == (OWN, "kaggle")
+    assert pred.conventions(["kaggle:1", "hart16:2", "x.jpg"]).tolist() == ["kaggle", "hart16", "kaggle"]
     plain = Predictor("fakenet", "backbone", [Member("fakenet", np.ones(30), "fakenet")])
     plain.use_catalogue(None)
+    assert plain.conventions(["kaggle:1"]) is None
     with pytest.raises(GzpipeError, match="learnt one convention"):
         plain.use_catalogue("kaggle")

@@ -450,3 +450,50 @@ def test_the_real_preset_is_the_union_of_the_real_catalogues(real_kaggle):
     assert all(Path(p).exists() for p in [*cfg.data.catalog, *cfg.data.images])
     sample = resolve_study("sample", None)  # the 800 hand-picked galaxies alone, as the real preset was before
     assert Path(sample.data.catalog).name == "labels_manifest_800.csv"
+
+
+def test_predict_gives_each_galaxy_of_a_union_its_own_catalogues_convention(real_kaggle, tmp_path, capsys):
+    """A booster of the union learns each catalogue's labels; `gzpipe predict --catalogue own` on the union's shards
+    predicts each galaxy as its own catalogue labels it (as the booster's test split was scored), row for row what
+    asking for that catalogue gives, and says whose convention each row follows."""
+    from gzpipe.boost import BoostConfig, run_boost
+    from gzpipe.features import FeaturesConfig, run_features
+    from gzpipe.predict import PredictConfig, run_predict
+    from gzpipe.train.config import resolve
+    from gzpipe.train.run import run_train
+
+    shards, art = tmp_path / "u", tmp_path / "a"
+    run_shard(ShardConfig(catalog=[real_kaggle["gz2"], real_kaggle["k37"], real_kaggle["k17"]],
+                          images=[SAMPLE / "images", KAGGLE / "images", PARTIAL / "images"], out=shards,
+                          target="weighted_fraction", shard_size=40, resize=40, val=0.2, test=0.3))
+    run_train(resolve("resnet50", str(shards), None, out=str(art), image_size=32, batch_size=8, epochs=1, workers=0,
+                      device="cpu", backend="pil"))
+    run_features(FeaturesConfig("resnet50", out=str(art), workers=0, device="cpu", backend="pil"))
+    m = run_boost(BoostConfig(engine="lightgbm", backbone="resnet50", out=str(art), rounds=20, device="cpu"))
+    assert set(m["catalogue_rows"]) == {"hart16", "kaggle"}  # on by default: the shards join two formats
+    got, said = {}, {}
+    for choice in ("own", "hart16", "kaggle"):
+        capsys.readouterr()
+        got[choice] = run_predict(PredictConfig(model=str(art / "lightgbm_resnet50"), inputs=[str(shards)],
+                                                out=str(tmp_path / f"{choice}.parquet"), workers=0,
+                                                catalogue=choice)).frame().set_index("id")
+        said[choice] = capsys.readouterr().out
+    own = got["own"]
+    assert len(own) == sum(json.loads((shards / "manifest.json").read_text())["counts"]["per_split"].values())
+    prefix = own.index.str.split(":").str[0]
+    assert (own["catalogue"] == prefix).all() and set(prefix) == {"hart16", "kaggle"}
+    assert (got["hart16"]["catalogue"] == "hart16").all() and (got["kaggle"]["catalogue"] == "kaggle").all()
+    cols = list(schema.TARGET_NAMES)
+    for c in ("hart16", "kaggle"):
+        rows = own.index[prefix == c]
+        pd.testing.assert_frame_equal(own.loc[rows, cols], got[c].loc[rows, cols])
+    assert not np.allclose(got["hart16"][cols], got["kaggle"][cols])  # the indicator does change the prediction
+    test = pd.read_parquet(art / "lightgbm_resnet50/test_predictions.parquet").set_index("id")
+    diff = np.abs(own.loc[test.index, cols].to_numpy() - test[cols].to_numpy())
+    assert np.nanmean(diff) < 0.01  # the booster's own test predictions (features stored as float16)
+    n_h, n_k = (prefix == "hart16").sum(), (prefix == "kaggle").sum()
+    assert f"each galaxy as its own catalogue labels it, by its id's prefix ({n_h} as hart16, {n_k} as kaggle" in said["own"]
+    assert "as the hart16 catalogue labels galaxies" in said["hart16"]
+    with pytest.raises(GzpipeError, match="pick one of them, or own"):
+        run_predict(PredictConfig(model=str(art / "lightgbm_resnet50"), inputs=[str(shards)],
+                                  out=str(tmp_path / "x.parquet"), workers=0, catalogue="zoobot"))

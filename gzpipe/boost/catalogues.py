@@ -6,7 +6,8 @@ that cannot tell them apart learns a mix of both conventions and misses each. Wi
 beside the backbone's features, one 0/1 column per catalogue format of its train split (the id prefix a union of
 formats gives: ``kaggle:100008``, ``hart16:130549``), so it learns each catalogue's labels; val and test galaxies are
 scored in their own catalogue's convention, and ``gzpipe predict`` asks for one (``--catalogue``; by default the
-catalogue with the most train galaxies). The multi-survey models of the field do the same with a head per survey
+catalogue with the most train galaxies), or for each galaxy's own (``--catalogue own``: by its id's prefix, as in a
+union's shards; a galaxy of no learnt catalogue gets the default's). The multi-survey models of the field do the same with a head per survey
 (Zoobot's GZ Evo, Walmsley et al. 2022).
 """
 
@@ -17,6 +18,8 @@ from collections import Counter
 import numpy as np
 
 from gzpipe.errors import GzpipeError
+
+OWN = "own"  # predict each galaxy in its own catalogue's convention, read from its id's prefix
 
 
 def catalogue_of(ids) -> np.ndarray:
@@ -32,16 +35,26 @@ def catalogue_rows(ids) -> dict[str, int]:
 def indicators(ids, catalogues: list[str], fixed: str | None = None) -> np.ndarray:
     """(n, len(catalogues)) float32: 1 in the column of each row's catalogue (``fixed`` for every row when given;
     a row of a catalogue not in the list gets zeros)."""
-    n = len(ids)
-    out = np.zeros((n, len(catalogues)), np.float32)
-    if fixed is not None:
-        out[:, catalogues.index(fixed)] = 1.0
-        return out
+    return one_hot(np.full(len(ids), fixed, dtype=object) if fixed is not None else catalogue_of(ids), catalogues)
+
+
+def one_hot(names, catalogues: list[str]) -> np.ndarray:
+    """(n, len(catalogues)) float32: 1 in the column of each row's catalogue name (zeros for a name not listed)."""
+    out = np.zeros((len(names), len(catalogues)), np.float32)
     col = {c: k for k, c in enumerate(catalogues)}
-    for i, c in enumerate(catalogue_of(ids)):
+    for i, c in enumerate(names):
         if c in col:
             out[i, col[c]] = 1.0
     return out
+
+
+def conventions(ids, catalogues: list[str], choice: str, fallback: str) -> np.ndarray:
+    """Whose labels each row is predicted as: ``choice`` for every row, or with ``OWN`` each id's own catalogue
+    where it is one of ``catalogues`` and ``fallback``'s elsewhere."""
+    if choice != OWN:
+        return np.full(len(ids), choice, dtype=object)
+    own = catalogue_of(ids)
+    return np.where(np.isin(own, catalogues), own, fallback).astype(object)
 
 
 def default_catalogue(rows: dict[str, int]) -> str:
@@ -50,7 +63,7 @@ def default_catalogue(rows: dict[str, int]) -> str:
 
 
 def check_catalogue(choice: str, catalogues: list[str], model: str) -> str:
-    if choice not in catalogues:
+    if choice != OWN and choice not in catalogues:
         raise GzpipeError(f"--catalogue {choice!r}: {model} learnt the labels of {', '.join(catalogues)}; "
-                          "pick one of them")
+                          f"pick one of them, or {OWN} (each galaxy's own, by its id's prefix)")
     return choice

@@ -341,20 +341,29 @@ class TrainedBooster:
     run_dir: Path
     predict_raw: Callable[[np.ndarray], np.ndarray]
     catalogue_rows: dict = field(default_factory=dict)  # by_catalogue: {format: train rows}; empty: features alone
-    catalogue: str | None = None  # whose labels ``predict`` follows (by_catalogue): the largest, unless set
+    catalogue: str | None = None  # whose labels ``predict`` follows (by_catalogue): the largest, unless set;
+    fallback: str | None = None   # "own": each galaxy's, by its id (then ``fallback``'s, the largest unless set)
 
     @property
     def catalogues(self) -> list[str]:
         return list(self.catalogue_rows)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predictions for backbone features ``x``; a by-catalogue booster in ``catalogue``'s convention."""
+    def conventions(self, ids) -> np.ndarray:
+        """Whose labels ``predict`` gives each of ``ids`` (a by-catalogue booster only)."""
+        from gzpipe.boost.catalogues import conventions, default_catalogue
+
+        default = default_catalogue(self.catalogue_rows)
+        return conventions(ids, self.catalogues, self.catalogue or default, self.fallback or default)
+
+    def predict(self, x: np.ndarray, ids=None) -> np.ndarray:
+        """Predictions for backbone features ``x`` (of the galaxies ``ids``, which ``catalogue`` "own" reads); a
+        by-catalogue booster in ``catalogue``'s convention."""
         x = np.asarray(x, dtype=np.float32)
         if self.catalogue_rows:
-            from gzpipe.boost.catalogues import default_catalogue, indicators
+            from gzpipe.boost.catalogues import one_hot
 
-            which = self.catalogue or default_catalogue(self.catalogue_rows)
-            x = np.hstack([x, indicators(range(len(x)), self.catalogues, fixed=which)])
+            names = self.conventions(ids if ids is not None else [""] * len(x))
+            x = np.hstack([x, one_hot(names, self.catalogues)])
         return np.clip(self.predict_raw(x), 0.0, 1.0)
 
 

@@ -46,8 +46,9 @@ def predict(
                                                                          "[file_loc, path, ...]."),
     catalogue: Optional[str] = typer.Option(None, metavar="FORMAT", help="Whose labels to predict, for a model "
                                             "whose boosters learnt several catalogues' (`gzpipe boost "
-                                            "--by-catalogue`): kaggle, hart16, ... [the one with the most train "
-                                            "galaxies]."),
+                                            "--by-catalogue`): kaggle, hart16, ..., or own: each galaxy's, by its "
+                                            "id's prefix (kaggle:..., hart16:... in a union's shards; others get "
+                                            "the default's) [the one with the most train galaxies]."),
 ) -> None:
     """Predict the 30 GZ2 vote fractions for new galaxy images with any finished model. Unreadable files get a row
     with the reason in the `error` column; the rest go on. Under `torchrun` the processes share the work."""

@@ -9,7 +9,8 @@ finished, so a killed run re-does only unfinished parts; under ``torchrun`` the 
 
 Output: one row per input, in input order: ``id``, ``path``, ``error`` (empty, or why the image could not be used -
 the rest go on), the 30 fractions under their Hart16 answer names and, with ``cumulative``, the Kaggle-style
-cumulative fractions (``Class1.1`` ...). Parquet (the default beyond ``CSV_MAX_ROWS`` rows) or CSV, by the
+cumulative fractions (``Class1.1`` ...), and for a model whose boosters learnt several catalogues' labels, ``catalogue``
+(whose convention each row follows: ``--catalogue``). Parquet (the default beyond ``CSV_MAX_ROWS`` rows) or CSV, by the
 suffix of ``--out``.
 """
 
@@ -19,6 +20,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gzpipe import schema
+from gzpipe.boost.catalogues import OWN
 from gzpipe.device import check_device_name
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp, write_json
@@ -59,7 +62,8 @@ class PredictConfig:
     id_column: str | None = None
     path_column: str | None = None
     keep_parts: bool = False
-    catalogue: str | None = None  # by-catalogue boosters: whose labels to predict (None: their largest)
+    catalogue: str | None = None  # by-catalogue boosters: whose labels to predict (None: their largest; "own":
+    #                                each galaxy's, by its id's prefix)
 
 
 @dataclass
@@ -74,8 +78,9 @@ class PredictResult:
         """The whole output as a DataFrame (reads it back: for outputs that fit in memory)."""
         if self.out.suffix != ".csv":
             return pd.read_parquet(local_path(self.out))
-        df = pd.read_csv(self.out, keep_default_na=False, dtype={"id": str, "path": str, "error": str})
-        for c in df.columns[3:]:
+        df = pd.read_csv(self.out, keep_default_na=False, dtype={"id": str, "path": str, "error": str,
+                                                                 "catalogue": str})
+        for c in df.columns[3:].drop("catalogue", errors="ignore"):
             df[c] = pd.to_numeric(df[c], errors="coerce")  # an error row's empty cells are NaN
         return df
 
@@ -112,7 +117,8 @@ def _columns(cumulative: bool) -> list[str]:
     return ["id", "path", "error", *schema.TARGET_NAMES, *(schema.KAGGLE_COLUMNS if cumulative else ())]
 
 
-def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.ndarray, cumulative: bool) -> pa.Table:
+def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.ndarray, cumulative: bool,
+                conventions=None) -> pa.Table:
     cols = {"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
             "error": pa.array(errors, pa.string())}
     for j, n in enumerate(schema.TARGET_NAMES):
@@ -123,6 +129,8 @@ def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.nd
         for c in schema.KAGGLE_COLUMNS:
             j = schema.KAGGLE_TARGET_COLUMNS.index(c) if c in schema.KAGGLE_TARGET_COLUMNS else None
             cols[c] = pa.array(cum[:, j] if j is not None else empty, pa.float32())
+    if conventions is not None:  # a model that learnt several catalogues' labels: whose each row follows
+        cols["catalogue"] = pa.array(list(conventions), pa.string())
     return pa.table(cols)
 
 
@@ -157,7 +165,8 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
                         for i in batch.ids:
                             order.setdefault(i, len(order))
                     pos = [order[i] for i in batch.ids]
-                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind)
+                gids = [part.items[q].id for q in pos] if part.kind == "files" else list(batch.ids)
+                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind, gids)
                 if batch.errors:
                     for q, e in zip(pos, batch.errors):
                         if e:
@@ -174,14 +183,15 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     pred = np.where(np.array([bool(e) for e in errors])[:, None], np.nan, np.clip(acc, 0.0, 1.0))
     for t in predictor.untrained():  # a question the model had no labels for: empty, not a confident-looking 0.5
         pred[:, schema.TASK_SLICES[t]] = np.nan
-    return _part_table(ids, paths, errors, pred, cfg.cumulative)
+    return _part_table(ids, paths, errors, pred, cfg.cumulative, predictor.conventions(ids))
 
 
-def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str]:
+def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str, Counter]:
     """Stream the part files, in order, into ``out`` (Parquet row groups, or CSV chunks); returns (rows, errors, the
-    first error's text)."""
+    first error's text, rows per catalogue convention)."""
     rows = errors = 0
     first = ""
+    convention: Counter = Counter()
     with atomic_open(out, "wb" if out.suffix == ".parquet" else "w") as f, contextlib.ExitStack() as stack:
         writer = None
         for i, p in enumerate(parts):
@@ -190,12 +200,14 @@ def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str
             failed = [e for e in t.column("error").to_pylist() if e]
             errors += len(failed)
             first = first or (failed[0] if failed else "")
+            if "catalogue" in t.column_names:
+                convention.update(t.column("catalogue").to_pylist())
             if out.suffix == ".parquet":
                 writer = writer or stack.enter_context(pq.ParquetWriter(f, t.schema))
                 writer.write_table(t)
             else:
                 t.to_pandas().to_csv(f, index=False, header=(i == 0), float_format="%.6f")
-    return rows, errors, first
+    return rows, errors, first, convention
 
 
 def run_predict(cfg: PredictConfig) -> PredictResult:
@@ -238,14 +250,14 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         ddp.barrier(d)
         if not d.main:
             return PredictResult(out, 0, 0, time.perf_counter() - t0, found.skipped)
-        rows, errors, first_error = _merge(parts_dir, parts, out)
+        rows, errors, first_error, convention = _merge(parts_dir, parts, out)
         if not cfg.keep_parts:
             shutil.rmtree(parts_dir, ignore_errors=True)
         seconds = time.perf_counter() - t0
     finally:
         ddp.cleanup(d)
     res = PredictResult(out, rows, errors, seconds, found.skipped)
-    _summary(res, predictor, cfg, found)
+    _summary(res, predictor, cfg, found, convention)
     if rows and errors == rows:  # like `shard` with nothing written: the output stays, for its error column
         raise GzpipeError(f"no image could be predicted: all {rows} input(s) were unreadable (e.g. {first_error[:160]});"
                           f" each with its reason in the error column of {out}")
@@ -269,7 +281,7 @@ def _prepare_parts_dir(parts_dir: Path, digest: str, n: int) -> None:
         write_json(plan, {"digest": digest, "parts": n})
 
 
-def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
+def _summary(res: PredictResult, predictor, cfg: PredictConfig, found, convention: Counter) -> None:
     notes = []
     if res.errors:
         notes.append(f"{res.errors} could not be read (see the error column)")
@@ -278,9 +290,13 @@ def _summary(res: PredictResult, predictor, cfg: PredictConfig, found) -> None:
         notes.append(f"skipped {len(found.skipped)} file(s) that are not images: {shown}")
     if found.duplicates:
         notes.append(f"{found.duplicates} duplicate input path(s) were predicted once")
-    if predictor.catalogue:
+    if predictor.catalogue == OWN:
+        counts = ", ".join(f"{n} as {c}" for c, n in sorted(convention.items()))
+        notes.append(f"each galaxy as its own catalogue labels it, by its id's prefix ({counts}; the column "
+                     f"catalogue; its boosters learnt {', '.join(predictor.catalogues())})")
+    elif predictor.catalogue:
         notes.append(f"as the {predictor.catalogue} catalogue labels galaxies (its boosters learnt "
-                     f"{', '.join(predictor.catalogues())}; --catalogue picks)")
+                     f"{', '.join(predictor.catalogues())}; --catalogue picks, own: each galaxy's)")
     if predictor.untrained():
         notes.append(f"left empty (NaN): {', '.join(predictor.untrained())}, which the model had no training "
                      "labels for")

@@ -49,8 +49,9 @@ class Predictor:
 
     def use_catalogue(self, choice: str | None) -> None:
         """Have every by-catalogue booster predict ``choice``'s labels (None: the catalogue with the most train
-        galaxies, summed over them)."""
-        from gzpipe.boost.catalogues import check_catalogue, default_catalogue
+        galaxies, summed over them; "own": each galaxy's own, by its id's prefix, and that default's for a galaxy of
+        no learnt catalogue)."""
+        from gzpipe.boost.catalogues import OWN, check_catalogue, default_catalogue
 
         aware = [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
         if not aware:
@@ -62,9 +63,16 @@ class Predictor:
         for b in aware:
             for c, n in b.catalogue_rows.items():
                 rows[c] = max(rows.get(c, 0), n)
-        which = default_catalogue(rows) if choice is None else check_catalogue(choice, self.catalogues(), self.name)
+        largest = default_catalogue(rows)
+        which = largest if choice is None else check_catalogue(choice, self.catalogues(), self.name)
         for b in aware:
             b.catalogue = check_catalogue(which, b.catalogues, b.name)
+            b.fallback = largest if which == OWN else None
+
+    def conventions(self, ids) -> np.ndarray | None:
+        """Whose labels each of ``ids`` is predicted as (None: the model learnt one convention)."""
+        aware = [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
+        return aware[0].conventions(ids) if aware else None
 
     def untrained(self) -> list[str]:
         """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
@@ -78,10 +86,11 @@ class Predictor:
         return [m for m in self.members if self.backbones[m.backbone].view == view]
 
     def predict(self, images: torch.Tensor, view: tuple[int, float], tta: int = 1,
-                tta_kind: str = "dihedral") -> np.ndarray:
+                tta_kind: str = "dihedral", ids=None) -> np.ndarray:
         """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
         normalised batch made at that view, averaged over ``tta`` views (features averaged over views for
-        boosters, as `gzpipe features --tta` does)."""
+        boosters, as `gzpipe features --tta` does). ``ids``: the galaxies', for by-catalogue boosters asked for
+        each galaxy's own catalogue."""
         out = np.zeros((len(images), schema.N_TARGETS))
         need = {m.backbone for m in self.members_at(view)}
         got = {}
@@ -96,7 +105,7 @@ class Predictor:
         for m in self.members_at(view):
             f, p = got[m.backbone]
             if m.booster is not None:
-                p = m.booster.predict(f)
+                p = m.booster.predict(f, ids)
             out += np.clip(p, 0.0, 1.0) * m.weight
         return out
 
