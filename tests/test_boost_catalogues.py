@@ -12,7 +12,7 @@ import pytest
 
 from gzpipe import schema
 from gzpipe.boost import BoostConfig, load_booster, run_boost
-from gzpipe.boost.catalogues import OWN, catalogue_rows, conventions, default_catalogue, indicators
+from gzpipe.boost.catalogues import OWN, catalogue_rows, conventions, default_catalogue, indicators, one_hot
 from gzpipe.errors import GzpipeError
 from gzpipe.features import read_features, schema_for
 
@@ -59,7 +59,8 @@ def test_the_helpers():
     ids = ["kaggle:1", "hart16:2", "kaggle:3", "4"]
     assert catalogue_rows(ids) == {"": 1, "hart16": 1, "kaggle": 2}
     np.testing.assert_array_equal(indicators(ids, ["hart16", "kaggle"]), [[0, 1], [1, 0], [0, 1], [0, 0]])
-    np.testing.assert_array_equal(indicators(ids, ["hart16", "kaggle"], fixed="hart16"), [[1, 0]] * 4)
+    np.testing.assert_array_equal(one_hot(conventions(ids, ["hart16", "kaggle"], "hart16", "kaggle"),
+                                          ["hart16", "kaggle"]), [[1, 0]] * 4)
     assert default_catalogue({"hart16": 633, "kaggle": 4240}) == "kaggle"
     assert list(conventions(ids, ["hart16", "kaggle"], OWN, "kaggle")) == ["kaggle", "hart16", "kaggle", "kaggle"]
     assert list(conventions(ids + ["zoobot:5"], ["hart16", "kaggle"], OWN, "hart16"))[3:] == ["hart16", "hart16"]

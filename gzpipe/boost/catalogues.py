@@ -7,8 +7,8 @@ beside the backbone's features, one 0/1 column per catalogue format of its train
 formats gives: ``kaggle:100008``, ``hart16:130549``), so it learns each catalogue's labels; val and test galaxies are
 scored in their own catalogue's convention, and ``gzpipe predict`` asks for one (``--catalogue``; by default the
 catalogue with the most train galaxies), or for each galaxy's own (``--catalogue own``: by its id's prefix, as in a
-union's shards; a galaxy of no learnt catalogue gets the default's). The multi-survey models of the field do the same with a head per survey
-(Zoobot's GZ Evo, Walmsley et al. 2022).
+union's shards; a galaxy of no learnt catalogue gets the default's). The multi-survey models of the field do the
+same with a head per survey (Zoobot's GZ Evo, Walmsley et al. 2022).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def catalogue_rows(ids) -> dict[str, int]:
     return dict(sorted(Counter(catalogue_of(ids)).items()))
 
 
-def indicators(ids, catalogues: list[str], fixed: str | None = None) -> np.ndarray:
-    """(n, len(catalogues)) float32: 1 in the column of each row's catalogue (``fixed`` for every row when given;
-    a row of a catalogue not in the list gets zeros)."""
-    return one_hot(np.full(len(ids), fixed, dtype=object) if fixed is not None else catalogue_of(ids), catalogues)
+def indicators(ids, catalogues: list[str]) -> np.ndarray:
+    """(n, len(catalogues)) float32: 1 in the column of each row's catalogue (a row of a catalogue not in the list
+    gets zeros)."""
+    return one_hot(catalogue_of(ids), catalogues)
 
 
 def one_hot(names, catalogues: list[str]) -> np.ndarray:

@@ -37,15 +37,19 @@ class Predictor:
         """The (image size, crop) pairs its backbones were trained at: each input is made into every one of them."""
         return sorted({b.view for b in self.backbones.values()})
 
+    @property
+    def _by_catalogue(self) -> list:
+        """Its boosters that learnt several catalogues' labels (``gzpipe boost --by-catalogue``)."""
+        return [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
+
     def catalogues(self) -> list[str]:
         """The catalogue formats whose labels its by-catalogue boosters learnt (empty: none is)."""
-        return sorted({c for m in self.members if m.booster is not None for c in m.booster.catalogues})
+        return sorted({c for b in self._by_catalogue for c in b.catalogues})
 
     @property
     def catalogue(self) -> str | None:
         """Whose labels its by-catalogue boosters predict (None: it has none)."""
-        return next((m.booster.catalogue for m in self.members if m.booster is not None and m.booster.catalogues),
-                    None)
+        return next((b.catalogue for b in self._by_catalogue), None)
 
     def use_catalogue(self, choice: str | None) -> None:
         """Have every by-catalogue booster predict ``choice``'s labels (None: the catalogue with the most train
@@ -53,7 +57,7 @@ class Predictor:
         no learnt catalogue)."""
         from gzpipe.boost.catalogues import OWN, check_catalogue, default_catalogue
 
-        aware = [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
+        aware = self._by_catalogue
         if not aware:
             if choice is not None:
                 raise GzpipeError(f"--catalogue {choice!r}: {self.name} learnt one convention (none of its boosters "
@@ -71,7 +75,7 @@ class Predictor:
 
     def conventions(self, ids) -> np.ndarray | None:
         """Whose labels each of ``ids`` is predicted as (None: the model learnt one convention)."""
-        aware = [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
+        aware = self._by_catalogue
         return aware[0].conventions(ids) if aware else None
 
     def untrained(self) -> list[str]:
