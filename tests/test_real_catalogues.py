@@ -492,8 +492,16 @@ def test_predict_gives_each_galaxy_of_a_union_its_own_catalogues_convention(real
     diff = np.abs(own.loc[test.index, cols].to_numpy() - test[cols].to_numpy())
     assert np.nanmean(diff) < 0.01  # the booster's own test predictions (features stored as float16)
     n_h, n_k = (prefix == "hart16").sum(), (prefix == "kaggle").sum()
-    assert f"each galaxy as its own catalogue labels it, by its id's prefix ({n_h} as hart16, {n_k} as kaggle" in said["own"]
+    assert (f"each galaxy as its own catalogue labels it, by its id's prefix ({n_h} as hart16, {n_k} as kaggle"
+            in said["own"])
     assert "as the hart16 catalogue labels galaxies" in said["hart16"]
+    from gzpipe.boost.catalogues import default_catalogue  # a new image names no catalogue: the default's, said
+
+    one = run_predict(PredictConfig(model=str(art / "lightgbm_resnet50"), inputs=[str(PARTIAL / "images/100008.jpg")],
+                                    out=str(tmp_path / "one.csv"), workers=0, catalogue="own")).frame()
+    default = default_catalogue(m["catalogue_rows"])
+    assert list(one["catalogue"]) == [default]
+    assert f"(1 whose id names no catalogue it learnt, as {default};" in capsys.readouterr().out
     with pytest.raises(GzpipeError, match="pick one of them, or own"):
         run_predict(PredictConfig(model=str(art / "lightgbm_resnet50"), inputs=[str(shards)],
                                   out=str(tmp_path / "x.parquet"), workers=0, catalogue="zoobot"))

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gzpipe import schema
-from gzpipe.boost.catalogues import OWN
+from gzpipe.boost.catalogues import OWN, catalogue_of
 from gzpipe.device import check_device_name
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp, write_json
@@ -188,7 +188,7 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
 
 def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str, Counter]:
     """Stream the part files, in order, into ``out`` (Parquet row groups, or CSV chunks); returns (rows, errors, the
-    first error's text, rows per catalogue convention)."""
+    first error's text, rows per (catalogue convention, the catalogue the id names))."""
     rows = errors = 0
     first = ""
     convention: Counter = Counter()
@@ -201,7 +201,7 @@ def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str
             errors += len(failed)
             first = first or (failed[0] if failed else "")
             if "catalogue" in t.column_names:
-                convention.update(t.column("catalogue").to_pylist())
+                convention.update(zip(t.column("catalogue").to_pylist(), catalogue_of(t.column("id").to_pylist())))
             if out.suffix == ".parquet":
                 writer = writer or stack.enter_context(pq.ParquetWriter(f, t.schema))
                 writer.write_table(t)
@@ -291,9 +291,11 @@ def _summary(res: PredictResult, predictor, cfg: PredictConfig, found, conventio
     if found.duplicates:
         notes.append(f"{found.duplicates} duplicate input path(s) were predicted once")
     if predictor.catalogue == OWN:
-        counts = ", ".join(f"{n} as {c}" for c, n in sorted(convention.items()))
-        notes.append(f"each galaxy as its own catalogue labels it, by its id's prefix ({counts}; the column "
-                     f"catalogue; its boosters learnt {', '.join(predictor.catalogues())})")
+        counts = [f"{n} as {c}" for (c, named), n in sorted(convention.items()) if c == named]
+        counts += [f"{n} whose id names no catalogue it learnt, as {c}" for (c, named), n in sorted(convention.items())
+                   if c != named]
+        notes.append(f"each galaxy as its own catalogue labels it, by its id's prefix ({', '.join(counts)}; the "
+                     f"column catalogue; its boosters learnt {', '.join(predictor.catalogues())})")
     elif predictor.catalogue:
         notes.append(f"as the {predictor.catalogue} catalogue labels galaxies (its boosters learnt "
                      f"{', '.join(predictor.catalogues())}; --catalogue picks, own: each galaxy's)")
