@@ -68,7 +68,8 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "image_size": int(cfg["image_size"]),
         "input": {"channels": "RGB", "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                   "layout": "N x 3 x image_size x image_size", "eval_crop": float(cfg.get("crop") or DEFAULT_CROP),
-                  "resize": "bilinear"},
+                  "resize": "bilinear", "geometry": "a non-square image's centred square (the largest that fits)",
+                  "stretch": (metrics.get("input") or runs.input_of_shards(cfg["shards"]))["stretch"]},
         "channels_last": cfg.get("channels_last"),
         "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies") if k in metrics[split]}
                     for split in runs.EVAL_SPLITS if split in metrics},
@@ -146,7 +147,7 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
     config = {"backbone": name, "image_size": cfg["image_size"], "head": cfg["head"], "channels_last": cl,
               "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop")}
     return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
-                                cfg.get("tasks_trained"))
+                                cfg.get("tasks_trained"), {"stretch": (cfg.get("input") or {}).get("stretch")})
 
 
 def is_export(folder: str | Path) -> bool:

@@ -295,6 +295,14 @@ class TrainedBackbone:
     autocast: object
     checkpoint: Path
     tasks_trained: list | None = None  # the questions it had labels for (None: recorded by none, all of them)
+    input: dict | None = None  # how its images were made 8-bit (``input_of_shards``; None: recorded by none)
+
+    @property
+    def stretch(self) -> str:
+        """The stretch its training images were made 8-bit with (``gzpipe.pixels.stretch``): predict applies it."""
+        from gzpipe.pixels import DEFAULT_STRETCH
+
+        return (self.input or {}).get("stretch") or DEFAULT_STRETCH
 
     @property
     def image_size(self) -> int:
@@ -362,8 +370,22 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
     if cl:
         model = model.to(memory_format=torch.channels_last)
     try:
-        trained = json.loads((d / METRICS).read_text()).get("tasks_trained")
+        metrics = json.loads((d / METRICS).read_text())
     except (OSError, ValueError):
-        trained = None
+        metrics = {}
     return TrainedBackbone(cfg["backbone"], d, cfg, model, dev, cl, precision(dev, amp or cfg.get("amp", "bf16")),
-                           best, trained)
+                           best, metrics.get("tasks_trained"), metrics.get("input"))
+
+
+def input_of_shards(shards: str | Path) -> dict:
+    """What a model trained on ``shards`` expects of an image beyond its size: the stretch that made deep images and
+    FITS 8-bit there (``gzpipe.pixels.stretch``), recorded in its metrics.json and exports so that predict makes new
+    images the same way."""
+    from gzpipe.manifest import read_manifest
+    from gzpipe.pixels import DEFAULT_STRETCH
+
+    try:
+        config = read_manifest(shards).get("config") or {}
+    except GzpipeError:
+        config = {}
+    return {"stretch": config.get("stretch") or DEFAULT_STRETCH}

@@ -47,7 +47,9 @@ def read_catalogs(sources: list[CatalogSource], workers: int = 1) -> pd.DataFram
         sources = [s if format_of(s) == "hart16" else replace(s, target=None) for s in sources]
     tables = [read_catalog(s) for s in sources]
     infos = [{"path": str(s.catalog), "format": t.attrs["format"], "target_kind": t.attrs["target_kind"],
-              "rows": len(t), "tasks_absent": list(t.attrs.get("tasks_absent", []))} for s, t in zip(sources, tables)]
+              "rows": len(t), "tasks_absent": list(t.attrs.get("tasks_absent", [])),
+              **({"empty_answers": t.attrs["empty_answers"]} if t.attrs.get("empty_answers") else {})}
+             for s, t in zip(sources, tables)]
     if len(tables) == 1:
         table = tables[0]
         table.attrs["catalogs"] = infos
@@ -67,7 +69,7 @@ def read_catalogs(sources: list[CatalogSource], workers: int = 1) -> pd.DataFram
     for k, info in enumerate(infos):
         info["duplicates"] = int(((table["catalog"] == k) & (table[DUPLICATE_COLUMN] != "")).sum())
     table.attrs.update(target_kind=infos[0]["target_kind"], format="+".join(i["format"] for i in infos),
-                       catalogs=infos, duplicate_labels=label_agreement(table, of, infos),
+                       catalogs=infos, duplicate_labels=label_agreement(table, of, infos), duplicate_rows=of,
                        tasks_absent=sorted(set.intersection(*(set(i["tasks_absent"]) for i in infos))))
     return table
 
@@ -146,6 +148,36 @@ def label_agreement(table: pd.DataFrame, of: list[int], infos: list[dict]) -> li
     return out
 
 
+def row_difference(table: pd.DataFrame, i: int, j: int, tolerance: float = 1e-6) -> dict | None:
+    """How row ``i``'s labels differ from row ``j``'s (the row kept for the same galaxy), over the targets both
+    label: None when they agree (within ``tolerance``), else the largest absolute difference and the questions that
+    differ (and the questions one of them labels and the other does not)."""
+    names = list(schema.TARGET_NAMES)
+    y = table[names].to_numpy(np.float64)[[i, j]]
+    m = table[[f"mask:{n}" for n in names]].to_numpy(bool)[[i, j]]
+    both = m[0] & m[1]
+    d = np.where(both, np.abs(y[0] - y[1]), 0.0)
+    tasks = [t for t, s in schema.TASK_SLICES.items() if d[s].max() > tolerance or (m[0, s] != m[1, s]).any()]
+    if not tasks:
+        return None
+    return {"max_abs_diff": round(float(d.max()), 4), "questions": tasks}
+
+
+def disagreeing_line(differences: list[dict]) -> str | None:
+    """One line on the duplicate rows whose labels differ from the kept row's (``row_difference`` of each)."""
+    if not differences:
+        return None
+    worst = max(d["max_abs_diff"] for d in differences)
+    tasks: dict[str, int] = {}
+    for d in differences:
+        for t in d["questions"]:
+            tasks[t] = tasks.get(t, 0) + 1
+    shown = ", ".join(f"{t} {n}" for t, n in sorted(tasks.items(), key=lambda kv: -kv[1])[:4])
+    return (f"note: {len(differences)} duplicate row(s) label their galaxy differently from the row kept (by up to "
+            f"{worst:.2f}; {shown}): the first row's labels are used; each is in the manifest with its difference "
+            "(duplicates[].labels, rejected[].labels)")
+
+
 DISAGREE = 0.05  # a question's mean absolute difference over the shared galaxies above which shard says so
 
 
@@ -173,17 +205,24 @@ def _describe(table: pd.DataFrame, j: int, infos: list[dict], how: str) -> str:
 
 
 def image_fingerprint(path: str | bytes) -> str:
-    """A hash of the image decoded at 1/8 scale (JPEG DCT scaling: about 1 ms), "" when it cannot be read (the
-    shard stage then rejects it with the reason)."""
+    """A hash of the image decoded at 1/8 scale (JPEG DCT scaling: about 1 ms; other formats made 8-bit RGB as
+    `shard` makes them, then reduced 8x), "" when it cannot be read (the shard stage then rejects it with the
+    reason)."""
     try:
         if isinstance(path, (bytes, bytearray)):
-            im = Image.open(io.BytesIO(path))
+            data = bytes(path)
         else:
             from gzpipe.shard.images import read_image
 
-            im = Image.open(io.BytesIO(read_image(path)[0]))
-        im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-        rgb = im.convert("RGB")
+            data = read_image(path)[0]
+        if data[:3] == b"\xff\xd8\xff":
+            im = Image.open(io.BytesIO(data))
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            rgb = im.convert("RGB")
+        else:
+            from gzpipe.pixels import decode
+
+            rgb = Image.fromarray(decode(data)[0]).reduce(8)
         return hashlib.sha1(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()
     except Exception:  # noqa: BLE001 - any unreadable image: no fingerprint, the shard stage says why
         return ""

@@ -169,9 +169,12 @@ def _zoobot_rows(synth_release, n=40) -> tuple[pd.DataFrame, list[Path]]:
     hart = pd.read_csv(synth_release / "gz2_hart16.csv", dtype={"dr7objid": str}).iloc[:n]
     mapping = pd.read_csv(synth_release / "gz2_filename_mapping.csv", dtype=str).iloc[:n]
     rows = {"id_str": mapping["asset_id"].tolist()}
-    for target, (q, a) in schema.ZOOBOT_GZ2.items():
-        rows[f"{q}_{a}_fraction"] = hart[f"{target}_fraction"].to_numpy()
-        rows[f"{q}_total-votes"] = hart["total_votes"].to_numpy()
+    for task in schema.TASKS:  # each question's votes, as galaxy-datasets counts them (0 where nobody reached it)
+        votes = hart[[f"{c}_count" for c in task.columns]].sum(axis=1).to_numpy()
+        for target in task.columns:
+            q, a = schema.ZOOBOT_GZ2[target]
+            rows[f"{q}_{a}_fraction"] = hart[f"{target}_fraction"].to_numpy()
+            rows[f"{q}_total-votes"] = votes
     files = [(synth_release / "images" / f"{a}.jpg").resolve() for a in mapping["asset_id"]]
     return pd.DataFrame(rows), files
 

@@ -12,17 +12,18 @@ from gzpipe.shard import ShardConfig, run_shard
 
 
 def to_zoobot(hart: pd.DataFrame, ids: pd.Series, locs: list[str], kind: str, with_fraction: bool) -> pd.DataFrame:
-    """A Hart16 table in galaxy-datasets' layout: counts from the ``kind`` fractions (40 votes a question),
-    the fractions themselves under ``..._fraction`` when asked."""
+    """A Hart16 table in galaxy-datasets' layout: counts from the ``kind`` fractions (about 40 votes a question),
+    each question's total the sum of its counts (as galaxy-datasets' ``_total-votes`` are), the fractions themselves
+    under ``..._fraction`` when asked."""
     out = {"id_str": ids.astype(str).to_numpy(), "file_loc": locs, "ra": 1.0, "dec": 2.0}
     for task in schema.TASKS:
         fr = hart[[f"{c}_{kind}" for c in task.columns]].to_numpy(float)
-        total = np.where(np.nan_to_num(fr).sum(1) > 0, 40, 0)
+        counts = np.rint(np.nan_to_num(fr) * 40).astype(int)
         question = schema.ZOOBOT_GZ2[task.columns[0]][0]
-        out[f"{question}_total-votes"] = total
+        out[f"{question}_total-votes"] = counts.sum(1)
         for j, c in enumerate(task.columns):
             _, answer = schema.ZOOBOT_GZ2[c]
-            out[f"{question}_{answer}"] = np.rint(np.nan_to_num(fr[:, j]) * total).astype(int)
+            out[f"{question}_{answer}"] = counts[:, j]
             if with_fraction:
                 out[f"{question}_{answer}_fraction"] = fr[:, j]
     return pd.DataFrame(out)

@@ -24,6 +24,11 @@ whose answer columns are all absent is masked for every galaxy (``table.attrs["t
 numbers that look like answers; a question with some of its answer columns is an error, and so is any absent question
 when ``all_questions`` is set.
 
+Labels are checked as vote fractions (``gzpipe.catalog.table.check_fractions``): in [0, 1]; for the kinds that sum to
+one (weighted and raw fractions, Kaggle's once made conditional), a reached question whose fractions sum further than
+``sum_tolerance`` from 1 rejects its row with the reason; an answer left empty masks its whole question for that
+galaxy, counted per question (``table.attrs["empty_answers"]``).
+
 The files themselves (Parquet or delimited text) are read by ``gzpipe.tables``; the table's columns, the source and
 the checks every format shares are ``gzpipe.catalog.table``, each format's reader ``gzpipe.catalog.formats``.
 """
@@ -39,12 +44,12 @@ import pandas as pd
 from gzpipe import schema
 from gzpipe.catalog.formats import _from_hart16, _from_kaggle, _from_zoobot
 from gzpipe.catalog.table import (FORMATS, IMAGE_COLUMNS, MASK_COLUMNS, MASK_PREFIX, METADATA, RANGE_TOL,
-                                  REACHED_KINDS, CatalogSource, read_csv, show)
+                                  REACHED_KINDS, SUM_TOLERANCE, CatalogSource, check_fractions, read_csv, show)
 from gzpipe.errors import CatalogError
 from gzpipe.tables import read_header
 
 __all__ = ["FORMATS", "IMAGE_COLUMNS", "KINDS_OF_FORMAT", "MASK_COLUMNS", "MASK_PREFIX", "METADATA", "RANGE_TOL",
-           "CatalogSource", "detect_format", "format_of", "mask_array", "read_catalog", "target_array"]
+           "SUM_TOLERANCE", "CatalogSource", "detect_format", "format_of", "mask_array", "read_catalog", "target_array"]
 
 
 KINDS_OF_FORMAT = {"kaggle": "weighted_fraction", "zoobot": "fraction"}  # the one kind each of these formats holds
@@ -74,6 +79,7 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
     else:
         table = _from_hart16(df, src, kind)
     table.attrs.update(target_kind=kind, format=fmt)
+    table.attrs["empty_answers"] = check_fractions(table, kind, src.sum_tolerance, table.attrs.get("tasks_absent", []))
     if fmt == "zoobot":
         return table
     if src.images is None:

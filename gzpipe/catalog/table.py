@@ -18,6 +18,11 @@ FORMATS = ("auto", "hart16", "kaggle", "zoobot")
 MASK_PREFIX = "mask:"
 MASK_COLUMNS = [MASK_PREFIX + n for n in schema.TARGET_NAMES]
 RANGE_TOL = 1e-6
+# How far from 1 a reached question's fractions may sum (weighted and raw fractions, Kaggle's once made conditional):
+# rounding in the real files moves them by at most 0.002 (Hart16's weighted fractions of the 800-galaxy sample; Kaggle's
+# 7,336 rows sum exactly), so 0.02 passes every real row and refuses what cannot be vote fractions (0.5 + 0.5 + 0.5).
+SUM_TOLERANCE = 0.02
+SUMS_TO_ONE = ("weighted_fraction", "fraction")  # Hart16's debiased fractions are corrected one by one: they do not
 METADATA = ("dr7objid", "ra", "dec", "sample", "gz2_class", "total_classifications", "total_votes")
 _ID_COLUMNS = ("dr7objid", "objid", "asset_id", "GalaxyID")
 
@@ -30,6 +35,7 @@ class CatalogSource:
     format: str = "auto"
     target: str | None = None  # Hart16's column family (None: debiased); other formats hold one kind, named above
     all_questions: bool = False  # an absent question is an error, not a note
+    sum_tolerance: float = SUM_TOLERANCE  # a reached question's fractions must sum to 1 within this (kinds that do)
 
 
 REACHED_KINDS = ("count", "weighted_fraction", "fraction")  # the order _reached_tasks tries them in
@@ -140,3 +146,35 @@ def assemble(
     )
     table["reject"] = reject.to_numpy()
     return table
+
+
+def check_fractions(table: pd.DataFrame, kind: str, tolerance: float, absent: list[str]) -> dict[str, int]:
+    """Checks of the 30 targets as vote fractions, in place on ``table`` (see ``gzpipe.catalog``):
+
+    * an answer left empty (NaN) within a question whose other answers have values masks the whole question for
+      that galaxy (its other answers' fractions are not the question's without it); returns how many galaxies per
+      question (absent questions, empty for every galaxy, are not counted);
+    * for kinds whose answers sum to one (``SUMS_TO_ONE``), a reached question's fractions that sum further than
+      ``tolerance`` from 1 reject the row, with the sums in the reason."""
+    y = table[list(schema.TARGET_NAMES)].to_numpy(np.float64)
+    m = table[MASK_COLUMNS].to_numpy(bool, copy=True)
+    empty: dict[str, int] = {}
+    reject = table["reject"].to_numpy(dtype=object).copy()
+    for task, sl in schema.TASK_SLICES.items():
+        nan = np.isnan(y[:, sl])
+        partial = nan.any(axis=1) & ~nan.all(axis=1)
+        if partial.any() and task not in absent:
+            empty[task] = int(partial.sum())
+            m[partial, sl] = False
+        if kind not in SUMS_TO_ONE:
+            continue
+        whole = m[:, sl].all(axis=1)
+        total = np.where(whole, y[:, sl].sum(axis=1), 1.0)
+        for r in np.flatnonzero(np.abs(total - 1.0) > tolerance):
+            if reject[r] == "":
+                parts = " + ".join(f"{v:.3g}" for v in y[r, sl])
+                reject[r] = (f"{task}'s {kind.replace('_', ' ')}s sum to {total[r]:.3g} ({parts}), not 1 (within "
+                             f"--sum-tolerance {tolerance:g}): not the vote fractions of one question")
+    table[MASK_COLUMNS] = m
+    table["reject"] = reject
+    return empty

@@ -89,6 +89,7 @@ Device = str  # auto, cpu, cuda or cuda:N - checked by gzpipe.device
 Format = Literal["auto", "hart16", "kaggle", "zoobot"]
 Target = Literal["debiased", "weighted_fraction", "fraction"]
 Verify = Literal["decode", "header"]
+Stretch = Literal["auto", "linear", "percentile", "asinh"]  # gzpipe.pixels.stretch.STRETCHES
 Amp = Literal["bf16", "fp16", "off"]
 TtaKind = Literal["dihedral", "rotate"]
 BACKBONE_NAMES = ", ".join(BACKBONES) + ", or timm:NAME (any timm architecture, e.g. timm:convnext_nano)"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from gzpipe.cli.common import Format, Target, Verify, _share, app, out
+from gzpipe.cli.common import Format, Stretch, Target, Verify, _share, app, out
 
 @app.command()
 def info() -> None:
@@ -67,8 +69,9 @@ def shard(
                                        "Repeat it to shard the union of several catalogues: split once by id hash, "
                                        "a galaxy in two catalogues used once (from the first)."),
     images: Optional[list[Path]] = typer.Option(None, metavar="DIR", help="Folder of the images (<asset_id>.jpg "
-                                                "for Hart16, <GalaxyID>.jpg for Kaggle, or .png and the other formats "
-                                                "Pillow reads, re-encoded as JPEG at --quality); a Zoobot "
+                                                "for Hart16, <GalaxyID>.jpg for Kaggle, or .png, .tif, .fits and the "
+                                                "other formats read, re-encoded as JPEG at --quality; a galaxy's "
+                                                "three band files <id>_g/_r/_z.fits are one colour image); a Zoobot "
                                                 "catalogue's relative file_loc paths start from it [the catalogue's "
                                                 "folder; not needed for absolute file_loc paths or a parquet that "
                                                 "carries its images]. With several --catalog: once for all, or once "
@@ -94,8 +97,15 @@ def shard(
     seed: int = typer.Option(42, metavar="N", help="Seed of the split, subsample and write-order hashes."),
     resize: Optional[int] = typer.Option(None, min=8, max=4096, metavar="PX", help="Re-encode images at this size "
                                          "(square) instead of storing the originals; at least 1.25x the training "
-                                         "--image-size, or the 0.8 centre crop is enlarged and blurred."),
-    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality when --resize re-encodes."),
+                                         "--image-size, or the 0.8 centre crop is enlarged and blurred. A "
+                                         "non-square image is always cut to its centred square (the largest that "
+                                         "fits) first, never stretched; every loader and predict do the same."),
+    quality: int = typer.Option(90, min=1, max=100, metavar="Q", help="JPEG quality when an image is re-encoded."),
+    stretch: Stretch = typer.Option("auto", help="How images deeper than 8 bits (16-bit, float) and FITS become 8 "
+                                    "bits: linear (from the image's own range), percentile (each band between its "
+                                    "0.5 and 99.9 percentiles), asinh (those percentiles, then an asinh stretch, "
+                                    "as survey colour images); auto: asinh for FITS, linear for the others. "
+                                    "Recorded in the manifest; models and predict apply the same."),
     shard_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per tar shard."),
     workers: int = typer.Option(1, min=1, metavar="N", help="Processes packing shards in parallel."),
     verify: Verify = typer.Option("decode", help="decode: decode each JPEG (catches corrupt data); header: check "
@@ -104,6 +114,12 @@ def shard(
                                        "written) when more than this share of the rows is rejected."),
     all_questions: bool = typer.Option(False, "--all-questions", help="Refuse a catalogue that lacks some of the "
                                        "10 questions (by default they are masked for its galaxies, with a note)."),
+    sum_tolerance: float = typer.Option(0.02, metavar="T", callback=_share(True, False), help="Weighted and raw "
+                                        "fractions (and Kaggle's, made conditional) of a question a galaxy's "
+                                        "volunteers reached must sum to 1 within T, or the row is rejected with the "
+                                        "sums (the real files are within 0.002; debiased fractions are not checked: "
+                                        "they need not sum to 1). An answer left empty masks its question for that "
+                                        "galaxy, counted in a note."),
     force: bool = typer.Option(False, help="Rebuild a finished shard folder with other settings: the new shards are "
                                            "written beside it (room for both is needed) and replace it only when "
                                            "complete."),
@@ -119,8 +135,8 @@ def shard(
                       (images[0] if images else None), out=out_dir, mapping=mapping, format=format, target=target,
                       fraction=fraction, train_fraction=train_fraction, val=val, test=test, seed=seed, resize=resize,
                       quality=quality,
-                      shard_size=shard_size, workers=workers, verify=verify, max_rejected=max_rejected,
-                      all_questions=all_questions, force=force)
+                      shard_size=shard_size, workers=workers, verify=verify, stretch=stretch, max_rejected=max_rejected,
+                      all_questions=all_questions, sum_tolerance=sum_tolerance, force=force)
     m = run_shard(cfg)
     if not m["run"]["skipped"]:
         _print_shard_summary(m, out_dir)
@@ -142,8 +158,11 @@ def _print_shard_summary(m: dict, out_dir: Path) -> None:
         out.print("rejected: " + ", ".join(f"{k} {v}" for k, v in m["rejected_by_reason"].items())
                   + f" (each row with its reason in {out_dir / 'manifest.json'})")
     if c.get("converted"):
-        out.print(f"converted: {c['converted']} greyscale/CMYK JPEGs stored as RGB (listed under `converted` in the "
-                  "manifest)")
+        from gzpipe.shard.images import CONVERSIONS, conversion_kinds
+
+        kinds = Counter(k for r in m.get("converted", []) for k in conversion_kinds(r["reason"]))
+        what = ", ".join(f"{n} {CONVERSIONS[k]}" for k, n in kinds.items()) or f"{c['converted']} images"
+        out.print(f"converted: {what} (each with what was done under `converted` in the manifest)", highlight=False)
 
 
 @app.command()

@@ -52,6 +52,7 @@ def _affines(train: bool, batch_size: int, seed: int, rank: int, crop: float = D
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
           rank: int, world: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
@@ -72,9 +73,13 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
         h, w = shape[0], shape[1]
         a = fn.external_source(source=_affines(train, batch_size, seed, rank, crop), batch=True, batch_info=True,
                                dtype=types.FLOAT, ndim=1)
-        # pixel_matrix() of presets.py, written with DALI arithmetic so it follows each image's own size
-        m = fn.stack(a[0] * w / s, a[1] * w / s, w / 2 * (1 - a[0] - a[1]),
-                     a[2] * h / s, a[3] * h / s, h / 2 * (1 - a[2] - a[3]))
+        # pixel_matrix() of presets.py, written with DALI arithmetic so it follows each image's own size: the
+        # centred square (side q at integer offsets x0, y0: gzpipe.pixels.square_box), never a stretch
+        q = dmath.min(w, h)
+        cx = dmath.floor((w - q) / 2) + q / 2
+        cy = dmath.floor((h - q) / 2) + q / 2
+        m = fn.stack(a[0] * q / s, a[1] * q / s, cx - q / 2 * (a[0] + a[1]),
+                     a[2] * q / s, a[3] * q / s, cy - q / 2 * (a[2] + a[3]))
         m = fn.reshape(m, shape=[2, 3])
         images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                    hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)

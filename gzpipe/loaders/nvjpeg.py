@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from gzpipe.errors import GzpipeError
 from gzpipe.loaders.contract import Batch
-from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD, draw_affine, preset_for
+from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD, draw_affine, preset_for, square_affine
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.stopping import dataloader_worker_init
 
@@ -35,8 +35,9 @@ def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> to
     """Decoded uint8 images (each 3 x H x W, one device) + affines (N x 2 x 2, normalised coordinates) ->
     N x 3 x S x S float32, normalised, channels-last."""
     dev = images[0].device
-    theta = torch.zeros((len(images), 2, 3), dtype=torch.float32, device=dev)
-    theta[:, :, :2] = torch.as_tensor(a, dtype=torch.float32).to(dev, non_blocking=True)
+    # each image's centred square (a non-square one is never stretched): the affine in its own coordinates
+    lin, off = square_affine(a, np.array([im.shape[-1] for im in images]), np.array([im.shape[-2] for im in images]))
+    theta = torch.from_numpy(np.concatenate([lin, off[..., None]], axis=-1).astype(np.float32)).to(dev, non_blocking=True)
     grid = F.affine_grid(theta, [len(images), 3, image_size, image_size], align_corners=False)
     if all(im.shape == images[0].shape for im in images):
         x = torch.stack(images).to(torch.float32)
@@ -63,11 +64,11 @@ class _Raw:
         data = s["jpg"]
         if data[:3] == b"\xff\xd8\xff":
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        else:
-            from PIL import Image
-            import io
+        else:  # PNG, 16-bit, float, FITS ...: 8-bit RGB as `shard` makes it (gzpipe.pixels)
+            from gzpipe.pixels import DEFAULT_STRETCH, decode
 
-            payload = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+            arr, _ = decode(data, str(s.get("name", s["key"])), s.get("stretch", DEFAULT_STRETCH))
+            payload = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
         return payload, torch.as_tensor(a, dtype=torch.float32), torch.from_numpy(s["targets"]), \
             torch.from_numpy(s["mask"]), s["id"], "", _origin(s)
 

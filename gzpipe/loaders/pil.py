@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from gzpipe import pixels
 from gzpipe.loaders.contract import Batch, normalise_nhwc_uint8
 from gzpipe.loaders.presets import DEFAULT_CROP, draw_affine, pixel_matrix, preset_for
 from gzpipe.loaders.slots import BatchSlots
 from gzpipe.loaders.stream import ShardStream, rebatch
+from gzpipe.pixels import DEFAULT_STRETCH
 from gzpipe.shard.images import jpeg_frame
 from gzpipe.stopping import dataloader_worker_init
 
@@ -48,14 +50,15 @@ def _need(a: np.ndarray, image_size: int) -> int:
     return math.ceil(image_size / max(s, 1e-3))
 
 
-def decode(data: bytes, need: int | None) -> tuple[np.ndarray, bool]:
+def decode(data: bytes, need: int | None, stretch: str = DEFAULT_STRETCH, name: str = "image") -> tuple[np.ndarray, bool]:
     """Image bytes -> (H x W x 3 uint8, whether its channels are BGR), reduced when ``need`` allows.
 
     JPEGs decode in OpenCV's libjpeg-turbo straight into an array, at 1/2, 1/4 or 1/8 size by DCT scaling when
     ``need`` pixels across still fit (the rule of Pillow's draft mode; the decode is the costliest step, and
-    Pillow's copy out to an array costs half as much again). Any other format (PNG, TIFF ...) decodes in Pillow
-    and is reduced by the same factor with a box filter, so the same pixels reach the model through the same
-    reduction whatever the file format."""
+    Pillow's copy out to an array costs half as much again). Any other format (PNG, TIFF, FITS ...) is made 8-bit
+    RGB as `shard` makes it (``gzpipe.pixels.decode``, deep images and FITS through ``stretch``) and reduced by the
+    same factor with a box filter, so the same pixels reach the model through the same reduction whatever the file
+    format."""
     if data[:3] == b"\xff\xd8\xff":
         try:
             w, h, _ = jpeg_frame(data, "image")
@@ -65,22 +68,22 @@ def decode(data: bytes, need: int | None) -> tuple[np.ndarray, bool]:
             arr = None
         if arr is not None and arr.ndim == 3 and arr.shape[2] == 3:
             return arr, True
-    im = Image.open(io.BytesIO(data))
-    if im.format == "JPEG" and need:
-        im.draft("RGB", (need, need))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    if need and im.format != "JPEG":
-        factor = _reduction(im.width, im.height, need)
-        if factor > 1:
-            im = im.reduce(factor)
-    return np.asarray(im), False
+        im = Image.open(io.BytesIO(data))
+        if need:
+            im.draft("RGB", (need, need))
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), False
+    arr, _ = pixels.decode(data, name, stretch)
+    factor = _reduction(arr.shape[1], arr.shape[0], need) if need else 1
+    if factor > 1:
+        arr = np.asarray(Image.fromarray(arr).reduce(factor))
+    return arr, False
 
 
-def decode_augment(data: bytes, a: np.ndarray, image_size: int, draft: bool = True) -> np.ndarray:
-    """Image bytes -> image_size x image_size x 3 uint8 (RGB) through the affine ``a`` (normalised coordinates):
-    one decode (``decode``) and one bilinear warp."""
-    arr, bgr = decode(data, _need(a, image_size) if draft else None)
+def decode_augment(data: bytes, a: np.ndarray, image_size: int, draft: bool = True,
+                   stretch: str = DEFAULT_STRETCH, name: str = "image") -> np.ndarray:
+    """Image bytes -> image_size x image_size x 3 uint8 (RGB) through the affine ``a`` (normalised coordinates over
+    the image's centred square): one decode (``decode``) and one bilinear warp."""
+    arr, bgr = decode(data, _need(a, image_size) if draft else None, stretch, name)
     m = pixel_matrix(a, arr.shape[1], arr.shape[0], image_size)
     # OpenCV puts pixel centres at integers, presets.py at i + 0.5: shift both ends by half a pixel
     m[:, 2] += m[:, 0] * 0.5 + m[:, 1] * 0.5 - 0.5
@@ -97,7 +100,9 @@ class _Transform:
 
     def __call__(self, s: dict, rng: np.random.Generator):
         a = draw_affine(rng, self.train, self.preset)
-        return self._out(torch.from_numpy(decode_augment(s["jpg"], a, self.image_size)), s, "")
+        img = decode_augment(s["jpg"], a, self.image_size, stretch=s.get("stretch", DEFAULT_STRETCH),
+                             name=str(s.get("name", s["key"])))
+        return self._out(torch.from_numpy(img), s, "")
 
     def failed(self, s: dict, reason: str):
         """Stand-in for a sample that could not be decoded: a black image and the reason."""

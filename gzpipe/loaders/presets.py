@@ -6,7 +6,9 @@ and the resize to ``image_size``), so each backend does a single bilinear warp: 
 ``grid_sample`` on the GPU all receive the matrix from ``pixel_matrix``.
 That is what makes the backends agree to within interpolation rounding.
 
-Normalised coordinates run from -1 to 1 across the image (pixel centres at (2i + 1) / n - 1).
+Normalised coordinates run from -1 to 1 across the image's centred square (``gzpipe.pixels.square_box``: the
+largest square that fits, at integer offsets), so a non-square image is never stretched: every backend sees the same
+square that `gzpipe shard` cuts (pixel centres at (2i + 1) / n - 1 across a square image).
 """
 
 from __future__ import annotations
@@ -79,12 +81,28 @@ def draw_affine(rng: np.random.Generator | None, train: bool, preset=None) -> np
     return np.array([[c, -si], [si, c]]) @ np.diag([fx * s, fy * s])
 
 
+def square_affine(a: np.ndarray, in_w, in_h) -> tuple[np.ndarray, np.ndarray]:
+    """Affines ``a`` (N x 2 x 2, normalised over each image's centred square) as (linear parts N x 2 x 2, offsets
+    N x 2) in the images' own normalised coordinates (-1..1 across each axis), for warps that take those
+    (``grid_sample``): x_img = lin @ p_out + off. ``in_w`` / ``in_h``: the N images' sizes (arrays or numbers)."""
+    w, h = np.broadcast_arrays(np.asarray(in_w, dtype=np.int64), np.asarray(in_h, dtype=np.int64))
+    side = np.minimum(w, h)
+    x0, y0 = (w - side) // 2, (h - side) // 2  # gzpipe.pixels.square_box, for many sizes at once
+    scale = np.stack([side / w, side / h], axis=-1)
+    centre = np.stack([(2 * x0 + side) / w - 1.0, (2 * y0 + side) / h - 1.0], axis=-1)  # 0, 0 for a square
+    return scale[..., :, None] * np.asarray(a, dtype=np.float64), centre
+
+
 def pixel_matrix(a: np.ndarray, in_w: int, in_h: int, out_size: int) -> np.ndarray:
-    """The 2x3 destination->source matrix in pixel coordinates (pixel i spans [i, i + 1), centre i + 0.5)."""
-    # x_in = (p_in + 1) * W / 2 ;  p_out = 2 * x_out / S - 1 ;  p_in = A p_out
-    scale_in = np.diag([in_w / 2.0, in_h / 2.0])
-    lin = scale_in @ a * (2.0 / out_size)
-    off = scale_in @ (np.ones(2) - a @ np.ones(2))
+    """The 2x3 destination->source matrix in pixel coordinates (pixel i spans [i, i + 1), centre i + 0.5), over the
+    image's centred square (side s at x0, y0)."""
+    from gzpipe.pixels import square_box
+
+    # x_in = c + p_in * s / 2 ;  p_out = 2 * x_out / S - 1 ;  p_in = A p_out ;  c = (x0 + s / 2, y0 + s / 2)
+    x0, y0, side = square_box(in_w, in_h)
+    c = np.array([x0 + side / 2.0, y0 + side / 2.0])
+    lin = a * (side / out_size)
+    off = c - (side / 2.0) * (a @ np.ones(2))
     return np.hstack([lin, off[:, None]])
 
 

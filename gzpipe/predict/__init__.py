@@ -145,7 +145,8 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     for view in predictor.views:
         size, crop = view
         if part.kind == "files":
-            loader = create_unit_loader(Units(part.chunks(), part.rows), cfg.backend, size, cfg.batch_size,
+            loader = create_unit_loader(Units(part.chunks(predictor.stretch), part.rows), cfg.backend, size,
+                                        cfg.batch_size,
                                         device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
                                         crop=crop)
         else:

@@ -2,7 +2,9 @@
 (each with an id and where its bytes are), de-duplicated, with the files it passed over listed.
 
 * a file: one item (``id`` = the file's stem);
-* a folder: its image files (``IMAGE_SUFFIXES``); other files are skipped and listed;
+* a folder: its image files (``IMAGE_SUFFIXES``, FITS included; a galaxy's three band files ``<id>_g/_r/_z.fits``
+  are one colour image, ``gzpipe.pixels.fits``); other files are skipped and listed; its subfolders are not
+  searched (each is named when nothing else is found);
 * a shard folder (has ``manifest.json``): read by the shard loaders, every split;
 * a ``.tar``: its image members (``id`` = the sample's JSON id where there is one, else the member's key);
 * a catalogue (``.csv`` / ``.parquet``): an id column and an image-path column (``CATALOG_ID_COLUMNS``,
@@ -21,8 +23,9 @@ from pathlib import Path
 
 from gzpipe.errors import GzpipeError
 from gzpipe.manifest import MANIFEST
+from gzpipe.pixels.fits import FITS_SUFFIXES, fits_suffix, group_band_files
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", *FITS_SUFFIXES)
 CATALOG_SUFFIXES = (".csv", ".parquet")
 CATALOG_ID_COLUMNS = ("id_str", "id", "asset_id", "GalaxyID", "dr7objid", "objid", "iauname")
 CATALOG_PATH_COLUMNS = ("file_loc", "path", "file", "filename", "image", "location", "local_path")
@@ -114,6 +117,7 @@ def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_colu
                    path_column: str | None = None) -> Inputs:
     found = Inputs()
     seen: set[str] = set()
+    subfolders: list[Path] = []
 
     def add(it: Item) -> None:
         key = it.path if "::" in it.path or not it.path else str(Path(it.path).resolve())
@@ -131,13 +135,25 @@ def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_colu
             else:
                 found.duplicates += 1
         elif p.is_dir():
+            fits_files = []
             for f in sorted(p.iterdir()):
-                if f.name.startswith(".") or not f.is_file():
+                if f.name.startswith("."):
                     continue
-                if f.suffix.lower() in IMAGE_SUFFIXES:
+                if f.is_dir():
+                    subfolders.append(f)
+                elif not f.is_file():
+                    continue
+                elif fits_suffix(f.name):
+                    fits_files.append(str(f))
+                elif f.suffix.lower() in IMAGE_SUFFIXES:
                     add(Item(f.stem, str(f)))
                 else:
                     found.skipped.append(f"{f} (not an image file: {f.suffix or 'no suffix'})")
+            band_sets, single = group_band_files(fits_files)
+            for stem, path in band_sets:  # three band files of one galaxy: one colour image
+                add(Item(stem, path))
+            for f in single:
+                add(Item(Path(f).name[: -len(fits_suffix(f))], f))
         elif p.suffix.lower() == ".tar" and p.is_file():
             for it in _tar_items(p):
                 add(it)
@@ -149,7 +165,15 @@ def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_colu
         else:
             raise GzpipeError(f"input not found: {p}")
     if not found.items and not found.shard_folders:
+        sub = ""
+        if subfolders:
+            shown = ", ".join(str(f) for f in subfolders[:3]) + (" ..." if len(subfolders) > 3 else "")
+            sub = (f"; {len(subfolders)} subfolder(s) ({shown}) were not searched: predict reads the files of the "
+                   "folders it is given, not their subfolders; give the subfolders themselves (e.g. DIR/*/) or a "
+                   "catalogue of the images")
+        skipped = ""
+        if found.skipped:
+            skipped = f"; skipped {len(found.skipped)} other file(s): " + "; ".join(found.skipped[:3])
         raise GzpipeError("no images found in the inputs (folders are searched for "
-                          + ", ".join(IMAGE_SUFFIXES) + (f"; skipped {len(found.skipped)} other files" if found.skipped
-                                                          else "") + ")")
+                          + ", ".join(IMAGE_SUFFIXES) + ")" + skipped + sub)
     return found

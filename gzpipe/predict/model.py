@@ -78,6 +78,16 @@ class Predictor:
         aware = self._by_catalogue
         return aware[0].conventions(ids) if aware else None
 
+    @property
+    def stretch(self) -> str:
+        """The stretch that made its training images 8-bit (``gzpipe.pixels.stretch``): new deep images and FITS
+        are made 8-bit the same way. Backbones trained on shards of different stretches cannot share one input."""
+        found = {b.stretch for b in self.backbones.values()}
+        if len(found) > 1:
+            raise GzpipeError(f"{self.name}'s backbones were trained on images stretched differently "
+                              f"({', '.join(sorted(found))}); predict with one of them at a time")
+        return found.pop()
+
     def untrained(self) -> list[str]:
         """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
         known = [b.tasks_trained for b in self.backbones.values()]

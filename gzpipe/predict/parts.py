@@ -20,6 +20,7 @@ import numpy as np
 from gzpipe import schema
 from gzpipe.loaders.shards import SplitShards, split_shards
 from gzpipe.manifest import read_manifest
+from gzpipe.pixels import DEFAULT_STRETCH
 from gzpipe.predict.inputs import Item
 from gzpipe.shard.images import ImageRejected, check_image, read_image
 
@@ -34,6 +35,7 @@ class FileChunk:
 
     items: tuple[Item, ...]
     start: int
+    stretch: str = DEFAULT_STRETCH  # the model's: deep images and FITS made 8-bit as its training images were
 
     @property
     def samples(self) -> int:
@@ -43,7 +45,7 @@ class FileChunk:
         tars: dict[str, tarfile.TarFile] = {}
         try:
             for k, it in enumerate(self.items):
-                yield self._sample(self.start + k, it, tars)
+                yield {**self._sample(self.start + k, it, tars), "stretch": self.stretch}
         finally:
             for t in tars.values():
                 t.close()
@@ -87,8 +89,8 @@ class Part:
     def rows(self) -> int:
         return len(self.items) if self.kind == "files" else self.shards.samples
 
-    def chunks(self) -> tuple[FileChunk, ...]:
-        return tuple(FileChunk(self.items[i:i + CHUNK], i) for i in range(0, len(self.items), CHUNK))
+    def chunks(self, stretch: str = DEFAULT_STRETCH) -> tuple[FileChunk, ...]:
+        return tuple(FileChunk(self.items[i:i + CHUNK], i, stretch) for i in range(0, len(self.items), CHUNK))
 
     def describe(self) -> list:
         if self.kind == "files":

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gzpipe.catalog import CatalogSource
+from gzpipe.catalog import SUM_TOLERANCE, CatalogSource
 from gzpipe.errors import CatalogError, GzpipeError
 from gzpipe.fileio import check_out_folder
+from gzpipe.pixels import DEFAULT_STRETCH, check_stretch
 from gzpipe.shard.images import VERIFY_MODES
 from gzpipe.shard.splits import assign_splits, in_fraction
 from gzpipe.union import sources_of
@@ -32,8 +33,10 @@ class ShardConfig:
     shard_size: int = 1000
     workers: int = 1
     verify: str = "decode"
+    stretch: str = DEFAULT_STRETCH  # deep images (16-bit, float) and FITS to 8 bits: gzpipe.pixels.stretch
     max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
     all_questions: bool = False  # a catalogue without some of the 10 questions is an error (not masked, with a note)
+    sum_tolerance: float = SUM_TOLERANCE  # how far from 1 a reached question's fractions may sum (kinds that do)
     force: bool = False  # rebuild a finished folder with other settings (beside it, swapped in when complete)
 
     def validate(self, check_paths: bool = True) -> None:
@@ -43,6 +46,9 @@ class ShardConfig:
             raise GzpipeError(f"resize must be between 8 and 4096 px, got {self.resize}")
         if not 1 <= self.quality <= 100:
             raise GzpipeError(f"quality must be 1..100, got {self.quality}")
+        check_stretch(self.stretch)
+        if not 0 < self.sum_tolerance <= 1:
+            raise GzpipeError(f"sum_tolerance must be in (0, 1], got {self.sum_tolerance:g}")
         if self.verify not in VERIFY_MODES:
             raise GzpipeError(f"verify must be one of {', '.join(VERIFY_MODES)}")
         if not 0 <= self.max_rejected <= 1:
@@ -80,7 +86,8 @@ class ShardConfig:
             [] if self.images is None else [self.images]
         try:
             return sources_of(self.catalogs(), images, mapping=self.mapping and Path(self.mapping),
-                              format=self.format, target=self.target, all_questions=self.all_questions)
+                              format=self.format, target=self.target, all_questions=self.all_questions,
+                              sum_tolerance=self.sum_tolerance)
         except CatalogError as e:
             raise GzpipeError(str(e)) from None
 
@@ -88,4 +95,4 @@ class ShardConfig:
 # ShardConfig keys that change what the shards hold (the rest - workers, max_rejected, force - only how they are
 # written); with the catalogue's and mapping's contents and the image folder, what a finished folder is compared on
 SETTINGS = ("format", "target", "fraction", "train_fraction", "val", "test", "seed", "resize", "quality", "shard_size",
-            "verify", "all_questions")
+            "verify", "all_questions", "stretch", "sum_tolerance")

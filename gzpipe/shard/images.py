@@ -14,7 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from PIL import Image
+
+from gzpipe.pixels import DEFAULT_STRETCH, DeepImageError, opencv_deep, centre_square, decode, square_box
+from gzpipe.pixels.fits import FITS_SUFFIXES, FitsError, band_files, find_band_set, is_fits, stack_band_files
 
 VERIFY_MODES = ("decode", "header")
 _MAGIC = {b"\x89PNG": "a PNG file", b"GIF8": "a GIF file", b"BM": "a BMP file", b"II*\x00": "a TIFF file",
@@ -156,11 +160,25 @@ def check_jpeg(data: bytes, name: str) -> None:
 
 
 def check_image(data: bytes, name: str) -> None:
-    """For `predict`, which also takes PNG / TIFF / WebP: JPEGs get every check; other formats the size limit."""
+    """For `predict`, which also takes PNG / TIFF / WebP / FITS: JPEGs get every check; FITS and other formats are
+    decoded later, where a damaged one gets its reason; here the size limit for what Pillow opens."""
     if data.startswith(b"\xff\xd8\xff"):
         check_jpeg(data, name)
         return
-    _open_other(data, name)
+    _format_of(data, name)
+
+
+def _format_of(data: bytes, name: str) -> str:
+    """The format name of a non-JPEG image, with Pillow's header checks (size limit, readable); FITS, and what only
+    OpenCV reads at its depth (a float colour TIFF), are named without them."""
+    if is_fits(data):
+        return "FITS"
+    try:
+        return _open_other(data, name).format
+    except ImageRejected as e:
+        if e.code != "not_image" or opencv_deep(data) is None:
+            raise
+    return _what_is(data[:64]).removeprefix("a ").removesuffix(" file")
 
 
 def _open_other(data: bytes, name: str) -> Image.Image:
@@ -247,21 +265,31 @@ def read_file(path: str | Path) -> bytes:
         os.close(fd)
 
 
-ALTERNATIVE_SUFFIXES = (".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".tif", ".tiff", ".webp", ".bmp")
+ALTERNATIVE_SUFFIXES = (".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".tif", ".tiff", ".webp", ".bmp", *FITS_SUFFIXES)
 
 
 def locate(path: str) -> str:
-    """``path`` if it exists, else the first of its ``ALTERNATIVE_SUFFIXES`` that does (else ``path`` itself: its
-    read then says what was looked for)."""
+    """``path`` if it exists, else the first of its ``ALTERNATIVE_SUFFIXES`` that does, else its band files
+    (``<stem>_{g,r,z}.fits``: ``gzpipe.pixels.fits``) where all three are there (else ``path`` itself: its read
+    then says what was looked for)."""
     if os.path.exists(path):
         return path
     stem = os.path.splitext(path)[0]
-    return next((stem + s for s in ALTERNATIVE_SUFFIXES if os.path.exists(stem + s)), path)
+    return next((stem + s for s in ALTERNATIVE_SUFFIXES if os.path.exists(stem + s)), None) or find_band_set(stem) \
+        or path
 
 
 def read_image(path: str) -> tuple[bytes, str]:
     """The file's bytes and the path they came from: ``path``, or where its ``<stem>.jpg`` is missing, the first of
-    ``ALTERNATIVE_SUFFIXES`` that exists."""
+    ``ALTERNATIVE_SUFFIXES`` that exists, or its three band files as one 3-plane FITS (``gzpipe.pixels.fits``)."""
+    bands = band_files(path)
+    if bands is not None:
+        try:
+            return stack_band_files(bands, read_file), path
+        except FileNotFoundError as e:
+            raise ImageRejected(f"band file not found: {e.filename}", "missing_image") from None
+        except FitsError as e:
+            raise ImageRejected(str(e), "corrupt_image") from None
     try:
         return read_file(path), path
     except FileNotFoundError:
@@ -272,30 +300,61 @@ def read_image(path: str) -> tuple[bytes, str]:
                 return read_file(other), other
             except FileNotFoundError:
                 continue
+        found = find_band_set(stem)
+        if found is not None:
+            return read_image(found)
         shown = ", ".join(os.path.basename(t) for t in tried[:4])
-        raise ImageRejected(f"image file not found: {path} (nor {shown}, ... beside it)", "missing_image") from None
+        raise ImageRejected(f"image file not found: {path} (nor {shown}, ... beside it, nor its band files "
+                            f"{os.path.basename(stem)}_g/_r/_z.fits)", "missing_image") from None
 
 
-def _other_format(data: bytes, name: str, resize: int | None, quality: int) -> tuple[bytes, str]:
-    """An image in a format Pillow reads, decoded whole (which checks it), as a baseline RGB JPEG at ``quality``."""
-    im = _open_other(data, name)
+# What a conversion note's parts begin with: the shard summary counts each kind (``conversion_kinds``)
+CONVERSIONS = {"format": "other formats re-encoded as JPEG", "depth": "deeper than 8 bits or FITS, stretched",
+               "colour": "greyscale / CMYK / palette made RGB", "square": "non-square, cut to their centred square"}
+
+
+def conversion_kinds(note: str) -> list[str]:
+    """The ``CONVERSIONS`` kinds a note names (its parts are ``kind: what was done``, joined by ``; ``)."""
+    return [part.split(":", 1)[0] for part in note.split("; ") if part.split(":", 1)[0] in CONVERSIONS]
+
+
+def _square_note(w: int, h: int) -> str:
+    side = min(w, h)
+    return f"square: {w} x {h} px cut to its centred {side} x {side} square"
+
+
+def _other_format(data: bytes, name: str, resize: int | None, quality: int, stretch: str) -> tuple[bytes, str]:
+    """An image in another format (PNG, TIFF, WebP, FITS ...), decoded whole (which checks it), made 8-bit RGB
+    (``gzpipe.pixels.decode``: deep images and FITS through ``stretch``), cut to its centred square and stored as
+    a baseline JPEG at ``quality``."""
+    fmt = _format_of(data, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            rgb = im.convert("RGB")
+        arr, how = decode(data, name, stretch)
+    except (FitsError, DeepImageError) as e:
+        raise ImageRejected(str(e), "corrupt_image") from None
     except (OSError, SyntaxError, ValueError, Warning) as e:
-        raise ImageRejected(f"{name} is a damaged {im.format} file ({str(e).strip() or type(e).__name__})",
+        raise ImageRejected(f"{name} is a damaged {fmt} file ({str(e).strip() or type(e).__name__})",
                             "corrupt_image") from None
+    notes = [f"format: {fmt} re-encoded as a JPEG at quality {quality}"]
+    if how:
+        notes.append(("depth: " if fmt == "FITS" or "stretch" in how else "colour: ") + how)
+    h, w = arr.shape[:2]
+    if w * h > MAX_PIXELS:
+        raise ImageRejected(f"{name} is {w} x {h} px, over the {MAX_PIXELS // 10**6} Mpx limit", "too_large")
+    if w != h:
+        notes.append(_square_note(w, h))
+    rgb = Image.fromarray(np.ascontiguousarray(centre_square(arr)))
     if resize is not None and rgb.size != (resize, resize):
         rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
-    return _encode(rgb, quality), f"{im.format} re-encoded as a JPEG at quality {quality}"
+    return _encode(rgb, quality), "; ".join(notes)
 
 
 def load_jpeg(path: str | Path | bytes, verify: str = "decode", resize: int | None = None,
-              quality: int = 90, name: str | None = None) -> tuple[bytes, str | None]:
-    """The bytes to store for one galaxy, and a note when they were converted: the original JPEG; a baseline RGB
-    re-encoding of a greyscale or CMYK one (so that every loader backend decodes 3 channels); or a re-encoding
-    at ``resize`` px.
+              quality: int = 90, name: str | None = None, stretch: str = DEFAULT_STRETCH) -> tuple[bytes, str | None]:
+    """The bytes to store for one galaxy, and a note when they were converted (``kind: what``, see
+    ``CONVERSIONS``): the original JPEG; a baseline RGB re-encoding of a greyscale or CMYK one (so that every loader
+    backend decodes 3 channels), of a non-square one (its centred square, ``gzpipe.pixels.square_box``), or at
+    ``resize`` px; any other format made 8-bit RGB (``stretch`` for deep images and FITS) and encoded as a JPEG.
 
     ``verify="decode"`` decodes the image (at 1/8 DCT scale, so it is cheap) and so catches truncated and
     corrupt entropy data; ``"header"`` checks the markers and header only (faster, for trusted inputs). Both
@@ -311,27 +370,40 @@ def load_jpeg(path: str | Path | bytes, verify: str = "decode", resize: int | No
             raise ImageRejected(f"cannot read image {path}: {e.strerror or e}", "unreadable_image") from None
         name = os.path.basename(path)  # not a Path object: 240,000 of them cost seconds of a pass-through shard
     if not data.startswith(b"\xff\xd8\xff"):
-        return _other_format(data, name, resize, quality)
+        return _other_format(data, name, resize, quality, stretch)
     eoi = _markers(data, name)
-    if resize is None and _passes_fast(data, name, verify):
-        return data, None  # stored as it is; greyscale and CMYK go on to be converted below
+    if resize is None and _passes_fast(data, name, verify) and _is_square(data, name):
+        return data, None  # stored as it is; greyscale, CMYK and non-square go on to be converted below
     with _corrupt_as_rejection(name):
         im, stream = _open(data, name)
-        mode = im.mode
-        if resize is None and mode == "RGB":
+        mode, (w, h) = im.mode, im.size
+        if resize is None and mode == "RGB" and w == h:
             if verify == "decode":  # at 1/8 scale: every Huffman code is still decoded
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
                 _check_entropy(stream, eoi, name)
             return data, None
-        if resize is not None:
-            im.draft("RGB", (resize, resize))  # DCT scaling: decode no larger than needed
+        if resize is not None:  # DCT scaling: decode no larger than the square needs
+            side = min(w, h)
+            im.draft("RGB", (max(1, resize * w // side), max(1, resize * h // side)))
         rgb = im.convert("RGB")
         _check_entropy(stream, eoi, name)
-        if resize is not None and rgb.size != (resize, resize):
-            rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
-        note = None if resize is not None or mode == "RGB" else f"{mode} JPEG stored as RGB"
-        return _encode(rgb, quality), note
+    notes = [] if mode == "RGB" or resize is not None else [f"colour: {mode} JPEG stored as RGB"]
+    if w != h:
+        x0, y0, side = square_box(*rgb.size)
+        rgb = rgb.crop((x0, y0, x0 + side, y0 + side))
+        notes.append(_square_note(w, h))
+    if resize is not None and rgb.size != (resize, resize):
+        rgb = rgb.resize((resize, resize), Image.BILINEAR, reducing_gap=None)
+    return _encode(rgb, quality), "; ".join(notes) or None
+
+
+def _is_square(data: bytes, name: str) -> bool:
+    try:
+        w, h, _ = jpeg_frame(data, name)
+    except ImageRejected:
+        return True  # Pillow decides below
+    return w == h
 
 
 def _encode(im: Image.Image, quality: int) -> bytes:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from gzpipe.fileio import atomic_open, sha256_file
+from gzpipe.pixels import DEFAULT_STRETCH
 from gzpipe.progress import progress_bar
 from gzpipe.stopping import worker_map
 from gzpipe.shard.images import ImageRejected, load_jpeg
@@ -42,6 +43,7 @@ class Job:
     resize: int | None = None
     quality: int = 90
     verify: str = "decode"
+    stretch: str = DEFAULT_STRETCH  # deep images and FITS to 8 bits (gzpipe.pixels.stretch)
 
     @property
     def meta(self) -> list[dict]:
@@ -56,6 +58,7 @@ class Rejection:
     id: str
     reason: str
     code: str
+    labels: dict | None = None  # a duplicate row whose labels differ from the kept row's: how (union.row_difference)
 
 
 def _column(values: list) -> list:
@@ -81,8 +84,10 @@ def _py(v):
 def _digest(job: Job, meta: list[dict]) -> str:
     h = hashlib.sha256()
     paths = [p if isinstance(p, str) else "sha256:" + hashlib.sha256(p).hexdigest() for p in job.paths]
+    # the stretch only where it is not the default: shards planned before it existed keep their digest (and are reused)
+    extra = [job.stretch] if job.stretch != DEFAULT_STRETCH else []
     h.update(json.dumps([job.name, job.keys, paths, meta, job.resize, job.quality, job.verify,
-                         MANIFEST_VERSION], default=str).encode())
+                         MANIFEST_VERSION, *extra], default=str).encode())
     h.update(job.targets.astype("<f4").tobytes())
     h.update(job.masks.astype("u1").tobytes())
     return h.hexdigest()
@@ -148,7 +153,8 @@ def _run_job(job: Job, out: Path) -> tuple[ShardInfo, list[Rejection], list[Reje
         try:
             src = job.paths[i]  # a file's path, or the image's bytes where the catalogue carries them
             jpg, note = load_jpeg(src, job.verify, job.resize, job.quality,
-                                  name=f"the image of galaxy {job.ids[i]}" if isinstance(src, bytes) else None)
+                                  name=f"the image of galaxy {job.ids[i]}" if isinstance(src, bytes) else None,
+                                  stretch=job.stretch)
         except ImageRejected as e:
             rejected.append(Rejection(row, job.ids[i], str(e), e.code))
             continue

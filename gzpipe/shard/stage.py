@@ -35,14 +35,14 @@ from gzpipe.shard.prior import changed_sources, read_prior, settings_diff
 from gzpipe.shard.prior import sources as shard_sources
 from gzpipe.shard.splits import SPLITS, assign_splits, in_fraction, write_order
 from gzpipe.shard.tarwrite import ShardInfo
-from gzpipe.union import DUPLICATE_COLUMN, read_catalogs
+from gzpipe.union import DUPLICATE_COLUMN, disagreeing_line, read_catalogs, row_difference
 
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 
 
 # manifest entries that say more about the data without changing the shards; a shard set finished before they
 # existed keeps its manifest without them (`--force` rebuilds it with them)
-ADDED_LATER = ("duplicate_labels",)
+ADDED_LATER = ("duplicate_labels", "duplicates_disagree")
 
 
 def key_for(galaxy_id: str) -> str:
@@ -103,6 +103,12 @@ def _say_absent(table: pd.DataFrame) -> None:
     for line in disagreement_lines(table.attrs.get("duplicate_labels", [])):
         rerun.say(line)
     for c in table.attrs.get("catalogs", []):
+        if c.get("empty_answers"):
+            e = c["empty_answers"]
+            rerun.say(f"note: {Path(c['path']).name}: {sum(e.values())} question(s) of its galaxies have an answer left "
+                      f"empty ({', '.join(f'{t} {n}' for t, n in e.items())}): each such question is masked for that "
+                      "galaxy, its other answers not read as the question's fractions (catalogs[].empty_answers in "
+                      "the manifest)")
         if c["tasks_absent"]:
             n = len(c["tasks_absent"])
             rerun.say(f"note: {Path(c['path']).name} has no labels for {n} of {len(schema.TASKS)} questions "
@@ -151,8 +157,13 @@ def _write(cfg: ShardConfig, table: pd.DataFrame, sources: dict, out: Path, prio
         for key in ADDED_LATER:  # information a later gzpipe records: not added to a finished set, for the same reason
             if key not in prior:
                 manifest.pop(key, None)
+        if "duplicates_disagree" not in prior:  # nor the label differences within its lists' entries
+            manifest["duplicates"], manifest["rejected"] = prior.get("duplicates", []), prior.get("rejected", [])
     _write_labels(out, jobs, {(r.row) for r in rejected})
     write_json(out / MANIFEST, manifest)
+    line = disagreeing_line([e["labels"] for e in manifest["duplicates"] + manifest["rejected"] if e.get("labels")])
+    if line:
+        rerun.say(line)
     _check_rejections(manifest, cfg, out)
     _note_empty_splits(manifest["counts"]["per_split"], cfg)
     return manifest, reused
@@ -203,6 +214,9 @@ def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
                 "without --images)?")
     if top == "out_of_range":
         return "; are the fractions given in percent? gzpipe expects 0 to 1"
+    if top == "not_fractions":
+        return (f"; are these the vote fractions of each question (--target picks Hart16's column family; debiased "
+                f"ones need not sum to 1)? --sum-tolerance {cfg.sum_tolerance:g} sets how far from 1 a sum may be")
     if top == "no_mapping":
         return "; is --mapping the gz2_filename_mapping.csv of this release?"
     return ""
@@ -248,11 +262,12 @@ def _row_rejections(table: pd.DataFrame, keep: np.ndarray, keys: np.ndarray) -> 
     for i in np.flatnonzero(has_reason):
         reason = reasons[i]
         code = ("no_mapping" if "mapping" in reason else "out_of_range" if "outside" in reason or "exceeds" in reason
-                else "bad_row")
+                else "not_fractions" if "sum to" in reason else "bad_row")
         out.append(Rejection(int(i), ids[i], reason, code))
     for i in candidates[dup]:
         out.append(Rejection(int(i), ids[i], f"duplicate id {ids[i]!r} (first seen on catalogue row "
-                                              f"{first_row[keys[i]]})", "duplicate_id"))
+                                              f"{first_row[keys[i]]})", "duplicate_id",
+                             row_difference(table, int(i), first_row[keys[i]])))
     return sorted(out, key=lambda r: r.row)
 
 
@@ -275,7 +290,8 @@ def _plan(table: pd.DataFrame, good: list[int], cfg: ShardConfig, keys: np.ndarr
             gids = [str(i) for i in ids[r]]
             jobs.append(Job(f"{s}-{k:06d}.tar", s, r.tolist(), keys[r].tolist(), paths[r].tolist(),
                              targets[r], masks[r], gids, meta_cols, [c[r].tolist() for c in columns],
-                             resize=cfg.resize, quality=cfg.quality, verify=cfg.verify))
+                             resize=cfg.resize, quality=cfg.quality, verify=cfg.verify,
+                             stretch=cfg.stretch))
     return jobs
 
 
@@ -312,6 +328,13 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, in_frac: np.ndarray, keep: 
     catalogs = table.attrs.get("catalogs") or []
     bad = np.zeros(len(table), bool)
     bad[[r.row for r in rejected]] = True
+    of = table.attrs.get("duplicate_rows") or []
+    dup_entries = []
+    for i in duplicates:
+        diff = row_difference(table, int(i), of[i]) if i < len(of) and of[i] >= 0 else None
+        dup_entries.append({"row": int(i), **_where(table, int(i)), "id": str(table["id"].iat[i]),
+                            "same_as": table[DUPLICATE_COLUMN].iat[i], **({"labels": diff} if diff else {})})
+    disagree = [e["labels"] for e in dup_entries if "labels" in e] + [r.labels for r in rejected if r.labels]
     for k, c in enumerate(catalogs):  # every row of every catalogue: left out, a duplicate, rejected or written
         rows = (table["catalog"] == k).to_numpy() if "catalog" in table else np.ones(len(table), bool)
         c.update(excluded_by_fraction=int((rows & ~in_frac).sum()), duplicates=int((rows & in_frac & ~keep).sum()),
@@ -342,9 +365,10 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, in_frac: np.ndarray, keep: 
         },
         "rejected_by_reason": dict(sorted(Counter(r.code for r in rejected).items())),
         "shards": [asdict(i) for i in infos],
-        "rejected": [{"row": r.row, **_where(table, r.row), "id": r.id, "reason": r.reason} for r in rejected],
-        "duplicates": [{"row": int(i), **_where(table, int(i)), "id": str(table["id"].iat[i]),
-                        "same_as": table[DUPLICATE_COLUMN].iat[i]} for i in duplicates],
+        "rejected": [{"row": r.row, **_where(table, r.row), "id": r.id, "reason": r.reason,
+                      **({"labels": r.labels} if r.labels else {})} for r in rejected],
+        "duplicates": dup_entries,
+        "duplicates_disagree": len(disagree),
         "catalogs": catalogs,
         "duplicate_labels": table.attrs.get("duplicate_labels", []),
         "tasks_absent": list(table.attrs.get("tasks_absent", [])),
