@@ -25,7 +25,7 @@ MODEL_FILE = "model.safetensors"
 
 
 def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD
     from gzpipe.manifest import read_manifest
@@ -73,6 +73,7 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "channels_last": cfg.get("channels_last"),
         "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies") if k in metrics[split]}
                     for split in runs.EVAL_SPLITS if split in metrics},
+        "metrics_cover": runs.metrics_cover(metrics.get("tasks_trained")),
         "training": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "weight_decay", "loss", "seed",
                                                  "image_size", "crop", "tta", "ema_decay", "pretrained", "weights")},
         "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
@@ -81,7 +82,8 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
     tensors = {k: v.contiguous() for k, v in state["model"].items()}
     with rebuilt(out) as staged:
         staged.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(staged / MODEL_FILE), metadata={"format": "pt", "gzpipe": EXPORT_FORMAT})
+        with atomic_open(staged / MODEL_FILE, "wb") as f:  # safetensors' own writer makes its files 0600
+            f.write(save(tensors, metadata={"format": "pt", "gzpipe": EXPORT_FORMAT}))
         write_json(staged / "config.json", config)
         with atomic_open(staged / "README.md", "w") as f:
             f.write(_model_card(config, cfg, manifest))
@@ -99,16 +101,27 @@ def _model_card(config: dict, cfg: dict, manifest: dict) -> str:
     for key in ("epochs", "batch_size", "lr", "image_size", "crop", "loss", "seed"):
         if cfg.get(key) is not None:
             train_cmd += [f"--{key.replace('_', '-')}", str(cfg[key])]
+    learnt = config["tasks_trained"]
+    if len(learnt) == len(schema.TASK_SLICES):
+        what = (f"Regresses the {len(config['targets'])} vote fractions of the 10 GZ2 questions "
+                f"({config['target_kind'] or 'unknown'} targets)")
+        cover = "over every known label of the test galaxies"
+    else:
+        n = sum(s.stop - s.start for t, s in schema.TASK_SLICES.items() if t in learnt)
+        left = [t for t in schema.TASK_SLICES if t not in learnt]
+        what = (f"Regresses the {n} vote fractions of the {len(learnt)} GZ2 questions its training catalogue labelled "
+                f"({', '.join(learnt)}; {config['target_kind'] or 'unknown'} targets); the other {len(left)} "
+                f"({', '.join(left)}) it never learnt, and `gzpipe predict` leaves them empty (NaN)")
+        cover = f"over the {len(learnt)} questions it learnt only"
     lines = [
         f"# {config['architecture']} for Galaxy Zoo 2 morphology (gzpipe {config['gzpipe_version']})", "",
-        f"Regresses the {len(config['targets'])} vote fractions of 10 GZ2 tasks ({config['target_kind'] or 'unknown'} "
-        f"targets) from a {config['image_size']} px RGB image, with a {config['head']} head.", "",
+        f"{what}, from a {config['image_size']} px RGB image, with a {config['head']} head.", "",
         "## Data", "",
         f"- catalogue: `{source.get('catalog', '?')}` ({source.get('format', '?')} format, --target "
         f"{source.get('target', '?')})",
         f"- galaxies: {counts.get('written', '?')} written ({', '.join(f'{k} {v}' for k, v in splits.items())}); "
         "splits by a hash of each id",
-        "", "## Metrics (the best epoch's model)", "",
+        "", f"## Metrics (the best epoch's model, {cover})", "",
         "| split | galaxies | MAE | RMSE | accuracy |", "|---|---|---|---|---|",
         *[f"| {s} | {v.get('galaxies', '?')} | {v.get('mae', float('nan')):.4f} | {v.get('rmse', float('nan')):.4f} | "
           f"{v.get('accuracy', float('nan')):.4f} |" for s, v in m.items()],

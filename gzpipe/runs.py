@@ -389,3 +389,12 @@ def input_of_shards(shards: str | Path) -> dict:
     except GzpipeError:
         config = {}
     return {"stretch": config.get("stretch") or DEFAULT_STRETCH}
+
+
+def metrics_cover(tasks_trained: list[str] | None) -> str:
+    """What a model's figures are over, in words, for its metrics.json, model card and report."""
+    learnt = list(tasks_trained or schema.TASK_SLICES)
+    if len(learnt) == len(schema.TASK_SLICES):
+        return "every known label of the split's galaxies, all 10 questions"
+    return (f"the known labels of the {len(learnt)} of 10 questions it had training labels for ({', '.join(learnt)}); "
+            "it predicts the others empty")

@@ -91,7 +91,7 @@ def train(cfg, params: Params, run_dir: Path, data):
     import lightgbm as lgb
 
     if cfg.dask_scheduler:
-        return _train_dask(cfg, params, run_dir)
+        return _train_dask(cfg, params, run_dir, data)
     _, xtr, ytr, mtr = data.read("train")
     _, xva, yva, mva = data.read("val")
     p = {"objective": OBJECTIVES[cfg.objective], "learning_rate": cfg.learning_rate,
@@ -183,22 +183,48 @@ def load(run_dir: Path, config: dict, metrics: dict):
     return _predictor(boosters, [0] * schema.N_TARGETS)  # files were saved at their best iteration
 
 
-def _train_dask(cfg, params: Params, run_dir: Path):
-    """``lightgbm.dask``: one distributed regressor per target on an existing cluster; masked rows get
-    sample weight 0 for that target. No early stopping here (lightgbm.dask has none); ``rounds`` trees each."""
+def best_iteration(booster, x: np.ndarray, y: np.ndarray, w: np.ndarray, objective: str, patience: int) -> int:
+    """The iteration ``lightgbm.early_stopping(patience)`` would keep, found after the fact: the val metric of the
+    objective (weighted, masked rows at weight 0) after each tree, and the first best before ``patience`` trees
+    without a gain. For a booster grown without early stopping (``lightgbm.dask`` has none: its issue #3712), so
+    that the model kept is the one local training keeps. Tree by tree, one tree's prediction each (additive: the
+    regression objectives' link is the identity)."""
+    total = booster.current_iteration()
+    if total == 0 or w.sum() == 0:
+        return total
+    pred = np.zeros(len(x))
+    best, best_score = 0, np.inf
+    for i in range(total):
+        pred += booster.predict(x, start_iteration=i, num_iteration=1)
+        err = np.abs(pred - y) if objective == "l1" else (pred - y) ** 2
+        score = float(np.average(err, weights=w))
+        if score < best_score:
+            best, best_score = i, score
+        elif i - best >= patience:
+            break
+    return best + 1
+
+
+def _train_dask(cfg, params: Params, run_dir: Path, data):
+    """``lightgbm.dask``: one distributed regressor per target on an existing cluster; masked rows get sample weight
+    0 for that target. ``lightgbm.dask`` cannot stop early (its issue #3712; asking it to hangs the cluster, #6351), so
+    each target grows ``rounds`` trees there and is then cut back here to the iteration early stopping keeps locally
+    (``best_iteration`` on the val split, the same rule): the model saved is the one local training keeps, at the
+    cost of the trees grown past it."""
     import dask.dataframe as dd
     import lightgbm as lgb
     from distributed import Client
 
     from gzpipe.features import features_path
 
+    _, xva, yva, mva = data.read("val")
     with Client(cfg.dask_scheduler) as client:
         df = dd.read_parquet(local_path(features_path(cfg.out, cfg.backbone, "train")))
         fcols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
         x = df[fcols].astype("float32").to_dask_array(lengths=True)
         models_dir = run_dir / MODELS
         models_dir.mkdir(parents=True, exist_ok=True)
-        boosters = []
+        boosters, best = [], []
         for j, name in enumerate(schema.TARGET_NAMES):
             STOP.check()
             y = df[name].fillna(0.0).to_dask_array(lengths=True)
@@ -211,9 +237,13 @@ def _train_dask(cfg, params: Params, run_dir: Path):
                                         objective=OBJECTIVES[cfg.objective])
             reg.fit(x, y, sample_weight=w)
             b = reg.to_local().booster_
+            it = best_iteration(b, xva, np.nan_to_num(yva[:, j]), mva[:, j].astype(np.float64), cfg.objective,
+                                cfg.early_stopping)
             with atomic_path(models_dir / f"{j:02d}_{name}.txt") as tmp:
-                b.save_model(str(tmp))
+                b.save_model(str(tmp), num_iteration=it or None)
             boosters.append(b)
-    return _predictor(boosters, [cfg.rounds] * len(boosters)), {
-        "best_iterations": [cfg.rounds] * len(boosters), "trees": cfg.rounds * len(boosters), "model_dir": MODELS,
-        "dask_scheduler": cfg.dask_scheduler}
+            best.append(it)
+    return _predictor(boosters, best), {
+        "best_iterations": best, "trees": int(sum(best)), "model_dir": MODELS, "dask_scheduler": cfg.dask_scheduler,
+        "early_stopping": f"after the fact on val (lightgbm.dask has none): {cfg.rounds} trees grown a target, each "
+                          f"cut back to its best iteration before {cfg.early_stopping} without a gain"}

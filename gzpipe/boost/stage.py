@@ -309,6 +309,7 @@ def _fit(cfg: BoostConfig, params, impl, device: str, why: str, run_dir: Path) -
     predict, info = impl.train(dataclasses.replace(cfg, device=device), params, run_dir, data)
     train_time = time.perf_counter() - t0
     metrics = {"model": name, "engine": cfg.engine, "backbone": cfg.backbone, "tasks_trained": trained,
+               "metrics_cover": runs.metrics_cover(trained),
                "catalogue_rows": {c: rows[c] for c in catalogues},
                "train_time_s": train_time, "device": device, "device_reason": why,
                "pca_explained": reduction.explained if reduction else None, **info}

@@ -76,6 +76,8 @@ def run_ensemble(cfg: EnsembleConfig, force_hint: str | None = None) -> dict:
         result, preds, ids = (weighted.fit_weighted(out, cfg.method, used) if method is weighted
                               else stacked.fit_stacked(out, used))
         result["members"] = len(used)
+        result["tasks_trained"] = _tasks_trained(out, used)
+        result["metrics_cover"] = runs.metrics_cover(result["tasks_trained"])
         for split in runs.EVAL_SPLITS:
             runs.write_predictions(staged, split, ids[split], preds[split])
         write_json(staged / runs.WEIGHTS, {k: result[k] for k in _SAVED if k in result})
@@ -92,3 +94,16 @@ def run_ensemble(cfg: EnsembleConfig, force_hint: str | None = None) -> dict:
 def load_weights(run_dir: str | Path) -> dict:
     """``{member run name: weight}`` of a finished ensemble (a weight is a number, or 30 per-target numbers)."""
     return runs.read_json(run_dir, runs.WEIGHTS)["weights"]
+
+
+def _tasks_trained(out: Path, members: list[str]) -> list[str]:
+    """The questions any member had training labels for (a member that records none learnt all of them)."""
+    from gzpipe import schema
+
+    learnt: set[str] = set()
+    for m in members:
+        try:
+            learnt.update(runs.read_json(Path(out) / m, runs.METRICS).get("tasks_trained") or schema.TASK_SLICES)
+        except (OSError, ValueError, GzpipeError):
+            learnt.update(schema.TASK_SLICES)
+    return [t for t in schema.TASK_SLICES if t in learnt]

@@ -68,7 +68,7 @@ class _Raw:
             from gzpipe.pixels import DEFAULT_STRETCH, decode
 
             arr, _ = decode(data, str(s.get("name", s["key"])), s.get("stretch", DEFAULT_STRETCH))
-            payload = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+            payload = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
         return payload, torch.as_tensor(a, dtype=torch.float32), torch.from_numpy(s["targets"]), \
             torch.from_numpy(s["mask"]), s["id"], "", _origin(s)
 

@@ -49,7 +49,8 @@ def is_fits(data: bytes) -> bool:
 
 
 def read_planes(data: bytes, name: str) -> np.ndarray:
-    """The image of a FITS file as H x W x C float (C = 1 or 3, bands bluest first), top row first."""
+    """The image of a FITS file as H x W x C float, top row first: C = 1, or 3 in RGB order (the cube's planes run
+    bluest first, so the last is shown as red)."""
     from astropy.io import fits
 
     if data[:2] == b"\x1f\x8b":
@@ -64,7 +65,7 @@ def read_planes(data: bytes, name: str) -> np.ndarray:
                 if a.ndim == 2:
                     return np.flipud(a)[..., None]
                 if a.ndim == 3 and a.shape[0] == 3:
-                    return np.flipud(np.moveaxis(a, 0, -1))
+                    return np.flipud(np.moveaxis(a[::-1], 0, -1))
                 if a.ndim == 3 and a.shape[0] == 1:
                     return np.flipud(a[0])[..., None]
                 raise FitsError(f"{name}: its image is {' x '.join(map(str, a.shape))}; gzpipe reads one plane "

@@ -104,7 +104,7 @@ class Predictor:
         """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
         normalised batch made at that view, averaged over ``tta`` views (features averaged over views for
         boosters, as `gzpipe features --tta` does). ``ids``: the galaxies', for by-catalogue boosters asked for
-        each galaxy's own catalogue."""
+        each galaxy's own catalogue. The questions it had no training labels for are NaN (``untrained``)."""
         out = np.zeros((len(images), schema.N_TARGETS))
         need = {m.backbone for m in self.members_at(view)}
         got = {}
@@ -121,6 +121,8 @@ class Predictor:
             if m.booster is not None:
                 p = m.booster.predict(f, ids)
             out += np.clip(p, 0.0, 1.0) * m.weight
+        for t in self.untrained():  # a question it had no labels for: empty, never a confident-looking 0.5
+            out[:, schema.TASK_SLICES[t]] = np.nan
         return out
 
 

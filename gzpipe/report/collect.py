@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gzpipe import runs
+from gzpipe import runs, schema
 
 DEEP, ENSEMBLE = "deep", "ensemble"
 
@@ -17,7 +17,8 @@ def _row(name: str, kind: str, backbone: str, m: dict) -> dict:
     t = m["test"]
     row = {"name": name, "kind": kind, "backbone": backbone, "accuracy": t["accuracy"], "mae": t["mae"],
            "mse": t["mse"], "rmse": t["rmse"], "kaggle_rmse": (t.get("kaggle") or {}).get("rmse"),
-           "kaggle_galaxies": (t.get("kaggle") or {}).get("galaxies"), "test_galaxies": t["galaxies"]}
+           "kaggle_galaxies": (t.get("kaggle") or {}).get("galaxies"), "test_galaxies": t["galaxies"],
+           "questions": len(m.get("tasks_trained") or schema.TASK_SLICES)}  # the figures cover these only
     for task, f in t["per_task"].items():
         row[f"accuracy:{task}"] = f["accuracy"]
     for task, f in t["per_task"].items():

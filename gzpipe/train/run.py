@@ -373,6 +373,7 @@ def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, 
     metrics = {
         "backbone": cfg.backbone,
         "tasks_trained": trained,
+        "metrics_cover": runs.metrics_cover(trained),
         "input": runs.input_of_shards(cfg.shards),
         **{split: {"loss": r.loss, **compute_metrics(r.pred, r.target, r.mask)} for split, r in results.items()},
         "tta": {"views": cfg.tta, "kind": cfg.tta_kind},
