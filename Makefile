@@ -8,10 +8,16 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The GPU extra (DALI, nvImageCodec) where its wheels exist (Linux); the exact versions from constraints.txt. Zoobot
+# and galaxy-datasets (the tests make and read their files with their code) come without their dependencies:
+# galaxy-datasets asks for a torchaudio that has no build for every torch, and the tests need none of it.
+GPU_EXTRA := $(shell [ "$$(uname -s)" = Linux ] && echo ",gpu")
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dask$(GPU_EXTRA)]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt galaxy-datasets zoobot
 	touch $(STAMP)
 
 demo: setup
@@ -35,4 +41,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_shard.py
 
 clean:
-	rm -rf artifacts/demo .pytest_cache
+	rm -rf artifacts/model_comparison artifacts/demo .pytest_cache

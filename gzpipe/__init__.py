@@ -1,2 +1,2 @@
 """gzpipe: Galaxy Zoo 2 morphology pipeline."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,14 +1,25 @@
-"""`gzpipe export --model artifacts/NAME --out DIR`: a finished backbone as the field shares models, a folder of
+"""`gzpipe export --model artifacts/NAME --out DIR`: a finished backbone as the field shares models, in the layout
+timm reads, so that ``timm.create_model('local-dir:DIR', pretrained=True, num_classes=0)`` (and Zoobot's
+``FinetuneableZoobot*(name='local-dir:DIR')``, which calls it) loads the encoder with every weight:
 
-* ``model.safetensors``: the whole network (``backbone.*``, ``head.*``), tensors only, no pickle;
-* ``config.json``: what it needs to be used right - the architecture, the head, the 30 targets in their order and
-  their kind, the input (image size, RGB scaled to 0..1 then normalised with the mean and std given, the eval crop),
-  the memory format, the gzpipe version, the test and val metrics, the checkpoint it came from;
-* ``README.md``: a model card - the data it was trained on, the metrics with the size of the test split, the command.
+* ``model.safetensors`` and ``config.json`` written by timm's own ``save_for_hf``: the encoder under timm's
+  architecture name and key names (no ``backbone.`` prefix), its input settings (size, channels, mean and std, the
+  eval crop as ``crop_pct``) in ``pretrained_cfg``; gzpipe's settings beside them under ``config.json``'s ``gzpipe``
+  key (timm ignores it): the head, the 30 targets in their order and kind, the questions learnt, the crop and
+  stretch, the channels, the metrics, the checkpoint it came from;
+* ``gzpipe_head.safetensors``: the 30-output head (tensors only, no pickle);
+* ``README.md``: a model card - the data it was trained on, what its metrics cover, the command.
+
+Timm backbones (``timm:NAME``) and resnet50 (torchvision's and timm's resnet50 share every key name) export so;
+the other built-in backbones are torchvision networks, whose key names timm's versions do not share: their export
+holds the encoder under torchvision's names (``torchvision.models.get_model(config['gzpipe']['torchvision'])`` loads
+it) and gzpipe's settings, and timm's loader refuses it by name.
 
 `gzpipe predict --model DIR` and `gzpipe train --weights DIR` read it back (``gzpipe.models.weights``); the round
-trip predicts exactly what the run folder does. Re-runs follow ``gzpipe.rerun``: an export of the same checkpoint is
-skipped, another one is kept until ``--force``, and a new one is written beside the old and swapped in whole.
+trip predicts exactly what the run folder does. Exports of version 1 (the whole network under ``backbone.`` and
+``head.`` in one file, gzpipe's settings at the top of config.json) are still read. Re-runs follow
+``gzpipe.rerun``: an export of the same checkpoint is skipped, another one is kept until ``--force``, and a new one
+is written beside the old and swapped in whole.
 """
 
 from __future__ import annotations
@@ -18,10 +29,19 @@ from pathlib import Path
 
 from gzpipe import __version__, rerun, runs, schema
 from gzpipe.errors import GzpipeError
-from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, rebuilt, write_json
-from gzpipe.models.weights import EXPORT_FORMAT, read_folder_config
+from gzpipe.fileio import atomic_open, check_out_folder, finish_swap, rebuilt, umask_mode, write_json
+from gzpipe.models.weights import EXPORT_FORMAT, export_settings, read_folder_config
 
 MODEL_FILE = "model.safetensors"
+HEAD_FILE = "gzpipe_head.safetensors"
+FORMAT_VERSION = 2
+# built-in backbones whose torchvision key names are a timm architecture's too
+TIMM_EQUIVALENT = {"resnet50": "resnet50"}
+
+
+def timm_architecture(spec) -> str | None:
+    """The timm architecture whose keys the backbone's encoder has, or None (a torchvision network timm lacks)."""
+    return spec.weights_architecture or TIMM_EQUIVALENT.get(spec.name)
 
 
 def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -41,10 +61,10 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
     best = runs.best_checkpoint(model)
     digest = runs.digest(best)
     finish_swap(out)
-    have = read_folder_config(out) if out.is_dir() else {}
-    if out.is_dir() and any(out.iterdir()) and have.get("format") != EXPORT_FORMAT:
+    have = export_settings(read_folder_config(out)) if out.is_dir() else None
+    if out.is_dir() and any(out.iterdir()) and have is None:
         raise GzpipeError(f"--out {out} holds other files; give a new or empty folder for the export")
-    if have.get("format") == EXPORT_FORMAT and not force:
+    if have is not None and not force:
         old = have.get("source", {}).get("checkpoint_sha256")
         diff = [] if old == digest else [f"model {have.get('source', {}).get('run', '?')} -> {model}"]
         rerun.say(rerun.finished_line("export", out, diff, "--force"))
@@ -58,17 +78,21 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         manifest = read_manifest(cfg["shards"])
     except GzpipeError:
         manifest = {}
-    config = {
-        "format": EXPORT_FORMAT, "format_version": 1, "gzpipe_version": __version__,
-        "architecture": name, "timm_architecture": spec.weights_architecture, "head": cfg["head"],
-        "features": spec.features, "targets": list(schema.TARGET_NAMES),
-        "target_kind": (manifest.get("target") or {}).get("kind"),
+    channels = int(cfg.get("channels") or 3)
+    crop = float(cfg.get("crop") or DEFAULT_CROP)
+    arch = timm_architecture(spec)
+    settings = {
+        "format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, "gzpipe_version": __version__,
+        "architecture": name, "timm_architecture": arch, "torchvision": None if arch else spec.torchvision_name,
+        "head": cfg["head"], "head_file": HEAD_FILE, "features": spec.features, "channels": channels,
+        "targets": list(schema.TARGET_NAMES), "target_kind": (manifest.get("target") or {}).get("kind"),
         "tasks": {t: [s.start, s.stop] for t, s in schema.TASK_SLICES.items()},
         "tasks_trained": metrics.get("tasks_trained") or list(schema.TASK_SLICES),
         "image_size": int(cfg["image_size"]),
-        "input": {"channels": "RGB", "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "layout": "N x 3 x image_size x image_size", "eval_crop": float(cfg.get("crop") or DEFAULT_CROP),
-                  "resize": "bilinear", "geometry": "a non-square image's centred square (the largest that fits)",
+        "input": {"channels": "RGB" if channels == 3 else "grey (ITU-R 601 luma of the RGB picture)",
+                  "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                  "layout": f"N x {channels} x image_size x image_size", "eval_crop": crop, "resize": "bilinear",
+                  "geometry": "a non-square image's centred square (the largest that fits)",
                   "stretch": (metrics.get("input") or runs.input_of_shards(cfg["shards"]))["stretch"]},
         "channels_last": cfg.get("channels_last"),
         "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies") if k in metrics[split]}
@@ -79,17 +103,49 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
         "source": {"run": str(model.resolve()), "checkpoint_sha256": digest},
     }
-    tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    encoder = {k[len("backbone."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("backbone.")}
+    head = {k[len("head."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("head.")}
     with rebuilt(out) as staged:
         staged.mkdir(parents=True, exist_ok=True)
-        with atomic_open(staged / MODEL_FILE, "wb") as f:  # safetensors' own writer makes its files 0600
-            f.write(save(tensors, metadata={"format": "pt", "gzpipe": EXPORT_FORMAT}))
-        write_json(staged / "config.json", config)
+        if arch:
+            _save_for_timm(arch, encoder, channels, settings, staged)
+        else:
+            with atomic_open(staged / MODEL_FILE, "wb") as f:
+                f.write(save(encoder, metadata={"format": "pt"}))
+            write_json(staged / "config.json", {"gzpipe": settings})
+        with atomic_open(staged / HEAD_FILE, "wb") as f:  # safetensors' own writer makes its files 0600
+            f.write(save(head, metadata={"format": "pt", "gzpipe": EXPORT_FORMAT}))
         with atomic_open(staged / "README.md", "w") as f:
-            f.write(_model_card(config, cfg, manifest))
-    rerun.say(f"export: {name} ({sum(t.numel() for t in tensors.values()):,} parameters, test MAE "
-              f"{config['metrics'].get('test', {}).get('mae', float('nan')):.4f}) -> {out}")
+            f.write(_model_card(settings, cfg, manifest))
+        for f in staged.iterdir():
+            umask_mode(f)  # readable by others as any file the user writes (timm's safetensors writer uses 0600)
+    n = sum(t.numel() for t in (*encoder.values(), *head.values()))
+    rerun.say(f"export: {name} ({n:,} parameters, test MAE "
+              f"{settings['metrics'].get('test', {}).get('mae', float('nan')):.4f}) -> {out}"
+              + ("" if arch else f" (torchvision's {spec.torchvision_name}: timm has no network with its key names)"))
     return out
+
+
+def _save_for_timm(arch: str, encoder: dict, channels: int, settings: dict, folder: Path) -> None:
+    """The encoder through timm's own ``save_for_hf``: loaded strictly into ``timm.create_model(arch)`` first, which
+    proves the key names are timm's, then written with timm's config (input size, channels, mean, std, crop)."""
+    import timm
+    from timm.models import save_for_hf
+
+    net = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels)
+    missing, unexpected = net.load_state_dict(encoder, strict=False)
+    if missing or unexpected:
+        raise GzpipeError(f"the encoder does not fit timm's {arch} ({len(missing)} keys missing, e.g. {missing[:2]}; "
+                          f"{len(unexpected)} unexpected, e.g. {unexpected[:2]}); export cannot write it for timm")
+    size = settings["image_size"]
+    data_config = {"input_size": (channels, size, size), "interpolation": "bilinear",
+                   "mean": tuple(settings["input"]["mean"]) if channels == 3 else (0.458,),
+                   "std": tuple(settings["input"]["std"]) if channels == 3 else (0.226,),
+                   "crop_pct": settings["input"]["eval_crop"], "crop_mode": "center"}
+    # timm's default config names the ImageNet weights it would download (tag, licence): these are not those
+    own = {"tag": "gzpipe", "license": "unspecified (see README.md)"}
+    save_for_hf(net, str(folder), model_config={"gzpipe": settings, "pretrained_cfg": own}, safe_serialization=True,
+                data_config=data_config)
 
 
 def _model_card(config: dict, cfg: dict, manifest: dict) -> str:
@@ -98,9 +154,11 @@ def _model_card(config: dict, cfg: dict, manifest: dict) -> str:
     splits = counts.get("per_split", {})
     source = manifest.get("config", {})
     train_cmd = ["gzpipe", "train", "--backbone", config["architecture"], "--shards", str(cfg["shards"])]
-    for key in ("epochs", "batch_size", "lr", "image_size", "crop", "loss", "seed"):
+    for key in ("epochs", "batch_size", "lr", "image_size", "crop", "loss", "seed", "weights", "channels"):
         if cfg.get(key) is not None:
             train_cmd += [f"--{key.replace('_', '-')}", str(cfg[key])]
+    if cfg.get("pretrained"):
+        train_cmd.append("--pretrained")
     learnt = config["tasks_trained"]
     if len(learnt) == len(schema.TASK_SLICES):
         what = (f"Regresses the {len(config['targets'])} vote fractions of the 10 GZ2 questions "
@@ -129,8 +187,13 @@ def _model_card(config: dict, cfg: dict, manifest: dict) -> str:
         "## Command", "", "```bash", shlex.join(train_cmd), "```", "",
         "## Use", "", "```bash",
         "gzpipe predict --model THIS_FOLDER images/ --out predictions.csv   # the 30 fractions",
-        f"gzpipe train --backbone {config['architecture']} --weights THIS_FOLDER --shards SHARDS   # fine-tune",
+        "gzpipe train --weights THIS_FOLDER --shards SHARDS   # fine-tune (the architecture is read from here)",
         "```", "",
+        *(["The encoder in timm (and Zoobot's `FinetuneableZoobot*(name='local-dir:THIS_FOLDER')`):", "", "```python",
+           "import timm", "encoder = timm.create_model('local-dir:THIS_FOLDER', pretrained=True, num_classes=0)",
+           "```", ""] if config.get("timm_architecture") else
+          [f"The encoder is torchvision's {config.get('torchvision')} (its classifier removed): "
+           "`torchvision.models.get_model(...)` with `model.safetensors` loaded non-strictly.", ""]),
         "Inputs: RGB scaled to 0..1, normalised with the mean and std in `config.json`, "
         f"{config['image_size']} x {config['image_size']} px (the eval preset: a centre crop of "
         f"{config['input']['eval_crop']:g} of the side, resized bilinearly).", "",
@@ -147,23 +210,27 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
     from gzpipe.models import BACKBONES, create_model, resolve_name
 
     d = Path(folder)
-    cfg = read_folder_config(d)
+    cfg = export_settings(read_folder_config(d)) or {}
     name = resolve_name(cfg["architecture"])
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
-    model = create_model(name, cfg["head"])
-    model.load_state_dict(load_file(str(d / MODEL_FILE)))
+    channels = int(cfg.get("channels") or 3)
+    model = create_model(name, cfg["head"], channels=channels)
+    if int(cfg.get("format_version", 1)) >= 2:  # the encoder under its own key names, the head beside it
+        model.backbone.load_state_dict(load_file(str(d / MODEL_FILE)))
+        model.head.load_state_dict(load_file(str(d / cfg.get("head_file", HEAD_FILE))))
+    else:
+        model.load_state_dict(load_file(str(d / MODEL_FILE)))
     model.eval().to(dev)
     spec = BACKBONES[name]
     cl = spec.channels_last(dev.type)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     config = {"backbone": name, "image_size": cfg["image_size"], "head": cfg["head"], "channels_last": cl,
-              "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop")}
+              "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop"), "channels": channels}
     return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
                                 cfg.get("tasks_trained"), {"stretch": (cfg.get("input") or {}).get("stretch")})
 
 
 def is_export(folder: str | Path) -> bool:
     d = Path(folder)
-    return d.is_dir() and (d / MODEL_FILE).exists() and read_folder_config(d).get("format") == EXPORT_FORMAT
-
+    return d.is_dir() and (d / MODEL_FILE).exists() and export_settings(read_folder_config(d)) is not None

@@ -151,7 +151,8 @@ def _extract(cfg: FeaturesConfig, trained, shards: str, split: str, tta: dict, f
     np_dtype, _ = DTYPES[cfg.dtype]
     width = BACKBONES[name].features
     loader = create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size, train=False,
-                           device=trained.device, workers=cfg.workers, seed=seed, crop=trained.crop)
+                           device=trained.device, workers=cfg.workers, seed=seed, crop=trained.crop,
+                           channels=trained.channels)
     rows = 0
     path = folder / f"{split}.parquet"
     # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error

@@ -70,6 +70,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def umask_mode(path: str | Path) -> None:
+    """Give a file the mode the user's umask gives any new file (0644 under the usual 022): for files another
+    library wrote with a stricter one (safetensors' writer uses 0600, so colleagues could not read a shared model)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically, stable key order and indentation (so files diff cleanly)."""
     with atomic_open(path, "w") as f:

@@ -65,6 +65,26 @@ def features_dir(run_dir: str | Path) -> Path:
 
 # --- completion ----------------------------------------------------------------------------------------------
 
+FAILED = "failed.json"  # an unfinished run whose last attempt crashed: the error, and whether a retry can resume
+
+
+def record_failure(run_dir: str | Path, error: BaseException) -> None:
+    """Say in an unfinished run folder that its last attempt crashed (not stopped): the error, and whether it had a
+    checkpoint to resume from. Without one, the same command starts over the same way and would crash the same
+    way, so nobody is told to just run it again."""
+    d = Path(run_dir)
+    msg = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    write_json(d / FAILED, {"error": f"{type(error).__name__}: {msg}" if msg else type(error).__name__,
+                            "checkpoint": (d / CHECKPOINTS / "latest_checkpoint.pth").exists()})
+
+
+def failure_of(run_dir: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / FAILED).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def kind_of(run_dir: str | Path) -> str | None:
     """The kind of a *finished* run folder, or None."""
     d = Path(run_dir)
@@ -264,6 +284,14 @@ def model_kind(run_dir: str | Path) -> str:
         stage = ("boost" if "engine" in cfg else "ensemble" if "method" in cfg
                  else "train" if (d / CHECKPOINTS).is_dir() or "backbone" in cfg else None)
         command = f"run the same `gzpipe {stage}` command again" if stage else "re-run the stage that wrote it"
+        failed = failure_of(d)
+        if failed and not failed.get("checkpoint"):
+            raise GzpipeError(f"{d} is an unfinished run whose training crashed before its first checkpoint "
+                              f"({failed['error']}); the same command would start over and crash the same way: fix "
+                              "the cause (the error above), then train it again (--restart), then predict")
+        if failed:
+            raise GzpipeError(f"{d} is an unfinished run whose training crashed ({failed['error']}); fix the cause, "
+                              f"then {command} to resume it from its last checkpoint, then predict")
         raise GzpipeError(f"{d} is an unfinished run (it was stopped before it completed); {command} to finish it, "
                           "then predict")
     inside = finished_runs(d)
@@ -316,9 +344,14 @@ class TrainedBackbone:
         return float(self.config.get("crop") or DEFAULT_CROP)
 
     @property
-    def view(self) -> tuple[int, float]:
-        """(image size, crop): what an input must be made into for this model."""
-        return self.image_size, self.crop
+    def channels(self) -> int:
+        """Input channels: 3 (RGB), or 1 for a greyscale encoder."""
+        return int(self.config.get("channels") or 3)
+
+    @property
+    def view(self) -> tuple[int, float, int]:
+        """(image size, crop, channels): what an input must be made into for this model."""
+        return self.image_size, self.crop, self.channels
 
     def _input(self, x):
         import torch
@@ -359,7 +392,7 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
         except GzpipeError:
             raise GzpipeError(f"{d} holds a {cfg['backbone']!r} model, a backbone not registered in this gzpipe; "
                               f"register it (gzpipe.models.register) before loading") from None
-    model = create_model(cfg["backbone"], cfg["head"])
+    model = create_model(cfg["backbone"], cfg["head"], channels=int(cfg.get("channels") or 3))
     model.load_state_dict(state["model"])
     model.eval().to(dev)
     spec = BACKBONES[cfg["backbone"]]

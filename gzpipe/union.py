@@ -48,7 +48,8 @@ def read_catalogs(sources: list[CatalogSource], workers: int = 1) -> pd.DataFram
     tables = [read_catalog(s) for s in sources]
     infos = [{"path": str(s.catalog), "format": t.attrs["format"], "target_kind": t.attrs["target_kind"],
               "rows": len(t), "tasks_absent": list(t.attrs.get("tasks_absent", [])),
-              **({"empty_answers": t.attrs["empty_answers"]} if t.attrs.get("empty_answers") else {})}
+              **({"empty_answers": t.attrs["empty_answers"]} if t.attrs.get("empty_answers") else {}),
+              **({"other_campaigns": t.attrs["other_campaigns"]} if t.attrs.get("other_campaigns") else {})}
              for s, t in zip(sources, tables)]
     if len(tables) == 1:
         table = tables[0]

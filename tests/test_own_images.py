@@ -312,7 +312,7 @@ def test_predict_makes_deep_images_as_the_models_training_images_were(real_sampl
                                         backend="pil")).frame().set_index("id")
         assert np.abs(got.loc[test.index, list(schema.TARGET_NAMES)].to_numpy()
                       - test[list(schema.TARGET_NAMES)].to_numpy()).max() < 0.02  # JPEG's rounding in the shards
-    assert json.loads((tmp_path / "export/config.json").read_text())["input"]["stretch"] == "percentile"
+    assert json.loads((tmp_path / "export/config.json").read_text())["gzpipe"]["input"]["stretch"] == "percentile"
 
 
 def test_a_folder_of_fits_and_other_files_is_named_and_subfolders_are_said(tmp_path):

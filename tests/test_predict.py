@@ -55,7 +55,7 @@ def test_a_model_trained_at_a_closer_crop_is_fed_that_crop_everywhere(train_shar
     df = run_predict(run_dir, tars, tmp_path / "p.csv", workers=0).set_index("id")
     np.testing.assert_allclose(df.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
     exported = run_export(run_dir, tmp_path / "export")
-    assert json.loads((exported / "config.json").read_text())["input"]["eval_crop"] == 0.5
+    assert json.loads((exported / "config.json").read_text())["gzpipe"]["input"]["eval_crop"] == 0.5
     dfe = run_predict(exported, tars, tmp_path / "pe.csv", workers=0).set_index("id")
     np.testing.assert_allclose(dfe.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
     # an ensemble of the two: each member fed its own crop, so the mix is the weighted mix of both runs' predictions

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from gzpipe import schema
+from gzpipe.catalog.campaigns import CAMPAIGNS, campaigns_of, describe, others
 from gzpipe.catalog.formats import _from_hart16, _from_kaggle, _from_zoobot
 from gzpipe.catalog.table import (FORMATS, IMAGE_COLUMNS, MASK_COLUMNS, MASK_PREFIX, METADATA, RANGE_TOL,
                                   REACHED_KINDS, SUM_TOLERANCE, CatalogSource, check_fractions, read_csv, show)
@@ -64,6 +65,7 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
     if src.target is not None and src.target not in schema.TARGET_KINDS:
         raise CatalogError(f"unknown --target {src.target!r}; choose one of {', '.join(schema.TARGET_KINDS)}")
     header = read_header(src.catalog)
+    mixed = _check_campaigns(header, src)
     fmt = src.format if src.format != "auto" else detect_format(pd.DataFrame(columns=header), src.catalog)
     if src.format != "auto":
         _check_forced_format(fmt, header, src.catalog)
@@ -80,6 +82,9 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
         table = _from_hart16(df, src, kind)
     table.attrs.update(target_kind=kind, format=fmt)
     table.attrs["empty_answers"] = check_fractions(table, kind, src.sum_tolerance, table.attrs.get("tasks_absent", []))
+    _reject_unlabelled(table, mixed)
+    if mixed:
+        table.attrs["other_campaigns"] = mixed
     if fmt == "zoobot":
         return table
     if src.images is None:
@@ -88,6 +93,33 @@ def read_catalog(src: CatalogSource) -> pd.DataFrame:
     prefix = str(Path(src.images)) + os.sep  # string joins: a pathlib join per row costs seconds at 240k rows
     table.insert(1, "path", [prefix + i + ".jpg" if i else "" for i in table["id"]])
     return table
+
+
+def _check_campaigns(header: list[str], src: CatalogSource) -> dict[str, int]:
+    """A galaxy-datasets catalogue of another Galaxy Zoo campaign is refused naming it; one that mixes GZ2 with
+    others is read for its GZ2 columns (returns the others, for the rows that hold no GZ2 vote)."""
+    found = campaigns_of(header)
+    other = others(found)
+    if not other:
+        return {}
+    if CAMPAIGNS["gz2"] not in found:
+        raise CatalogError(f"{src.catalog} is a {describe(other)} catalogue in galaxy-datasets' column names, not a "
+                           "GZ2 one: gzpipe learns GZ2's decision tree (galaxy-datasets' -gz2 columns, Hart16's or "
+                           "Kaggle's), and the other campaigns ask other questions with other answers (DECaLS's bar "
+                           "is strong / weak / no, its bulge size has five answers); their votes are not read as "
+                           "GZ2's")
+    return other
+
+
+def _reject_unlabelled(table: pd.DataFrame, mixed: dict[str, int]) -> None:
+    """A row with no usable label for any of the 10 questions is rejected with the reason (never written as a train
+    galaxy whose every target is masked); in a catalogue that mixes campaigns, the reason names them."""
+    none = ~table[MASK_COLUMNS].to_numpy(bool).any(axis=1) & (table["reject"] == "").to_numpy()
+    if not none.any():
+        return
+    why = ("no GZ2 vote for any of the 10 questions" + (f": its votes are in this catalogue's other campaigns' "
+           f"columns ({', '.join(mixed)}), which gzpipe does not read as GZ2's" if mixed else ""))
+    table.loc[none, "reject"] = why
 
 
 def format_of(src: CatalogSource) -> str:

@@ -14,7 +14,9 @@ from gzpipe.errors import GzpipeError
 
 @app.command()
 def train(
-    backbone: str = typer.Option(..., metavar="NAME", help=f"One of {BACKBONE_NAMES}."),
+    backbone: Optional[str] = typer.Option(None, metavar="NAME", help=f"One of {BACKBONE_NAMES} [the "
+                                           "architecture --weights names: a Hugging Face folder's config.json, an "
+                                           "export, a run, a Zoobot checkpoint]."),
     shards: Path = typer.Option(..., metavar="DIR", help="Shard folder written by `gzpipe shard`."),
     out_dir: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder; the run goes to "
                                                                               "OUT/<backbone>/ [artifacts]."),
@@ -56,9 +58,15 @@ def train(
                                                            "block as the identity [on]."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     weights: Optional[Path] = typer.Option(None, metavar="PATH", help="Weights to start from (their classifier is "
-                                           "ignored): a torch state dict, a .safetensors file, a Hugging Face folder "
-                                           "(model.safetensors + config.json, e.g. a Zoobot encoder for "
-                                           "timm:convnext_nano) or a `gzpipe export` folder."),
+                                           "ignored), checked against the network before anything is written: a "
+                                           ".pth / .bin state dict, a .safetensors file, a Lightning .ckpt (Zoobot's "
+                                           "FinetuneableZoobotTree and ZoobotTree; read without running its code), a "
+                                           "Hugging Face folder (timm's save_for_hf, a Zoobot encoder, a hub cache "
+                                           "entry), a `gzpipe export` or a gzpipe run folder. A 1-channel encoder "
+                                           "(Zoobot's greyscale ones) trains on greyscale input."),
+    channels: Optional[int] = typer.Option(None, min=1, max=3, metavar="N", help="Input channels, 3 (RGB) or 1 "
+                                           "(greyscale: the luma of each picture; timm architectures only) [what "
+                                           "--weights was made for, else 3]."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained", help="Start from the published ImageNet "
                                               "weights, torchvision's or timm's own (needs internet)."),
     restart: bool = typer.Option(False, "--restart", help="Start over, ignoring existing checkpoints: the new run "
@@ -93,7 +101,7 @@ def train(
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
-                  ema_decay=ema_decay, zero_init_residual=zero_init_residual)
+                  ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels)
     run_train(cfg)
 
 

@@ -14,7 +14,8 @@ from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD
 
 @dataclass
 class Batch:
-    """images: N x 3 x H x W float32, channels-last, normalised, on the training device;
+    """images: N x C x H x W float32 (C = 3, or 1 for a greyscale encoder: ``to_grey``), channels-last, normalised,
+    on the training device;
     targets: N x 30 float32 (masked entries are 0); mask: N x 30 bool (True = valid target); ids: N strings;
     errors: None, or N strings (empty, or why that sample could not be decoded: its image is black) - only for
     inputs that are not shards (`predict`'s files), where one bad file must not stop the rest."""
@@ -87,3 +88,19 @@ class _Buffers:
 
 _LUT = _lut()
 _OUTPUTS = _Buffers()
+
+
+# Greyscale: ITU-R 601 luma of the RGB picture (what Pillow's "L" is), normalised with the same weights' share of
+# ImageNet's mean and std, so that a grey image normalises as its RGB copy would on average.
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+GREY_MEAN = sum(w * m for w, m in zip(GREY_WEIGHTS, IMAGENET_MEAN))
+GREY_STD = sum(w * s for w, s in zip(GREY_WEIGHTS, IMAGENET_STD))
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """A normalised N x 3 x H x W batch -> the normalised N x 1 x H x W greyscale batch (for 1-channel encoders such
+    as Zoobot's greyscale ones). Linear in the normalised values: one weighted sum, no un-normalising pass (the
+    offsets cancel, since GREY_MEAN is the weighted mean)."""
+    a = torch.tensor([w * s / GREY_STD for w, s in zip(GREY_WEIGHTS, IMAGENET_STD)], dtype=images.dtype)
+    grey = (images * a.to(images.device, non_blocking=True).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    return grey.contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import torch
 
 from gzpipe.errors import GzpipeError
-from gzpipe.loaders.contract import Batch
+from gzpipe.loaders.contract import Batch, to_grey
 from gzpipe.loaders.presets import DEFAULT_CROP, check_crop
 from gzpipe.loaders.registry import BACKENDS, resolve_backend
 from gzpipe.loaders.shards import SplitShards, dist_rank_world, split_shards
@@ -21,9 +21,9 @@ class Loader:
     """One split's batches. ``for batch in loader`` runs one epoch; ``set_epoch`` changes the shuffle."""
 
     def __init__(self, backend: str, shards: SplitShards, batch_size: int, train: bool, world: int,
-                 batches: Callable[[int], Iterator[Batch]]):
+                 batches: Callable[[int], Iterator[Batch]], channels: int = 3):
         self.backend, self.shards, self.batch_size, self.train = backend, shards, batch_size, train
-        self._world, self._batches, self.epoch = world, batches, 0
+        self._world, self._batches, self.epoch, self.channels = world, batches, 0, channels
 
     @property
     def samples(self) -> int:
@@ -42,7 +42,10 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         try:
-            yield from self._batches(self.epoch)
+            for b in self._batches(self.epoch):
+                if self.channels == 1:  # every backend delivers RGB; a greyscale encoder gets one channel
+                    b.images = to_grey(b.images)
+                yield b
         except GzpipeError:
             raise
         except Exception as e:  # a worker's GzpipeError arrives re-wrapped by the DataLoader: unwrap its message
@@ -56,10 +59,11 @@ class Loader:
 def create_loader(shards: str | Path, split: str, backend: str = "auto", image_size: int = 224, batch_size: int = 64,
                   train: bool = False, *, device: str | torch.device | None = None, workers: int = 2, seed: int = 42,
                   shuffle_buffer: int = 1000, rank: int | None = None, world_size: int | None = None,
-                  crop: float = DEFAULT_CROP) -> Loader:
+                  crop: float = DEFAULT_CROP, channels: int = 3) -> Loader:
     """Build a loader over ``split`` of the shard folder ``shards`` (see the module docstring); ``shards`` may also
     be a ``SplitShards`` already chosen (a subset of a split's shards). ``crop``: the share of the image side the
-    model sees (``gzpipe.loaders.presets.preset_for``)."""
+    model sees (``gzpipe.loaders.presets.preset_for``); ``channels``: 3 (RGB) or 1 (greyscale: ``to_grey``)."""
+    _check_channels(channels)
     if image_size < 8:
         raise GzpipeError(f"image_size must be at least 8, got {image_size}")
     if batch_size < 1:
@@ -81,8 +85,13 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
         kwargs["world"] = world
     batches = module.build(mine, **kwargs)
     loader = Loader(name, mine if not spec.reads_shards_itself else all_shards, batch_size, train,
-                    world if spec.reads_shards_itself else 1, batches)
+                    world if spec.reads_shards_itself else 1, batches, channels)
     return loader
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise GzpipeError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
 
 
 @dataclass(frozen=True)
@@ -95,15 +104,16 @@ class Units:
 
 def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 224, batch_size: int = 64, *,
                        device: str | torch.device | None = None, workers: int = 2,
-                       crop: float = DEFAULT_CROP) -> Loader:
+                       crop: float = DEFAULT_CROP, channels: int = 3) -> Loader:
     """An eval-mode loader over ``units`` (e.g. `predict`'s chunks of image files), in their order, through the
     same backends (and so the same decoding, reduction and warp) as the shard loaders."""
     from gzpipe.device import resolve_device
 
     check_crop(crop)
+    _check_channels(channels)
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     name = resolve_backend(backend, dev, units=True)
     module = importlib.import_module(BACKENDS[name].module)
     batches = module.build(units, image_size=image_size, batch_size=batch_size, train=False, device=dev,
                            workers=workers, seed=0, rank=0, shuffle_buffer=1, crop=crop)
-    return Loader(name, units, batch_size, False, 1, batches)
+    return Loader(name, units, batch_size, False, 1, batches, channels)

@@ -14,11 +14,12 @@ from gzpipe.models.registry import BACKBONES, BackboneSpec, resolve_name
 
 class GZModel(nn.Module):
     """Backbone (classifier removed) + a 30-output head. ``forward`` gives predictions in [0, 1];
-    ``features`` the penultimate features that the boosting stage uses."""
+    ``features`` the penultimate features that the boosting stage uses. ``channels``: the input channels (3, or 1
+    for a greyscale encoder)."""
 
-    def __init__(self, backbone: nn.Module, head: GZHead, spec: BackboneSpec):
+    def __init__(self, backbone: nn.Module, head: GZHead, spec: BackboneSpec, channels: int = 3):
         super().__init__()
-        self.backbone, self.head, self.spec = backbone, head, spec
+        self.backbone, self.head, self.spec, self.channels = backbone, head, spec, channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -38,14 +39,23 @@ def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, last, new)
 
 
-def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+CHANNELS = (1, 3)
+
+
+def _build(spec: BackboneSpec, pretrained: bool, channels: int = 3) -> nn.Module:
+    if channels not in CHANNELS:
+        raise GzpipeError(f"input channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+    if channels != 3 and not spec.takes_channels:
+        raise GzpipeError(f"{spec.name} is built for RGB (3-channel) images; a 1-channel (greyscale) encoder needs "
+                          "a timm architecture (--backbone timm:NAME, e.g. Zoobot's greyscale convnext_nano)")
     if spec.build is not None:
+        kw = {"channels": channels} if spec.takes_channels else {}
         if not pretrained:
-            return spec.build()
+            return spec.build(**kw)
         if spec.pretrained_build is None:
             raise GzpipeError(f"backbone {spec.name} has no published pretrained weights; use --weights PATH")
         try:
-            return spec.pretrained_build()
+            return spec.pretrained_build(**kw)
         except GzpipeError:
             raise
         except Exception as e:  # noqa: BLE001 - timm's hub: no network, no such weights, ...
@@ -65,8 +75,16 @@ def _build(spec: BackboneSpec, pretrained: bool) -> nn.Module:
         ) from None
 
 
+def build_backbone(spec: BackboneSpec, pretrained: bool = False, channels: int = 3) -> nn.Module:
+    """The network of ``spec`` with its classifier removed (it returns the penultimate features)."""
+    backbone = _build(spec, pretrained, channels)
+    if spec.removes_classifier:
+        _set_module(backbone, spec.classifier, nn.Identity())
+    return backbone
+
+
 def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = None,
-                 pretrained: bool = False, zero_init_residual: bool = False) -> GZModel:
+                 pretrained: bool = False, zero_init_residual: bool = False, channels: int = 3) -> GZModel:
     """``zero_init_residual`` (from random initialisation only: weights that are loaded are left as they are) zeroes
     the scale of the norm layer that ends each residual branch (``BackboneSpec.residual_norms``), so every block
     starts as the identity and the network as a shallow one (Goyal et al. 2017, torchvision's option of the same
@@ -77,14 +95,12 @@ def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = 
         raise GzpipeError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if weights is not None and pretrained:
         raise GzpipeError("give either --weights PATH or --pretrained, not both")
-    backbone = _build(spec, pretrained)
+    backbone = build_backbone(spec, pretrained, channels)
     if weights is not None:
         load_backbone_weights(backbone, spec, Path(weights))
     elif zero_init_residual and not pretrained:
         zero_residual_branches(backbone, spec)
-    if spec.removes_classifier:
-        _set_module(backbone, spec.classifier, nn.Identity())
-    return GZModel(backbone, HEADS[head](spec.features), spec)
+    return GZModel(backbone, HEADS[head](spec.features), spec, channels)
 
 
 def zero_residual_branches(backbone: nn.Module, spec: BackboneSpec) -> int:
@@ -113,22 +129,10 @@ _PARAMS: dict[str, int] = {}
 
 
 def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, path: Path) -> None:
-    """Load a local state dict of the backbone (its classification head is left out): a torch file, a
-    ``.safetensors`` file, a Hugging Face folder or a `gzpipe export` folder (``gzpipe.models.weights``)."""
-    from gzpipe.models.weights import read_weights
+    """Load what ``--weights`` names into ``backbone`` (its classifier already removed): a file, a Hugging Face
+    folder, a Lightning checkpoint, a gzpipe export or run (``gzpipe.models.weights``); anything that does not fit
+    is one error naming the keys."""
+    from gzpipe.models.weights import for_backbone, locate
 
-    state = read_weights(path, spec)
-    target = spec.weights_architecture or spec.torchvision_name or spec.name
-    head_prefix = spec.classifier + "."
-    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even when strict=False
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise GzpipeError(f"--weights {path} does not fit {target}: {first}") from None
-    missing = [k for k in missing if not k.startswith(head_prefix)]
-    if missing or unexpected:
-        raise GzpipeError(
-            f"--weights {path} does not fit {target}: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+    state = for_backbone(locate(path), backbone.state_dict(), spec)
+    backbone.load_state_dict(state, strict=True)

@@ -32,6 +32,8 @@ class BackboneSpec:
     removes_classifier: bool = True  # False: ``build`` returns the network without its classifier already (timm)
     weights_architecture: str | None = None  # the name a weights folder's config.json gives (timm's architecture)
     on_demand: bool = False  # registered when first named (timm:NAME): not one of the study's default backbones
+    takes_channels: bool = False  # ``build(channels=N)`` makes it for N-channel input (timm's in_chans)
+    fixed_size: int | None = None  # the one input size it takes (a ViT's position table), else any
 
     def channels_last(self, device_type: str) -> bool:
         return self.channels_last_cuda if device_type == "cuda" else self.channels_last_cpu

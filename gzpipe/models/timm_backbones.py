@@ -54,11 +54,34 @@ def register_timm(name: str):
             probe = timm.create_model(arch, pretrained=False, num_classes=0)
     except Exception:  # noqa: BLE001 - an architecture that cannot be built on the meta device: build it for real
         probe = timm.create_model(arch, pretrained=False, num_classes=0)
-    width = int(probe.num_features)
-    classifier = (getattr(probe, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    width = pooled_width(probe)
+    cfg = getattr(probe, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier") or "head"
     spec = BackboneSpec(
         PREFIX + arch, None, classifier, width,
-        build=lambda: timm.create_model(arch, pretrained=False, num_classes=0),
-        pretrained_build=lambda: timm.create_model(arch, pretrained=True, num_classes=0),
-        removes_classifier=False, weights_architecture=arch, on_demand=True)
+        build=lambda channels=3: timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels),
+        pretrained_build=lambda channels=3: timm.create_model(arch, pretrained=True, num_classes=0, in_chans=channels),
+        removes_classifier=False, weights_architecture=arch, on_demand=True, takes_channels=True,
+        fixed_size=_fixed_size(cfg))
     return register(spec)
+
+
+def pooled_width(model) -> int:
+    """The width of what the network returns with ``num_classes=0``: one forward pass on the meta device (no memory,
+    no arithmetic). ``num_features`` is not always it: mobilenetv3's pooled features go through a 1x1 conv to
+    ``head_hidden_size`` (1,024 for mobilenetv3_small_050, whose num_features is 288)."""
+    import torch
+
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))
+    try:
+        with torch.device("meta"):
+            out = model.to("meta")(torch.zeros((1, *size), device="meta"))
+        return int(out.shape[-1])
+    except Exception:  # noqa: BLE001 - an op without a meta kernel: what timm says the pooled width is
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _fixed_size(cfg: dict) -> int | None:
+    """The one input size a network takes (ViTs and Swins with absolute position tables), else None."""
+    size = cfg.get("input_size")
+    return int(size[-1]) if cfg.get("fixed_input_size") and size else None

@@ -76,7 +76,12 @@ def opencv_deep(data: bytes) -> np.ndarray | None:
     multi-band TIFFs Pillow cannot open), as H x W x C in RGB order; None otherwise."""
     import cv2
 
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if len(data) < 8:
+        return None
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
     if arr is None or arr.dtype == np.uint8:
         return None
     if arr.ndim == 2:

@@ -143,16 +143,16 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     errors: list[str] = []
     first = True
     for view in predictor.views:
-        size, crop = view
+        size, crop, channels = view
         if part.kind == "files":
             loader = create_unit_loader(Units(part.chunks(predictor.stretch), part.rows), cfg.backend, size,
                                         cfg.batch_size,
                                         device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
-                                        crop=crop)
+                                        crop=crop, channels=channels)
         else:
             loader = create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
                                    device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
-                                   rank=0, world_size=1, crop=crop)
+                                   rank=0, world_size=1, crop=crop, channels=channels)
         if acc is None:
             acc = np.zeros((part.rows, schema.N_TARGETS))
             errors = [""] * part.rows

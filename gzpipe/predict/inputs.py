@@ -35,7 +35,8 @@ JOINED_ID_COLUMNS = ("asset_id", "GalaxyID")  # ids that name their image file, 
 @dataclass(frozen=True)
 class Item:
     id: str
-    path: str  # a file, or "<tar>::<member>"
+    path: str  # a file, or "<tar>::<member>", or "<catalogue>[row N]" for an image the catalogue carries
+    data: bytes | None = field(default=None, compare=False, repr=False)  # that image's bytes
 
 
 @dataclass
@@ -96,6 +97,9 @@ def catalog_items(path: Path, images: Path | None = None, id_column: str | None 
     df = read_table(path, dtype=str)
     cols = [str(c) for c in df.columns]
     idc = _pick(cols, CATALOG_ID_COLUMNS, id_column, "id", path)
+    carried = _carried_images(path, cols, path_column)
+    if carried is not None:  # a Hugging Face / galaxy-datasets parquet with the images themselves, as shard reads it
+        return [Item(str(gid), f"{path}[row {i}]", data or b"") for i, (gid, data) in enumerate(zip(df[idc], carried))]
     base = Path(images) if images else Path(path).parent
     if path_column is None and idc in JOINED_ID_COLUMNS and not any(c in cols for c in CATALOG_PATH_COLUMNS):
         from gzpipe.shard.images import locate
@@ -113,6 +117,25 @@ def catalog_items(path: Path, images: Path | None = None, id_column: str | None 
     return out
 
 
+def _carried_images(path: Path, cols: list[str], path_column: str | None) -> list[bytes] | None:
+    """The images a parquet catalogue carries in an image column (Hugging Face's ``Image`` feature, ``{bytes,
+    path}``, or plain bytes: ``gzpipe.catalog.IMAGE_COLUMNS``), or None when it names files instead."""
+    from gzpipe.catalog import IMAGE_COLUMNS
+
+    col = path_column if path_column in IMAGE_COLUMNS else next((c for c in IMAGE_COLUMNS if c in cols), None)
+    if col is None or Path(path).suffix.lower() != ".parquet":
+        return None
+    import pandas as pd
+
+    from gzpipe.catalog.formats import _image_bytes
+    from gzpipe.fileio import local_path
+
+    values = pd.read_parquet(local_path(path), columns=[col])[col]
+    if not any(isinstance(v, (dict, bytes, bytearray, memoryview)) for v in values.head(8)):
+        return None  # a column of file names after all
+    return [_image_bytes(v) for v in values]
+
+
 def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_column: str | None = None,
                    path_column: str | None = None) -> Inputs:
     found = Inputs()
@@ -120,7 +143,7 @@ def collect_inputs(inputs: list[str | Path], images: Path | None = None, id_colu
     subfolders: list[Path] = []
 
     def add(it: Item) -> None:
-        key = it.path if "::" in it.path or not it.path else str(Path(it.path).resolve())
+        key = it.path if "::" in it.path or not it.path or it.data is not None else str(Path(it.path).resolve())
         if it.path and key in seen:
             found.duplicates += 1
             return

@@ -33,8 +33,8 @@ class Predictor:
     inputs: dict = field(default_factory=dict)  # for the output's provenance
 
     @property
-    def views(self) -> list[tuple[int, float]]:
-        """The (image size, crop) pairs its backbones were trained at: each input is made into every one of them."""
+    def views(self) -> list[tuple[int, float, int]]:
+        """The (image size, crop, channels) its backbones were trained at: each input is made into every one."""
         return sorted({b.view for b in self.backbones.values()})
 
     @property
@@ -96,10 +96,10 @@ class Predictor:
         learned = set().union(*map(set, known)) if known else set()
         return [t for t in schema.TASK_SLICES if t not in learned]
 
-    def members_at(self, view: tuple[int, float]) -> list[Member]:
+    def members_at(self, view: tuple[int, float, int]) -> list[Member]:
         return [m for m in self.members if self.backbones[m.backbone].view == view]
 
-    def predict(self, images: torch.Tensor, view: tuple[int, float], tta: int = 1,
+    def predict(self, images: torch.Tensor, view: tuple[int, float, int], tta: int = 1,
                 tta_kind: str = "dihedral", ids=None) -> np.ndarray:
         """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
         normalised batch made at that view, averaged over ``tta`` views (features averaged over views for

@@ -56,9 +56,13 @@ class FileChunk:
         s = {"key": str(pos), "id": str(pos), "name": name, "targets": _ZEROS, "mask": _NONE, "tolerant": True,
              "shard": name}
         try:
-            if not it.path:
+            if it.data is not None:  # the catalogue carries the image itself
+                if not it.data:
+                    raise ImageRejected("no image bytes in the catalogue's image column for this id", "no_path")
+                data = it.data
+            elif not it.path:
                 raise ImageRejected("no image path given for this id in the catalogue", "no_path")
-            if "::" in it.path:
+            elif "::" in it.path:
                 tar, member = it.path.split("::", 1)
                 if tar not in tars:
                     tars[tar] = tarfile.open(tar)

@@ -103,6 +103,10 @@ def _say_absent(table: pd.DataFrame) -> None:
     for line in disagreement_lines(table.attrs.get("duplicate_labels", [])):
         rerun.say(line)
     for c in table.attrs.get("catalogs", []):
+        if c.get("other_campaigns"):
+            rerun.say(f"note: {Path(c['path']).name} mixes Galaxy Zoo campaigns: gzpipe reads its GZ2 columns and "
+                      f"not the others' ({', '.join(c['other_campaigns'])}: other questions and answers); a row with no "
+                      "GZ2 vote is rejected as no_labels, never written as a galaxy with every target masked")
         if c.get("empty_answers"):
             e = c["empty_answers"]
             rerun.say(f"note: {Path(c['path']).name}: {sum(e.values())} question(s) of its galaxies have an answer left "
@@ -214,6 +218,10 @@ def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
                 "without --images)?")
     if top == "out_of_range":
         return "; are the fractions given in percent? gzpipe expects 0 to 1"
+    if top == "no_labels":
+        n = by_reason["no_labels"]
+        return (f"; {n} rows hold no GZ2 vote (in a catalogue that mixes campaigns, their votes are another "
+                f"campaign's): to shard the GZ2 rows alone, give --max-rejected above their share")
     if top == "not_fractions":
         return (f"; are these the vote fractions of each question (--target picks Hart16's column family; debiased "
                 f"ones need not sum to 1)? --sum-tolerance {cfg.sum_tolerance:g} sets how far from 1 a sum may be")
@@ -262,7 +270,7 @@ def _row_rejections(table: pd.DataFrame, keep: np.ndarray, keys: np.ndarray) -> 
     for i in np.flatnonzero(has_reason):
         reason = reasons[i]
         code = ("no_mapping" if "mapping" in reason else "out_of_range" if "outside" in reason or "exceeds" in reason
-                else "not_fractions" if "sum to" in reason else "bad_row")
+                else "not_fractions" if "sum to" in reason else "no_labels" if "no GZ2 vote" in reason else "bad_row")
         out.append(Rejection(int(i), ids[i], reason, code))
     for i in candidates[dup]:
         out.append(Rejection(int(i), ids[i], f"duplicate id {ids[i]!r} (first seen on catalogue row "

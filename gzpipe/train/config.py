@@ -34,9 +34,9 @@ LOSSES = ("l1", "mse", "bce", "cumulative")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
                "crop", "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
-               "zero_init_residual")
+               "zero_init_residual", "channels")
 # What a key missing from an older run's saved config meant when that run was trained (before the key existed).
-SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP}
+SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
@@ -68,6 +68,7 @@ class TrainConfig:
     loss: str = "l1"
     weights: str | None = None
     pretrained: bool = False
+    channels: int | None = None  # input channels: 3 (RGB) or 1 (greyscale); None: what --weights was made for, else 3
     mode: str = "resume"
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None
@@ -110,18 +111,63 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def resolve(backbone: str, shards: str, config_file: str | Path | None = None, check_paths: bool = True,
+def resolve(backbone: str | None, shards: str, config_file: str | Path | None = None, check_paths: bool = True,
             **flags) -> TrainConfig:
-    """Defaults < config file (JSON object of the same keys) < explicit flags (None = not given)."""
-    name = resolve_name(backbone)
+    """Defaults < config file (JSON object of the same keys) < explicit flags (None = not given). ``backbone`` may
+    be None when the weights name their architecture (a Hugging Face folder, an export, a run, Zoobot's
+    checkpoints); the input channels default to what the weights were made for."""
     chosen: dict = read_config_file(config_file) if config_file is not None else {}
     chosen.update({k: v for k, v in flags.items() if v is not None and k not in ("out", "mode")})
+    source = _weights_source(chosen.get("weights"), check_paths)
+    name = _backbone_of(backbone, source)
+    if source is not None and chosen.get("channels") is None:
+        from gzpipe.models.weights import channels_of
+
+        channels = source.channels or channels_of(source, BACKBONES[name])
+        if channels and channels != 3:
+            chosen["channels"] = channels
     values = {**defaults_for(name, from_weights=bool(chosen.get("weights") or chosen.get("pretrained"))), **chosen}
     where = f"config file {config_file}" if config_file is not None else "train options"
     cfg = from_mapping(TrainConfig, values, where, exclude=NOT_USER_KEYS, backbone=name, shards=str(shards),
                        **{k: flags[k] for k in ("out", "mode") if flags.get(k) is not None})
     validate(cfg, check_paths)
+    if source is not None and check_paths:  # the weights fit the network, before a single file is written
+        from gzpipe.models.weights import check
+
+        check(source, BACKBONES[cfg.backbone], cfg.channels or 3)
     return cfg
+
+
+def _weights_source(weights, check_paths: bool):
+    if not weights or not check_paths:
+        return None
+    from gzpipe.models.weights import locate
+
+    return locate(weights)
+
+
+def _backbone_of(backbone: str | None, source) -> str:
+    """``--backbone``, or the architecture the weights name; both given, they must agree."""
+    named = source.architecture if source is not None else None
+    if backbone is None:
+        if named is None:
+            raise GzpipeError("--backbone is needed" + (f": --weights {source.given} does not name its architecture"
+                                                        if source is not None else ""))
+        return resolve_name(named)
+    name = resolve_name(backbone)
+    if named is not None and not _same_network(name, named):
+        raise GzpipeError(f"--weights {source.given} holds a {named} ({source.describe()}), not {name}; leave "
+                          f"--backbone out to train the weights' own architecture")
+    return name
+
+
+def _same_network(name: str, named: str) -> bool:
+    """Whether a backbone takes the weights of the architecture a source names: the same name, or the same network
+    under timm's and torchvision's names (timm's resnet50 keys are torchvision's)."""
+    from gzpipe.models.timm_backbones import architecture
+
+    spec = BACKBONES[name]
+    return name == named or architecture(named) in {spec.weights_architecture, spec.torchvision_name, spec.name}
 
 
 def warn_short_run(cfg: TrainConfig) -> None:
@@ -182,6 +228,15 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     check_backend_name(cfg.backend)
     if cfg.weights and cfg.pretrained:
         bad("give either --weights PATH or --pretrained, not both")
+    if cfg.channels is not None and cfg.channels not in (1, 3):
+        bad(f"channels must be 1 (greyscale) or 3 (RGB), got {cfg.channels}")
+    spec = BACKBONES[cfg.backbone]
+    if cfg.channels == 1 and not spec.takes_channels:
+        bad(f"{cfg.backbone} is built for RGB images; a 1-channel (greyscale) input needs a timm architecture "
+            "(--backbone timm:NAME)")
+    if spec.fixed_size and cfg.image_size != spec.fixed_size:
+        bad(f"{cfg.backbone} takes {spec.fixed_size} px images only (its position table is fixed); give --image-size "
+            f"{spec.fixed_size}, or a convolutional architecture for other sizes")
     if not check_paths:
         return
     check_out_folder(cfg.out)

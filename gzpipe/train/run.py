@@ -72,6 +72,12 @@ def run_train(cfg: TrainConfig, restart_hint: str = "--restart") -> dict | None:
     try:
         with handling_stops():
             return _run(cfg, d, restart_hint)
+    except Exception as e:  # a crash (not a stop, not a refused option): the run folder says so, for predict and a retry
+        folder = staging_dir(cfg.run_dir) if cfg.mode == "restart" else cfg.run_dir
+        if d.main and not isinstance(e, GzpipeError) and (folder / runs.CONFIG).exists() \
+                and not runs.is_complete(folder, runs.BACKBONE):
+            runs.record_failure(folder, e)
+        raise
     finally:
         ddp.cleanup(d)
 
@@ -103,17 +109,21 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     # Everything that can refuse an option (the --weights file, the backend on this device, the batch against the
     # data) runs before any file of an existing run is touched.
     seed_everything(cfg.seed)
+    channels = cfg.channels or 3
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
-                         zero_init_residual=cfg.zero_init_residual)
+                         zero_init_residual=cfg.zero_init_residual, channels=channels)
+    # what the run is built from, digested now: a weights folder's files too (a link into a hub cache is read through)
+    inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **_weights_inputs(cfg.weights)},
+                               final)
     net = LogitsModel(model).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     train_loader = create_loader(cfg.shards, "train", cfg.backend, cfg.image_size, cfg.batch_size, train=True,
                                  device=device, workers=cfg.workers, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                                 rank=d.rank, world_size=d.world, crop=cfg.crop)
+                                 rank=d.rank, world_size=d.world, crop=cfg.crop, channels=channels)
     val_loader = create_loader(cfg.shards, "val", cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
-                               world_size=d.world, crop=cfg.crop)
+                               world_size=d.world, crop=cfg.crop, channels=channels)
     steps = ddp.min_int(d, len(train_loader))
     if steps == 0:
         raise GzpipeError(f"the train split has {train_loader.samples} samples per rank, fewer than --batch-size "
@@ -172,9 +182,13 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if d.main:
         _log(d, _settings_line(cfg, train_loader, device, d.world))
+        failed = runs.failure_of(run_dir)
+        if failed:
+            _log(d, f"{cfg.backbone}: note: its last attempt crashed ({failed['error']})"
+                    + ("" if failed.get("checkpoint") else " before its first checkpoint") + "; trying again")
+            (run_dir / runs.FAILED).unlink(missing_ok=True)
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
-        inputs = {runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **({"weights": cfg.weights} if cfg.weights else {})}
-        runs.record_inputs(run_dir, inputs)
+        write_json(run_dir / runs.INPUTS, inputs)
 
     def full_state(es_now: EpochState) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
@@ -338,6 +352,19 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
     return recorded
 
 
+def _weights_inputs(weights: str | None) -> dict:
+    """The files ``--weights`` is read from, each with its own label (``weights``, or ``weights:NAME`` for a
+    folder's): their digests make a retrained source visible."""
+    if not weights:
+        return {}
+    from gzpipe.models.weights import locate
+
+    w = locate(weights)
+    if len(w.files) == 1 and w.files[0] == w.given:
+        return {"weights": w.given}
+    return {f"weights:{f.name}": f for f in w.files}
+
+
 def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir: Path) -> dict:
     t = runs.load_trained(run_dir, device, amp=cfg.amp)
     net = LogitsModel(t.model)
@@ -345,7 +372,7 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir:
     for split in runs.EVAL_SPLITS:
         loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
-                               world_size=d.world, crop=t.crop)
+                               world_size=d.world, crop=t.crop, channels=t.channels)
         results[split] = evaluate(net, loader, device, cfg.amp, saved_value(t.config, "loss"), ddp.gather_eval(d),
                                   tta=cfg.tta, tta_kind=cfg.tta_kind)
         if results[split] is None:
