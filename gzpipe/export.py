@@ -24,6 +24,8 @@ is written beside the old and swapped in whole.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 from pathlib import Path
 
@@ -54,10 +56,11 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
 
     model, out = Path(model), Path(out)
     kind = runs.model_kind(model)
-    if kind != runs.BACKBONE:
-        raise GzpipeError(f"{model} is a {kind}; `gzpipe export` writes a backbone (a network with its head): export "
-                          "its backbone, or predict with the run folder itself")
+    if kind == runs.EXPORT:
+        raise GzpipeError(f"{model} is an export already; copy the folder to share it")
     check_out_folder(out, what="the export folder")
+    if kind != runs.BACKBONE:
+        return _export_composite(model, kind, out, force)
     best = runs.best_checkpoint(model)
     digest = runs.digest(best)
     finish_swap(out)
@@ -124,6 +127,94 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
               f"{settings['metrics'].get('test', {}).get('mae', float('nan')):.4f}) -> {out}"
               + ("" if arch else f" (torchvision's {spec.torchvision_name}: timm has no network with its key names)"))
     return out
+
+
+BACKBONES_DIR, BOOSTERS_DIR = "backbones", "boosters"
+
+
+def _folder_name(run: str) -> str:
+    """A member run's name as a folder name on every file system (``timm:resnet18`` -> ``timm__resnet18``)."""
+    return run.replace(":", "__")
+
+
+def _export_composite(model: Path, kind: str, out: Path, force: bool) -> Path:
+    """A booster or an ensemble as one self-contained folder: each backbone it reads exported once
+    (``backbones/<name>/``, the layout above), each booster's files (``boosters/<name>/``: its engine's model files,
+    its PCA reduction, its config and metrics), the ensemble's weights, a config.json and a model card; `predict`
+    and ``gzpipe.load_model`` read it with the predictions of the run folder itself."""
+    import hashlib
+    import json
+    import shutil
+
+    from gzpipe.predict.model import members_of
+
+    root = model.parent
+    members = members_of(model, kind)
+    backbones = sorted({m["backbone"] for m in members.values()})
+    for b in backbones:
+        if not runs.is_complete(root / b, runs.BACKBONE):
+            raise GzpipeError(f"{model.name} reads the backbone {b}, which is not a finished run at {root / b}")
+    sources = {b: runs.digest(runs.best_checkpoint(root / b)) for b in backbones}
+    sources.update({n: runs.digest(root / n / runs.METRICS) for n, m in members.items() if m["kind"] == runs.BOOSTER})
+    if kind == runs.ENSEMBLE:
+        sources[model.name] = runs.digest(model / runs.WEIGHTS)
+    digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
+    finish_swap(out)
+    have = export_settings(read_folder_config(out)) if out.is_dir() else None
+    if out.is_dir() and any(out.iterdir()) and have is None:
+        raise GzpipeError(f"--out {out} holds other files; give a new or empty folder for the export")
+    if have is not None and not force:
+        diff = [] if have.get("source", {}).get("digest") == digest else [
+            f"model {have.get('source', {}).get('run', '?')} -> {model}"]
+        rerun.say(rerun.finished_line("export", out, diff, "--force"))
+        return out
+    metrics = runs.read_json(model, runs.METRICS)
+    for name, m in members.items():
+        m["folder"] = f"{BACKBONES_DIR if m['kind'] == runs.BACKBONE else BOOSTERS_DIR}/{_folder_name(name)}"
+    settings = {
+        "format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, "gzpipe_version": __version__, "kind": kind,
+        "name": model.name, "members": members, "backbones": {b: f"{BACKBONES_DIR}/{_folder_name(b)}" for b in backbones},
+        "tasks_trained": metrics.get("tasks_trained") or list(schema.TASK_SLICES),
+        "metrics_cover": runs.metrics_cover(metrics.get("tasks_trained")),
+        "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies")
+                            if k in metrics.get(split, {})} for split in runs.EVAL_SPLITS if split in metrics},
+        "source": {"run": str(model.resolve()), "digest": digest},
+    }
+    with rebuilt(out) as staged:
+        staged.mkdir(parents=True, exist_ok=True)
+        for b in backbones:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run_export(root / b, staged / settings["backbones"][b])
+        for name, m in members.items():
+            if m["kind"] == runs.BOOSTER:  # the engine's own files; not its predictions or its input records
+                shutil.copytree(root / name, staged / m["folder"],
+                                ignore=shutil.ignore_patterns("*_predictions.parquet", runs.INPUTS, ".*"))
+        if kind == runs.ENSEMBLE:
+            shutil.copy2(model / runs.WEIGHTS, staged / runs.WEIGHTS)
+        write_json(staged / "config.json", {"gzpipe": settings})
+        with atomic_open(staged / "README.md", "w") as f:
+            f.write(_composite_card(settings))
+    rerun.say(f"export: {model.name} ({kind}: {len(members)} member(s), {len(backbones)} backbone(s), test MAE "
+              f"{settings['metrics'].get('test', {}).get('mae', float('nan')):.4f}) -> {out}")
+    return out
+
+
+def _composite_card(settings: dict) -> str:
+    m = settings["metrics"]
+    rows = [f"| {s} | {v.get('galaxies', '?')} | {v.get('mae', float('nan')):.4f} | {v.get('rmse', float('nan')):.4f} "
+            f"| {v.get('accuracy', float('nan')):.4f} |" for s, v in m.items()]
+    members = [f"- `{n}` ({v['kind']}{', on ' + v['backbone'] if v['kind'] != runs.BACKBONE else ''}): `{v['folder']}`"
+               for n, v in settings["members"].items()]
+    return "\n".join([
+        f"# {settings['name']}: a gzpipe {settings['kind']} for Galaxy Zoo 2 morphology (gzpipe "
+        f"{settings['gzpipe_version']})", "",
+        f"Regresses the GZ2 vote fractions ({settings['metrics_cover']}).", "",
+        "## Members", "", *members, "",
+        "Each backbone folder is a `gzpipe export` of its own (timm reads its encoder where it is a timm network).", "",
+        "## Metrics (the test split of its study)", "", "| split | galaxies | MAE | RMSE | accuracy |",
+        "|---|---|---|---|---|", *rows, "",
+        "## Use", "", "```bash", "gzpipe predict --model THIS_FOLDER images/ --out predictions.csv", "```", "",
+        "```python", "import gzpipe", "df = gzpipe.load_model('THIS_FOLDER').predict(['galaxy.jpg'])", "```", ""])
 
 
 def _save_for_timm(arch: str, encoder: dict, channels: int, settings: dict, folder: Path) -> None:
@@ -233,4 +324,7 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
 
 def is_export(folder: str | Path) -> bool:
     d = Path(folder)
-    return d.is_dir() and (d / MODEL_FILE).exists() and export_settings(read_folder_config(d)) is not None
+    if not d.is_dir():
+        return False
+    settings = export_settings(read_folder_config(d))
+    return settings is not None and ((d / MODEL_FILE).exists() or settings.get("kind") in (runs.BOOSTER, runs.ENSEMBLE))

@@ -69,8 +69,22 @@ ALL_TASKS: tuple[Task, ...] = (
 #: The 10 tasks gzpipe predicts (t08 excluded, as in Zoobot's GZ2 schema).
 TASKS: tuple[Task, ...] = tuple(t for t in ALL_TASKS if t.name != "t08_odd_feature")
 
+class Names(list):
+    """A fixed list of column names: a list, so that ``df[schema.TARGET_NAMES]`` selects the columns (pandas reads
+    a tuple as one key), that refuses to be changed (it is the schema)."""
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError("gzpipe's schema names are fixed; copy them (list(...)) to change a copy")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = __setitem__ = __delitem__ = _fixed
+    __iadd__ = __imul__ = _fixed
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+
 #: The 30 target names in Hart16 order.
-TARGET_NAMES: tuple[str, ...] = tuple(c for t in TASKS for c in t.columns)
+TARGET_NAMES: Names = Names(c for t in TASKS for c in t.columns)
 N_TARGETS = len(TARGET_NAMES)
 assert N_TARGETS == 30  # invariant of the tree above
 
@@ -93,11 +107,11 @@ PARENT_INDEX: dict[str, int | None] = {
 TARGET_KINDS: tuple[str, ...] = ("debiased", "weighted_fraction", "fraction")
 
 #: Kaggle column names of all 37 answers, in Hart16 order (Class1.1 ... Class11.6).
-KAGGLE_COLUMNS: tuple[str, ...] = tuple(
+KAGGLE_COLUMNS: Names = Names(
     f"Class{t.kaggle_question}.{k}" for t in ALL_TASKS for k in range(1, len(t.answers) + 1)
 )
 #: Kaggle column of each of the 30 targets.
-KAGGLE_TARGET_COLUMNS: tuple[str, ...] = tuple(
+KAGGLE_TARGET_COLUMNS: Names = Names(
     f"Class{t.kaggle_question}.{k}" for t in TASKS for k in range(1, len(t.answers) + 1)
 )
 

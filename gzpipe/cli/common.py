@@ -40,8 +40,17 @@ app.add_typer(bench_app, name="bench")
 out = Console(soft_wrap=True)  # one summary line stays one line in logs and pipes
 
 
+def _version(value: bool) -> None:
+    if value:
+        from gzpipe import __version__
+
+        print(f"gzpipe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print gzpipe's version and exit.")) -> None:
     if PLUGIN_ERROR is not None:
         raise PLUGIN_ERROR
 

@@ -49,6 +49,8 @@ def predict(
                                             "--by-catalogue`): kaggle, hart16, ..., or own: each galaxy's, by its "
                                             "id's prefix (kaggle:..., hart16:... in a union's shards; others get "
                                             "the default's) [the one with the most train galaxies]."),
+    spread: bool = typer.Option(False, "--spread", help="For an ensemble: also each target's spread across its "
+                                "members (their weighted standard deviation), as <target>_spread columns."),
 ) -> None:
     """Predict the 30 GZ2 vote fractions for new galaxy images with any finished model. Unreadable files get a row
     with the reason in the `error` column; the rest go on. Under `torchrun` the processes share the work."""
@@ -58,7 +60,7 @@ def predict(
                               out=str(out_file) if out_file else None, tta=tta, tta_kind=tta_kind,
                               cumulative=cumulative, batch_size=batch_size, workers=workers, device=device,
                               backend=backend, part_size=part_size, images=str(images) if images else None,
-                              id_column=id_column, path_column=path_column, catalogue=catalogue))
+                              id_column=id_column, path_column=path_column, catalogue=catalogue, spread=spread))
 
 
 @app.command()

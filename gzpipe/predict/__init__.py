@@ -64,6 +64,7 @@ class PredictConfig:
     keep_parts: bool = False
     catalogue: str | None = None  # by-catalogue boosters: whose labels to predict (None: their largest; "own":
     #                                each galaxy's, by its id's prefix)
+    spread: bool = False  # an ensemble: each target's spread across its members (``<target>_spread`` columns)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def _columns(cumulative: bool) -> list[str]:
 
 
 def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.ndarray, cumulative: bool,
-                conventions=None) -> pa.Table:
+                conventions=None, spread: np.ndarray | None = None) -> pa.Table:
     cols = {"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
             "error": pa.array(errors, pa.string())}
     for j, n in enumerate(schema.TARGET_NAMES):
@@ -131,6 +132,9 @@ def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.nd
             cols[c] = pa.array(cum[:, j] if j is not None else empty, pa.float32())
     if conventions is not None:  # a model that learnt several catalogues' labels: whose each row follows
         cols["catalogue"] = pa.array(list(conventions), pa.string())
+    if spread is not None:  # an ensemble: how far its members are from each other, per target
+        for j, n in enumerate(schema.TARGET_NAMES):
+            cols[f"{n}_spread"] = pa.array(spread[:, j], pa.float32())
     return pa.table(cols)
 
 
@@ -142,6 +146,8 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     order: dict[str, int] = {}
     errors: list[str] = []
     first = True
+    want_spread = cfg.spread and len(predictor.members) > 1
+    members: dict[str, np.ndarray] = {}
     for view in predictor.views:
         size, crop, channels = view
         if part.kind == "files":
@@ -167,7 +173,10 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
                             order.setdefault(i, len(order))
                     pos = [order[i] for i in batch.ids]
                 gids = [part.items[q].id for q in pos] if part.kind == "files" else list(batch.ids)
-                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind, gids)
+                got: dict | None = {} if want_spread else None
+                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind, gids, got)
+                for name, p in (got or {}).items():
+                    members.setdefault(name, np.zeros((part.rows, schema.N_TARGETS)))[pos] = p
                 if batch.errors:
                     for q, e in zip(pos, batch.errors):
                         if e:
@@ -181,10 +190,12 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     else:
         ids = sorted(order, key=order.get)
         paths = [part.folder] * len(ids)
-    pred = np.where(np.array([bool(e) for e in errors])[:, None], np.nan, np.clip(acc, 0.0, 1.0))
+    bad = np.array([bool(e) for e in errors])[:, None]
+    pred = np.where(bad, np.nan, np.clip(acc, 0.0, 1.0))
     for t in predictor.untrained():  # a question the model had no labels for: empty, not a confident-looking 0.5
         pred[:, schema.TASK_SLICES[t]] = np.nan
-    return _part_table(ids, paths, errors, pred, cfg.cumulative, predictor.conventions(ids))
+    spread = np.where(bad | np.isnan(pred), np.nan, predictor.spread(members, pred)) if want_spread else None
+    return _part_table(ids, paths, errors, pred, cfg.cumulative, predictor.conventions(ids), spread)
 
 
 def _merge(parts_dir: Path, parts: list[Part], out: Path) -> tuple[int, int, str, Counter]:

@@ -75,7 +75,7 @@ def _tar_items(p: Path) -> list[Item]:
     return out
 
 
-def _pick(columns: list[str], candidates: tuple[str, ...], given: str | None, what: str, path: Path) -> str:
+def _pick(columns: list[str], candidates: tuple[str, ...], given: str | None, what: str, path) -> str:
     if given:
         if given not in columns:
             raise GzpipeError(f"{path}: no column {given!r}; it has {', '.join(columns[:12])}")
@@ -89,24 +89,36 @@ def _pick(columns: list[str], candidates: tuple[str, ...], given: str | None, wh
 
 def catalog_items(path: Path, images: Path | None = None, id_column: str | None = None,
                   path_column: str | None = None) -> list[Item]:
-    """Items of a catalogue (see the module docstring)."""
-    import pandas as pd
-
+    """Items of a catalogue file (see the module docstring)."""
     from gzpipe.tables import read_table
 
     df = read_table(path, dtype=str)
+    carried = _carried_images(path, [str(c) for c in df.columns], path_column)
+    return frame_items(df, Path(images) if images else Path(path).parent, id_column, path_column, path, carried)
+
+
+def frame_items(df, base: Path, id_column: str | None = None, path_column: str | None = None,
+                where: str | Path = "the catalogue", carried: list[bytes] | None = None) -> list[Item]:
+    """Items of a catalogue already in memory (a pandas DataFrame: an id column and an image path column, relative
+    paths from ``base``, or a column holding the images themselves). ``carried``: that column's images, read."""
+    import pandas as pd
+
     cols = [str(c) for c in df.columns]
-    idc = _pick(cols, CATALOG_ID_COLUMNS, id_column, "id", path)
-    carried = _carried_images(path, cols, path_column)
-    if carried is not None:  # a Hugging Face / galaxy-datasets parquet with the images themselves, as shard reads it
-        return [Item(str(gid), f"{path}[row {i}]", data or b"") for i, (gid, data) in enumerate(zip(df[idc], carried))]
-    base = Path(images) if images else Path(path).parent
+    idc = _pick(cols, CATALOG_ID_COLUMNS, id_column, "id", where)
+    if carried is None and path_column is None:
+        values = next((df[c] for c in _image_columns() if c in cols), None)
+        if values is not None and any(isinstance(v, (dict, bytes, bytearray, memoryview)) for v in values.head(8)):
+            from gzpipe.catalog.formats import _image_bytes
+
+            carried = [_image_bytes(v) for v in values]
+    if carried is not None:  # a Hugging Face / galaxy-datasets table with the images themselves, as shard reads it
+        return [Item(str(gid), f"{where}[row {i}]", data or b"") for i, (gid, data) in enumerate(zip(df[idc], carried))]
     if path_column is None and idc in JOINED_ID_COLUMNS and not any(c in cols for c in CATALOG_PATH_COLUMNS):
         from gzpipe.shard.images import locate
 
         ids = df[idc].astype(str).str.strip().str.replace(r"\.0+$", "", regex=True)
         return [Item(gid, locate(str(base / f"{gid}.jpg")) if gid and gid != "nan" else "") for gid in ids]
-    pc = _pick(cols, CATALOG_PATH_COLUMNS, path_column, "image path", path)
+    pc = _pick(cols, CATALOG_PATH_COLUMNS, path_column, "image path", where)
     out = []
     for gid, loc in zip(df[idc].astype(str), df[pc]):
         if pd.isna(loc) or not str(loc).strip():
@@ -117,6 +129,12 @@ def catalog_items(path: Path, images: Path | None = None, id_column: str | None 
     return out
 
 
+def _image_columns() -> tuple[str, ...]:
+    from gzpipe.catalog import IMAGE_COLUMNS
+
+    return IMAGE_COLUMNS
+
+
 def _carried_images(path: Path, cols: list[str], path_column: str | None) -> list[bytes] | None:
     """The images a parquet catalogue carries in an image column (Hugging Face's ``Image`` feature, ``{bytes,
     path}``, or plain bytes: ``gzpipe.catalog.IMAGE_COLUMNS``), or None when it names files instead."""
@@ -124,7 +142,7 @@ def _carried_images(path: Path, cols: list[str], path_column: str | None) -> lis
 
     col = path_column if path_column in IMAGE_COLUMNS else next((c for c in IMAGE_COLUMNS if c in cols), None)
     if col is None or Path(path).suffix.lower() != ".parquet":
-        return None
+        return None  # a text catalogue's image column holds file names
     import pandas as pd
 
     from gzpipe.catalog.formats import _image_bytes

@@ -88,6 +88,14 @@ class Predictor:
                               f"({', '.join(sorted(found))}); predict with one of them at a time")
         return found.pop()
 
+    def spread(self, members: dict[str, np.ndarray], mean: np.ndarray) -> np.ndarray:
+        """The spread of the members' predictions around the ensemble's: the weighted standard deviation, per
+        galaxy and target (the ensemble's own weights, normalised per target)."""
+        w = np.stack([m.weight for m in self.members])  # members x 30
+        w = w / np.where(w.sum(axis=0) > 0, w.sum(axis=0), 1.0)
+        var = sum(w[k] * (members[m.name] - mean) ** 2 for k, m in enumerate(self.members))
+        return np.sqrt(var)
+
     def untrained(self) -> list[str]:
         """The tasks none of its backbones had a label for: predicted as empty (NaN), never as a made-up 0.5."""
         known = [b.tasks_trained for b in self.backbones.values()]
@@ -100,11 +108,13 @@ class Predictor:
         return [m for m in self.members if self.backbones[m.backbone].view == view]
 
     def predict(self, images: torch.Tensor, view: tuple[int, float, int], tta: int = 1,
-                tta_kind: str = "dihedral", ids=None) -> np.ndarray:
+                tta_kind: str = "dihedral", ids=None, members: dict | None = None) -> np.ndarray:
         """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
         normalised batch made at that view, averaged over ``tta`` views (features averaged over views for
         boosters, as `gzpipe features --tta` does). ``ids``: the galaxies', for by-catalogue boosters asked for
-        each galaxy's own catalogue. The questions it had no training labels for are NaN (``untrained``)."""
+        each galaxy's own catalogue. The questions it had no training labels for are NaN (``untrained``).
+        ``members``: a dict that receives each member's own predictions (name -> N x 30), for the spread across an
+        ensemble's members."""
         out = np.zeros((len(images), schema.N_TARGETS))
         need = {m.backbone for m in self.members_at(view)}
         got = {}
@@ -121,6 +131,8 @@ class Predictor:
             if m.booster is not None:
                 p = m.booster.predict(f, ids)
             out += np.clip(p, 0.0, 1.0) * m.weight
+            if members is not None:
+                members[m.name] = np.clip(p, 0.0, 1.0)
         for t in self.untrained():  # a question it had no labels for: empty, never a confident-looking 0.5
             out[:, schema.TASK_SLICES[t]] = np.nan
         return out
@@ -144,15 +156,48 @@ def _member(root: Path, name: str, weight) -> Member:
     raise GzpipeError(f"the ensemble needs {name} at {d}, which is not a finished backbone or booster there")
 
 
+def members_of(model_dir: Path, kind: str) -> dict[str, dict]:
+    """A booster's or an ensemble's members: {run name: {"kind", "backbone", "weight"}} (a weight is a number or 30)."""
+    d = Path(model_dir)
+    if kind == runs.BOOSTER:
+        return {d.name: {"kind": runs.BOOSTER, "backbone": runs.read_json(d, runs.CONFIG)["backbone"], "weight": 1.0}}
+    from gzpipe.ensemble import load_weights
+
+    out = {}
+    for name, w in load_weights(d).items():
+        mk = runs.kind_of(d.parent / name)
+        if mk not in (runs.BACKBONE, runs.BOOSTER):
+            raise GzpipeError(f"the ensemble needs {name} at {d.parent / name}, which is not a finished backbone or "
+                              "booster there")
+        backbone = name if mk == runs.BACKBONE else runs.read_json(d.parent / name, runs.CONFIG)["backbone"]
+        out[name] = {"kind": mk, "backbone": backbone, "weight": w}
+    return out
+
+
+def _load_export(d: Path, device: torch.device) -> Predictor:
+    """A `gzpipe export` folder: a backbone, or a booster / ensemble with its members inside (gzpipe.export)."""
+    from gzpipe.boost import load_booster
+    from gzpipe.export import load_exported
+    from gzpipe.models.weights import export_settings, read_folder_config
+
+    cfg = export_settings(read_folder_config(d)) or {}
+    if cfg.get("kind") in (None, runs.BACKBONE):
+        return Predictor(d.name, runs.EXPORT, [Member(d.name, _weights(1.0), d.name)], {d.name: load_exported(d, device)})
+    backbones = {b: load_exported(d / folder, device) for b, folder in cfg["backbones"].items()}
+    members = []
+    for name, m in cfg["members"].items():
+        booster = load_booster(d / m["folder"]) if m["kind"] == runs.BOOSTER else None
+        members.append(Member(name, _weights(m["weight"]), m["backbone"], booster))
+    return Predictor(cfg.get("name", d.name), cfg["kind"], members, backbones)
+
+
 def load_predictor(model_dir: str | Path, device: torch.device) -> Predictor:
     """The model in ``model_dir`` with everything it needs loaded; refuses an out-of-date model with the fix."""
     d = Path(model_dir)
     kind = runs.model_kind(d)
     root = d.parent
     if kind == runs.EXPORT:  # a shared model: everything it needs is in its folder
-        from gzpipe.export import load_exported
-
-        return Predictor(d.name, kind, [Member(d.name, _weights(1.0), d.name)], {d.name: load_exported(d, device)})
+        return _load_export(d, device)
     if kind == runs.BACKBONE:
         members = [Member(d.name, _weights(1.0), d.name)]
     elif kind == runs.BOOSTER:

@@ -195,8 +195,10 @@ def _names(value, where: str, registry, what: str) -> list[str]:
     return out
 
 
-def resolve_study(preset: str | None, config: str | Path | None, out: str | None = None) -> StudyConfig:
-    """Preset < YAML file < ``--out``, parsed and checked whole (see the module docstring)."""
+def resolve_study(preset: str | None, config: str | Path | None, out: str | None = None,
+                  overrides: dict | None = None) -> StudyConfig:
+    """Preset < YAML file < ``overrides`` (the same sections, from Python) < ``--out``, parsed and checked whole (see
+    the module docstring)."""
     from gzpipe.boost import BoostConfig, ENGINES, engine_params, split_boost_section, validate as check_boost
     from gzpipe.ensemble import METHODS
     from gzpipe.models import ALIASES, BACKBONES, default_backbones, resolve_name
@@ -205,7 +207,12 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
 
     where = str(config) if config is not None else "study"
     user = _read_yaml(Path(config)) if config is not None else {}
-    name = preset or user.get("preset") or "demo"
+    if overrides:
+        unknown = sorted(set(overrides) - set(SECTIONS))
+        if unknown:
+            raise GzpipeError(f"study: unknown section {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
+        user = _merge(user, overrides)
+        where = f"{where} with overrides" if config is not None else "study overrides"
     if name not in PRESETS:
         raise GzpipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base = {"backbones": default_backbones(), "engines": list(ENGINES), "methods": list(METHODS), **PRESETS[name]}
