@@ -24,6 +24,20 @@ def split_labels(shards: str | Path, split: str) -> pd.DataFrame:
     return df[df["split"] == split].drop(columns="split").set_index("id")
 
 
+def random_draw_ids(shards: str | Path, split: str) -> list[str] | None:
+    """The ids of ``split``'s galaxies from the catalogues the shards name as a random draw of the galaxies the models
+    are for (``gzpipe shard --random-draw``); None when they name none (or predate it)."""
+    from gzpipe.manifest import read_manifest
+
+    chosen = read_manifest(shards).get("random_draw")
+    if not chosen:
+        return None
+    lab = split_labels(shards, split)
+    if "catalog" not in lab:
+        return None
+    return lab.index[lab["catalog"].isin(chosen)].tolist()
+
+
 def tasks_with_labels(shards: str | Path, split: str = "train") -> list[str]:
     """The tasks that have at least one label in ``split``: what a model trained on it can have learned (a
     catalogue without some questions leaves them out)."""

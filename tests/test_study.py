@@ -344,7 +344,10 @@ def test_report_with_18_models(train_shards, tmp_path):
     by = pd.read_csv(d / "by_catalogue.csv")
     assert set(by["catalogue"]) == {"all"} and len(by) == 18 and (d / "kaggle_by_catalogue.png").stat().st_size > 10_000
     assert (table["kaggle_vs_constant"] > 0).all()
-    assert "MAE, RMSE and kaggle_rmse carry a 95% interval" in page
+    assert "Intervals are 95% paired-bootstrap intervals" in page and "<b>By test MAE</b>" in page
+    assert "train-mean baseline" in page and "best constant (each column&#x27;s mean)" in page or \
+        "best constant (each column's mean)" in page
+    assert list(table["mae"]) == sorted(table["mae"])  # sorted as the figures are
 
 
 def test_tiny_study_runs_and_resumes(tmp_path):

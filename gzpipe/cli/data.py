@@ -120,6 +120,11 @@ def shard(
                                         "sums (the real files are within 0.002; debiased fractions are not checked: "
                                         "they need not sum to 1). An answer left empty masks its question for that "
                                         "galaxy, counted in a note."),
+    random_draw: Optional[list[Path]] = typer.Option(None, metavar="FILE", help="One of the --catalog files whose "
+                                                     "galaxies are a random draw of the galaxies the models are "
+                                                     "for (repeatable): the report leads with the Kaggle metric on "
+                                                     "them, and `train --select kaggle` early-stops on their val "
+                                                     "galaxies."),
     force: bool = typer.Option(False, help="Rebuild a finished shard folder with other settings: the new shards are "
                                            "written beside it (room for both is needed) and replace it only when "
                                            "complete."),
@@ -136,7 +141,8 @@ def shard(
                       fraction=fraction, train_fraction=train_fraction, val=val, test=test, seed=seed, resize=resize,
                       quality=quality,
                       shard_size=shard_size, workers=workers, verify=verify, stretch=stretch, max_rejected=max_rejected,
-                      all_questions=all_questions, sum_tolerance=sum_tolerance, force=force)
+                      all_questions=all_questions, sum_tolerance=sum_tolerance,
+                      random_draw=[str(r) for r in random_draw] if random_draw else None, force=force)
     m = run_shard(cfg)
     if not m["run"]["skipped"]:
         _print_shard_summary(m, out_dir)

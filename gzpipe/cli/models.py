@@ -53,6 +53,9 @@ def train(
     loss: Optional[Literal["l1", "mse", "bce", "cumulative"]] = typer.Option(None, help=(
         "Loss over valid entries only; l1 is the MAE the study reports, cumulative the squared error of the "
         "cumulative fractions that Kaggle's metric takes the root of [l1].")),
+    select: Optional[Literal["loss", "kaggle"]] = typer.Option(None, help=(
+        "What the best epoch and early stopping follow: the val loss, or the val Kaggle RMSE (cumulative fractions) "
+        "on the shards' random-draw val galaxies (gzpipe shard --random-draw; all val galaxies without one) [loss].")),
     zero_init_residual: Optional[bool] = typer.Option(None, "--zero-init-residual/--no-zero-init-residual",
                                                       help="From random initialisation, start every residual "
                                                            "block as the identity [on]."),
@@ -101,7 +104,7 @@ def train(
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
-                  ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels)
+                  ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels, select=select)
     run_train(cfg)
 
 

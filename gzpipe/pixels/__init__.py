@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from gzpipe.pixels.fits import FITS_SUFFIXES, FitsError, is_fits, read_planes
+from gzpipe.pixels.fits import FITS_SUFFIXES, FitsError, is_fits, read_planes  # noqa: F401 - FitsError: the callers'
 from gzpipe.pixels.stretch import DEFAULT_STRETCH, STRETCHES, check_stretch, resolve, to_uint8
 
 __all__ = ["DEFAULT_STRETCH", "FITS_SUFFIXES", "STRETCHES", "DeepImageError", "check_stretch", "decode", "is_deep",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import warnings
 from pathlib import Path
@@ -14,8 +13,8 @@ from gzpipe import runs, schema
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp
 from gzpipe.labels import aligned, split_labels
-from gzpipe.report import figures
-from gzpipe.report.collect import DEEP, ENSEMBLE, collect, dl_vs_gb, engines_in
+from gzpipe.report import figures, page
+from gzpipe.report.collect import DEEP, ENSEMBLE, collect, dl_vs_gb
 
 
 def _shards_of(out: Path, table: pd.DataFrame) -> str | None:
@@ -37,18 +36,23 @@ def run_report(out: str | Path = "artifacts") -> dict:
     dest = out / "model_comparison"
     dest.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(dest)
-    order = {k: i for i, k in enumerate([DEEP, *engines_in(table), ENSEMBLE])}
-    table = table.sort_values(["kind", "mae"], key=lambda s: s.map(order) if s.name == "kind" else s)
+    table = table.sort_values("mae").reset_index(drop=True)  # as the figures: best test MAE first
     gb = dl_vs_gb(table)
     figs = {}
     shards = _shards_of(out, table)
     test = _test_predictions(out, table, shards) if shards else None
     claims = _add_intervals(table, raw, *test) if test else {}
+    catalogues, claims_rows = "", None
+    if test:
+        claims_rows, catalogues = _random_rows(shards, test[0])
+        if claims_rows is not None:
+            claims["random"] = _add_random_draw(table, test[1], test[2], test[3], claims_rows)
     with atomic_open(dest / "comparison_table.csv", "w") as f:  # once, with the intervals
         table.to_csv(f, index=False, float_format="%.6g")
     with atomic_open(dest / "dl_vs_gb_comparison.csv", "w") as f:
         gb.to_csv(f, index=False, float_format="%.6g")
-    by_cat = _by_catalogue(dest, *test) if test else None
+    by_cat = _by_catalogue(dest, *test, extra={"random draw": claims_rows} if claims_rows is not None else None) \
+        if test else None
     if by_cat is not None:
         figures.kaggle_by_catalogue(by_cat, table, dest / "kaggle_by_catalogue.png")
     baseline = _baseline(shards) if shards else None
@@ -80,7 +84,8 @@ def run_report(out: str | Path = "artifacts") -> dict:
         figs["Training curves"] = "training_curves.png"
     if by_cat is not None:
         figs["Kaggle RMSE by catalogue, against the best constant"] = "kaggle_by_catalogue.png"
-    _write_html(dest, table, gb, figs, best, baseline, stale, claims, by_cat)
+    page.write(dest, table, gb, figs, best, baseline, stale, claims, _by_catalogue_html(by_cat, table),
+               _tasks(table, shards if baseline else None), catalogues)
     print(f"report: {len(table)} models -> {dest / 'report.html'} (best on test MAE: {best})", flush=True)
     return {"models": len(table), "best": best, "dir": str(dest)}
 
@@ -107,12 +112,13 @@ def _test_predictions(out: Path, table: pd.DataFrame, shards: str):
     return ids, y, m, preds
 
 
-def _by_catalogue(dest: Path, ids: list[str], y: np.ndarray, m: np.ndarray, preds: dict) -> pd.DataFrame | None:
+def _by_catalogue(dest: Path, ids: list[str], y: np.ndarray, m: np.ndarray, preds: dict,
+                  extra: dict | None = None) -> pd.DataFrame | None:
     """``by_catalogue.csv``: each model's MAE and Kaggle RMSE over every known cumulative value, on all test
     galaxies and on each catalogue's, beside the best constant (``gzpipe.report.catalogues``)."""
     from gzpipe.report.catalogues import by_catalogue
 
-    t = by_catalogue(preds, y, m, ids)
+    t = by_catalogue(preds, y, m, ids, extra=extra)
     if t.empty:
         return None
     with atomic_open(dest / "by_catalogue.csv", "w") as f:
@@ -154,7 +160,53 @@ def _add_intervals(table: pd.DataFrame, raw: dict, ids: list[str], y: np.ndarray
     return claims
 
 
-def _baseline(shards: str) -> dict:
+def _random_rows(shards: str, ids: list[str]) -> tuple[np.ndarray | None, str]:
+    """Which test galaxies are of the catalogues the shards name as a random draw, and those catalogues' names."""
+    from gzpipe.labels import random_draw_ids
+    from gzpipe.manifest import read_manifest
+
+    chosen = random_draw_ids(shards, "test")
+    if not chosen:
+        return None, ""
+    m = read_manifest(shards)
+    names = ", ".join(Path(m["catalogs"][k]["path"]).name for k in m.get("random_draw", []) if k < len(m["catalogs"]))
+    keep = set(chosen)
+    return np.array([i in keep for i in ids]), names
+
+
+def _add_random_draw(table: pd.DataFrame, y: np.ndarray, m: np.ndarray, preds: dict, rows: np.ndarray):
+    """Each model's Kaggle RMSE on the random-draw test galaxies, with its interval and over the best constant's
+    (columns ``kaggle_random``, ``_lo``, ``_hi``, ``kaggle_random_vs_constant``, ``random_galaxies``)."""
+    from gzpipe.report.random_draw import random_draw
+
+    rd = random_draw(preds, y, m, rows)
+    if rd is None:
+        return None
+    for col in ("kaggle_random", "kaggle_random_lo", "kaggle_random_hi", "kaggle_random_vs_constant"):
+        table[col] = np.nan
+    table["random_galaxies"] = rd.galaxies
+    for i, name in zip(table.index, table["name"]):
+        k = rd.models.get(name)
+        if k is not None:
+            table.loc[i, ["kaggle_random", "kaggle_random_lo", "kaggle_random_hi"]] = [k.point, k.lo, k.hi]
+            table.loc[i, "kaggle_random_vs_constant"] = rd.ratio(name)
+    return rd
+
+
+def _tasks(table: pd.DataFrame, shards: str | None) -> pd.DataFrame:
+    """Per-task test accuracy, best MAE first, with the train-mean baseline's as the last row."""
+    task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
+    tasks = table.sort_values("mae")[task_cols]
+    if shards:
+        base = _baseline(shards, per_task=True)
+        tasks = pd.concat([tasks, pd.DataFrame([{"name": "train-mean baseline",
+                                                 **{f"accuracy:{t}": v for t, v in base.items()}}])],
+                          ignore_index=True)
+    tasks = tasks.rename(columns=lambda c: c.replace("accuracy:", "").split("_", 1)[-1])
+    return tasks.astype(object).where(tasks.notna(), "no labels")  # a question the test split has no label for
+
+
+def _baseline(shards: str, per_task: bool = False) -> dict:
     """The trivial model: every test galaxy gets the train split's mean of each target. A study that does not
     beat it has learnt nothing."""
     from gzpipe.metrics import compute_metrics
@@ -165,55 +217,10 @@ def _baseline(shards: str) -> dict:
     mean = np.array([y[m[:, j], j].mean() if m[:, j].any() else 0.5 for j in range(schema.N_TARGETS)])
     yt, mt = te[list(schema.TARGET_NAMES)].to_numpy(), te[masks].to_numpy()
     r = compute_metrics(np.tile(mean, (len(yt), 1)), yt, mt)
+    if per_task:
+        return {t: f["accuracy"] for t, f in r["per_task"].items()}
     return {"name": "train-mean baseline", "accuracy": r["accuracy"], "mae": r["mae"], "mse": r["mse"],
             "rmse": r["rmse"], "kaggle_rmse": r["kaggle"]["rmse"], "test_galaxies": r["galaxies"]}
-
-
-_FORMATS = {"kaggle_galaxies": "{:,.0f}",
-            "parameters": "{:,.0f}", "trees": "{:,.0f}", "training_time_s": "{:,.1f}", "throughput_per_s": "{:,.1f}",
-            "test_galaxies": "{:,.0f}", "val_galaxies": "{:,.0f}"}
-
-
-def _table_html(df: pd.DataFrame) -> str:
-    fmt = {c: (lambda f: (lambda v: "" if pd.isna(v) else f.format(v)))(f) for c, f in _FORMATS.items() if c in df}
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", formatters=fmt, na_rep="", border=0, classes="t")
-
-
-def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
-    """The page's view of the table: MAE, RMSE and Kaggle RMSE as "point [lo, hi]" and the verdict against the
-    best."""
-    t = table.copy()
-    if "mae_lo" not in t:
-        return t
-    for col in ("mae", "rmse", "kaggle_rmse"):
-        if col not in t or f"{col}_lo" not in t:
-            continue
-        t[col] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(lo) else "" if pd.isna(v) else f"{v:.4f}"
-                  for v, lo, hi in zip(t[col], t[f"{col}_lo"], t[f"{col}_hi"])]
-    t["vs_best"] = ["best" if pd.notna(lo) and lo == 0 and hi == 0 else
-                    "" if pd.isna(lo) else ("not distinguishable" if tied else "worse") +
-                    f" ({lo:+.4f} to {hi:+.4f})" for lo, hi, tied in zip(t["d_mae_vs_best_lo"], t["d_mae_vs_best_hi"],
-                                                                        t["tied_with_best"])]
-    return t
-
-
-def _claims_html(claims: dict) -> str:
-    if not claims:
-        return ""
-    tied = claims["tied"]
-    txt = (f" MAE, RMSE and kaggle_rmse carry a 95% interval from a paired bootstrap over the {claims['galaxies']} test galaxies "
-           f"({claims['resamples']} resamples, the same draws for every model); vs_best is the paired MAE difference "
-           f"to the best model. {'Not distinguishable from ' + html.escape(claims['best']) + ': <b>' if tied else ''}"
-           + (f"{', '.join(map(html.escape, tied))}</b>." if tied else
-              "Every other model is worse than the best beyond chance."))
-    st = claims.get("stacked")
-    if st:
-        d = st["difference"]
-        verdict = ("better than" if d.hi < 0 else "worse than" if d.lo > 0 else "not distinguishable from")
-        txt += (f" The stacked ensemble {html.escape(st['name'])} is <b>{verdict}</b> the best single model "
-                f"{html.escape(st['single'])}: paired MAE difference {d.point:+.4f} (95% interval {d.lo:+.4f} to "
-                f"{d.hi:+.4f}).")
-    return txt
 
 
 def _by_catalogue_html(by_cat: pd.DataFrame | None, table: pd.DataFrame) -> str:
@@ -223,15 +230,15 @@ def _by_catalogue_html(by_cat: pd.DataFrame | None, table: pd.DataFrame) -> str:
         return ""
     order = [n for n in table.sort_values("mae")["name"] if n in set(by_cat["name"])]
     groups = list(dict.fromkeys(by_cat["catalogue"]))
-    page = pd.DataFrame({"name": order})
+    view = pd.DataFrame({"name": order})
     notes = []
     for g in groups:
         t = by_cat[by_cat["catalogue"] == g].set_index("name").loc[order]
-        page[f"{g}: MAE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels"
+        view[f"{g}: MAE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels"
                              for v, lo, hi in zip(t["mae"], t["mae_lo"], t["mae_hi"])]
-        page[f"{g}: Kaggle RMSE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels" for v, lo, hi in
+        view[f"{g}: Kaggle RMSE"] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if pd.notna(v) else "no labels" for v, lo, hi in
                                      zip(t["kaggle_rmse_known"], t["kaggle_rmse_known_lo"], t["kaggle_rmse_known_hi"])]
-        page[f"{g}: / constant"] = [f"{v:.3f}" if pd.notna(v) else "" for v in t["kaggle_vs_constant"]]
+        view[f"{g}: / constant"] = [f"{v:.3f}" if pd.notna(v) else "" for v in t["kaggle_vs_constant"]]
         const = t["best_constant"].iloc[0]
         notes.append(f"{html.escape(g)}: {int(t['galaxies'].iloc[0]):,} galaxies, {int(t['kaggle_values'].iloc[0]):,}"
                      " cumulative values" + (f", best constant {const:.4f}" if pd.notna(const) else ""))
@@ -240,71 +247,4 @@ def _by_catalogue_html(by_cat: pd.DataFrame | None, table: pd.DataFrame) -> str:
             "cumulative value a galaxy's labels carry, so a catalogue with only some questions counts for those it "
             "has; '/ constant' divides it by the RMSE of the best constant on the same values (each column's mean). "
             "95% paired-bootstrap intervals, drawn within each group. Also in by_catalogue.csv.</p>"
-            + _table_html(page))
-
-
-def _write_html(dest: Path, table: pd.DataFrame, gb: pd.DataFrame, figs: dict[str, str], best: str,
-                baseline: dict | None, stale: dict[str, list[str]], claims: dict | None = None,
-                by_cat: pd.DataFrame | None = None) -> None:
-    main_cols = [c for c in ("name", "kind", "members", "accuracy", "mae", "rmse", "vs_best", "kaggle_rmse",
-                              "kaggle_vs_constant", "kaggle_galaxies", "test_galaxies", "val_galaxies", "parameters", "trees",
-                              "training_time_s", "throughput_per_s", "throughput_of")
-                 if c in table or c == "vs_best" and "mae_lo" in table]
-    task_cols = ["name"] + [c for c in table.columns if c.startswith("accuracy:")]
-    tasks = table[task_cols].rename(columns=lambda c: c.replace("accuracy:", "").split("_", 1)[-1])
-    tasks = tasks.astype(object).where(tasks.notna(), "no labels")  # a question the test split has no label for
-    imgs = "".join(
-        f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,"
-        f"{base64.b64encode((dest / f).read_bytes()).decode()}' alt='{html.escape(title)}'>"
-        for title, f in figs.items())
-    base_txt = ""
-    if baseline:
-        beat = int((table["mae"] < baseline["mae"]).sum())
-        base_txt = (f" The trivial baseline that predicts the train split's mean of each target scores MAE "
-                    f"{baseline['mae']:.4f}, accuracy {baseline['accuracy']:.4f}; {beat} of {len(table)} models beat "
-                    "its MAE (dashed line in the first figure).")
-    n_test = int(table["test_galaxies"].max())
-    ens = table[table["kind"] == ENSEMBLE]
-    val_n = ens["val_galaxies"].dropna() if "val_galaxies" in ens else pd.Series(dtype=float)
-    ens_txt = (f" Ensemble weights were fitted on the validation split only ({int(val_n.max())} galaxies;"
-               " the column val_galaxies)." if len(val_n) else " Ensemble weights were fitted on the validation split "
-               "only.")
-    single = [n for n, mem in zip(ens["name"], ens.get("members", [])) if isinstance(mem, str) and mem.startswith("1 ")]
-    if single:
-        ens_txt += (f" <b>{', '.join(map(html.escape, single))}</b> {'has' if len(single) == 1 else 'have'} one member "
-                    f"only, so {'it is' if len(single) == 1 else 'each is'} that model itself, not an ensemble.")
-    kaggle_txt = ""
-    if "kaggle_rmse" in table and table["kaggle_rmse"].notna().any():
-        from gzpipe.metrics import KAGGLE_COLUMNS_NOTE
-
-        n_k = int(table["kaggle_galaxies"].max())
-        kaggle_txt = (f" kaggle_rmse is the {KAGGLE_COLUMNS_NOTE} ({n_k} of the test galaxies; the 2014 winner scored "
-                      "0.0749 over all 37 columns on Kaggle's own test set)"
-                      + (f"; the train-mean baseline scores {baseline['kaggle_rmse']:.4f}" if baseline and
-                         baseline.get("kaggle_rmse") is not None else "")
-                      + (f"; the best constant (each column's mean over these galaxies) "
-                         f"{claims['kaggle_constant']:.4f}, and kaggle_vs_constant is a model's over it"
-                         if claims and claims.get("kaggle_constant") else "") + ".")
-    stale_txt = ""
-    if stale:
-        items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape('; '.join(c))}</li>" for n, c in stale.items())
-        stale_txt = (f"<p><b>Left out, out of date</b> (an input changed since the model was built; re-run its "
-                     f"stage, or <code>gzpipe study</code>):</p><ul>{items}</ul>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>gzpipe study report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
-table.t{{border-collapse:collapse;font-size:13px;margin:1em 0}}table.t td,table.t th{{padding:3px 8px;
-border-bottom:1px solid #ddd;text-align:right}}table.t td:first-child,table.t th:first-child{{text-align:left}}
-img{{max-width:100%;border:1px solid #eee}}</style></head><body>
-<h1>gzpipe: Galaxy Zoo 2 model comparison</h1>
-<p>{len(table)} models evaluated on the test split ({n_test} galaxies): 30 vote fractions over 10 GZ2 tasks. Accuracy
-rounds prediction and target to 0/1; MAE / MSE / RMSE are over valid (unmasked) outputs. Best on test MAE:
-<b>{html.escape(best)}</b>.{ens_txt}{base_txt}{_claims_html(claims or {})}{kaggle_txt}</p>{stale_txt}
-<h2>Comparison</h2>{_table_html(_with_intervals(table)[main_cols])}
-{_by_catalogue_html(by_cat, table)}
-<h2>Deep models beside their boosters</h2>{_table_html(gb)}
-<h2>Per-task accuracy</h2>{_table_html(tasks)}
-{imgs}
-<p style="color:#888">Files: comparison_table.csv, dl_vs_gb_comparison.csv and the PNGs beside this page.</p>
-</body></html>"""
-    with atomic_open(dest / "report.html", "w") as f:
-        f.write(page)
+            + page.table_html(view))

@@ -22,8 +22,9 @@ ALL = "all"
 
 
 def by_catalogue(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray, ids: list[str],
-                 resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """One row per (group, model): ``all`` galaxies first, then each catalogue format when there are several.
+                 resamples: int = RESAMPLES, seed: int = 0, extra: dict | None = None) -> pd.DataFrame:
+    """One row per (group, model): ``all`` galaxies first, then each catalogue format when there are several, then
+    each of ``extra`` (group name -> one bool a galaxy: the random draw's galaxies).
     Columns: catalogue, name, galaxies, mae [mae_lo, mae_hi], kaggle_values (the known cumulative values it was scored on),
     kaggle_rmse_known [lo, hi], best_constant (the Kaggle RMSE of each column's mean over the same values) and
     kaggle_vs_constant (the model's over the constant's)."""
@@ -32,6 +33,7 @@ def by_catalogue(preds: dict[str, np.ndarray], target: np.ndarray, mask: np.ndar
     groups = [(ALL, np.ones(len(ids), bool))]
     if len(set(fmt)) > 1:
         groups += [(g or "(no prefix)", fmt == g) for g in sorted(set(fmt))]
+    groups += [(name, np.asarray(sel, bool)) for name, sel in (extra or {}).items() if np.asarray(sel, bool).any()]
     rows = []
     for group, sel in groups:
         idx = np.flatnonzero(sel)

@@ -37,6 +37,9 @@ class ShardConfig:
     max_rejected: float = 0.1  # share of the inputs; above it the run fails (the manifest is still written)
     all_questions: bool = False  # a catalogue without some of the 10 questions is an error (not masked, with a note)
     sum_tolerance: float = SUM_TOLERANCE  # how far from 1 a reached question's fractions may sum (kinds that do)
+    # the catalogues (of those given) whose galaxies are a random draw of the galaxies the models are for: the
+    # report leads with the Kaggle metric on them and `train --select kaggle` early-stops on their val galaxies
+    random_draw: list | None = None
     force: bool = False  # rebuild a finished folder with other settings (beside it, swapped in when complete)
 
     def validate(self, check_paths: bool = True) -> None:
@@ -66,6 +69,7 @@ class ShardConfig:
                 raise GzpipeError(f"{key} must be above 0 (got {getattr(self, key):g}): training early-stops and "
                                   "weights its ensembles on the val split and scores every model on the test split")
         check_out_folder(self.out, what="the shard folder")
+        self.random_draw_indices()
         sources = self.sources()  # one --images for all catalogues, or one each
         for c in {s.catalog for s in sources}:
             if check_paths and not Path(c).is_file():
@@ -76,6 +80,17 @@ class ShardConfig:
                 raise GzpipeError(f"--images {images} is a file; give the folder of the images")
             if check_paths and not Path(images).is_dir():
                 raise GzpipeError(f"image folder not found: {images}")
+
+    def random_draw_indices(self) -> list[int]:
+        """The positions among the catalogues of those named by ``random_draw`` (a path as given, or its file name)."""
+        cats = self.catalogs()
+        out = []
+        for r in self.random_draw or []:
+            hits = [k for k, c in enumerate(cats) if str(c) == str(r) or Path(c).name == Path(str(r)).name]
+            if not hits:
+                raise GzpipeError(f"--random-draw {r} is not one of the --catalog files ({', '.join(c.name for c in cats)})")
+            out += [k for k in hits if k not in out]
+        return out
 
     def catalogs(self) -> list[Path]:
         return [Path(c) for c in self.catalog] if isinstance(self.catalog, (list, tuple)) else [Path(self.catalog)]
@@ -95,4 +110,4 @@ class ShardConfig:
 # ShardConfig keys that change what the shards hold (the rest - workers, max_rejected, force - only how they are
 # written); with the catalogue's and mapping's contents and the image folder, what a finished folder is compared on
 SETTINGS = ("format", "target", "fraction", "train_fraction", "val", "test", "seed", "resize", "quality", "shard_size",
-            "verify", "all_questions", "stretch", "sum_tolerance")
+            "verify", "all_questions", "stretch", "sum_tolerance", "random_draw")

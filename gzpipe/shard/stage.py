@@ -42,7 +42,7 @@ _SHARD_RE = re.compile(r"^(train|val|test)-\d{6}\.(tar|idx)$")
 
 # manifest entries that say more about the data without changing the shards; a shard set finished before they
 # existed keeps its manifest without them (`--force` rebuilds it with them)
-ADDED_LATER = ("duplicate_labels", "duplicates_disagree")
+ADDED_LATER = ("duplicate_labels", "duplicates_disagree", "random_draw")
 
 
 def key_for(galaxy_id: str) -> str:
@@ -233,16 +233,18 @@ def _rejection_hint(by_reason: dict, cfg: ShardConfig) -> str:
 def _write_labels(out: Path, jobs: list[Job], rejected_rows: set[int]) -> None:
     """``labels.parquet``: id, split, 30 targets, 30 masks of every written sample, in write order - what the
     ensemble and report stages need without reading JPEGs back."""
-    ids, splits, ys, ms = [], [], [], []
+    ids, splits, ys, ms, cats = [], [], [], [], []
     for j in jobs:
         keep = [k for k, r in enumerate(j.rows) if r not in rejected_rows]
+        of = j.meta_values[j.meta_cols.index("catalog")] if "catalog" in j.meta_cols else None
+        cats += [int(of[k]) if of is not None else 0 for k in keep]
         ids += [j.ids[k] for k in keep]
         splits += [j.split] * len(keep)
         ys.append(j.targets[keep])
         ms.append(j.masks[keep])
     y = np.concatenate(ys) if ys else np.zeros((0, schema.N_TARGETS), np.float32)
     m = np.concatenate(ms) if ms else np.zeros((0, schema.N_TARGETS), np.uint8)
-    df = pd.concat([pd.DataFrame({"id": ids, "split": splits}),
+    df = pd.concat([pd.DataFrame({"id": ids, "split": splits, "catalog": np.array(cats, np.int16)}),
                     pd.DataFrame(y.astype(np.float32), columns=list(schema.TARGET_NAMES)),
                     pd.DataFrame(m.astype(bool), columns=[f"mask:{n}" for n in schema.TARGET_NAMES])], axis=1)
     with atomic_open(out / LABELS, "wb") as f:
@@ -380,6 +382,7 @@ def _manifest(cfg: ShardConfig, table: pd.DataFrame, in_frac: np.ndarray, keep: 
         "catalogs": catalogs,
         "duplicate_labels": table.attrs.get("duplicate_labels", []),
         "tasks_absent": list(table.attrs.get("tasks_absent", [])),
+        **({"random_draw": cfg.random_draw_indices()} if cfg.random_draw else {}),
         "converted": [{"row": r.row, "id": r.id, "reason": r.reason} for r in sorted(converted, key=lambda r: r.row)],
         "config": config,
         "sources": sources,

@@ -31,12 +31,13 @@ SCRATCH_LR = 1e-3
 
 MODES = ("resume", "restart", "skip")
 LOSSES = ("l1", "mse", "bce", "cumulative")
+SELECT = ("loss", "kaggle")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
                "crop", "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
-               "zero_init_residual", "channels")
+               "zero_init_residual", "channels", "select")
 # What a key missing from an older run's saved config meant when that run was trained (before the key existed).
-SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3}
+SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3, "select": "loss"}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
 
@@ -69,6 +70,10 @@ class TrainConfig:
     weights: str | None = None
     pretrained: bool = False
     channels: int | None = None  # input channels: 3 (RGB) or 1 (greyscale); None: what --weights was made for, else 3
+    # what the best epoch and early stopping follow: the val loss, or the val Kaggle RMSE (cumulative fractions,
+    # every known value) on the val galaxies of the shards' random draw (``gzpipe shard --random-draw``; all val
+    # galaxies where there is none): the metric the study is judged by, on the galaxies it is judged on
+    select: str = "loss"
     mode: str = "resume"
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None
@@ -216,6 +221,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
         bad(f"amp must be one of {', '.join(AMP)}, got {cfg.amp!r}")
     if cfg.loss not in LOSSES:
         bad(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.select not in SELECT:
+        bad(f"select must be one of {', '.join(SELECT)}, got {cfg.select!r}")
     if cfg.head is not None and cfg.head not in HEADS:
         bad(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     check_device_name(cfg.device)

@@ -205,6 +205,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
             ckpt.save_latest(ckpt_dir, full_state(es_now))
         ddp.barrier(d)
 
+    selection = _selection(cfg)
     t_start = time.perf_counter()
     ran = 0
     while epoch < cfg.epochs and early["bad_epochs"] < cfg.patience:
@@ -224,9 +225,10 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
                                        f"saved in {ckpt_dir}{kept}; re-run the same command to resume")
         vm = compute_metrics(val.pred, val.target, val.mask)
         epoch += 1
-        improved = val.loss < early["best"] - cfg.min_delta
+        score = selection(val)
+        improved = score < early["best"] - cfg.min_delta
         if improved:
-            early.update(best=val.loss, best_epoch=epoch, bad_epochs=0)
+            early.update(best=score, best_epoch=epoch, bad_epochs=0)
             if d.main:
                 best_weights = (ema.module if ema is not None else model).state_dict()
                 ckpt.save(ckpt_dir / ckpt.BEST, {"model": best_weights, "config": cfg.to_dict(), "epoch": epoch,
@@ -234,13 +236,15 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         else:
             early["bad_epochs"] += 1
         history.append({"epoch": epoch, "train_loss": loss_sum / max(count, 1), "val_loss": val.loss,
-                        "val_mae": vm["mae"], "val_accuracy": vm["accuracy"], "lr": scheduler.get_last_lr()[0],
+                        "val_mae": vm["mae"], "val_accuracy": vm["accuracy"], "val_score": score,
+                        "lr": scheduler.get_last_lr()[0],
                         "images_per_s": samples / max(secs / d.world, 1e-9), "seconds": secs / d.world})
         es = EpochState()
         save_latest(es)
         h = history[-1]
         _log(d, f"{cfg.backbone} epoch {epoch}/{cfg.epochs}  train {h['train_loss']:.5f}  val {val.loss:.5f}  "
-                f"val MAE {vm['mae']:.4f}  lr {h['lr']:.2e}  {h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s"
+                f"val MAE {vm['mae']:.4f}" + (f"  val Kaggle {score:.4f}" if cfg.select == "kaggle" else "")
+                + f"  lr {h['lr']:.2e}  {h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s"
                 + ("  *best*" if improved else f"  (no improvement {early['bad_epochs']}/{cfg.patience})"))
         ran += 1
         if cfg.stop_after and ran >= cfg.stop_after and epoch < cfg.epochs and early["bad_epochs"] < cfg.patience:
@@ -350,6 +354,26 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
                 f"{trained.image_size} px (recorded: MAE {recorded[split]['mae']:.4f}, accuracy "
                 f"{recorded[split]['accuracy']:.4f}); {run_dir} is unchanged")
     return recorded
+
+
+def _selection(cfg: TrainConfig):
+    """The figure the best epoch and early stopping follow (``TrainConfig.select``), lower is better: the val loss,
+    or the val Kaggle RMSE over every known cumulative value of the shards' random-draw val galaxies (all of them
+    where the shards name none)."""
+    if cfg.select == "loss":
+        return lambda val: val.loss
+    from gzpipe.labels import random_draw_ids
+    from gzpipe.metrics import kaggle_rmse
+
+    chosen = random_draw_ids(cfg.shards, "val")
+    chosen = set(chosen) if chosen else None
+
+    def kaggle(val) -> float:
+        rows = np.array([i in chosen for i in val.ids]) if chosen else np.ones(len(val.ids), bool)
+        r = kaggle_rmse(val.pred[rows], val.target[rows], val.mask[rows])["rmse_known"]
+        return float(r) if r is not None else float(val.loss)
+
+    return kaggle
 
 
 def _weights_inputs(weights: str | None) -> dict:
