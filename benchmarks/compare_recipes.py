@@ -6,7 +6,9 @@
 For each run folder (``<split>_predictions.parquet``) or `gzpipe predict` CSV (e.g. the same model with --tta 8):
 MAE and the Kaggle RMSE (cumulative fractions, over the test galaxies with all 30 known), each with a 95% interval
 from one set of bootstrap draws over the split's galaxies, and the paired difference of both to the first run; the
-train-mean baseline's MAE and the best constant's Kaggle RMSE beside them; and ``kaggle_by_catalogue``: the Kaggle
+train-mean baseline's MAE and the best constant's Kaggle RMSE beside them; where the shards name a random draw
+(``gzpipe shard --random-draw``), ``kaggle_random``: the Kaggle RMSE on its galaxies of the split, over the best
+constant's, and its paired difference to the first run; and ``kaggle_by_catalogue``: the Kaggle
 RMSE over every known cumulative value on all the split's galaxies and on each catalogue format's, over the best
 constant's on the same values (``gzpipe.report.catalogues``, the report's "By catalogue"). One JSON object per line.
 """
@@ -24,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
 from gzpipe import runs, schema  # noqa: E402
-from gzpipe.labels import split_labels  # noqa: E402
+from gzpipe.labels import random_draw_ids, split_labels  # noqa: E402
+from gzpipe.report.random_draw import random_draw  # noqa: E402
 from gzpipe.report.catalogues import by_catalogue  # noqa: E402
 from gzpipe.report.intervals import KaggleTerms, draws, error_terms  # noqa: E402
 
@@ -66,7 +69,13 @@ def main() -> None:
     emit({"machine": machine(), "shards": str(args.shards), "split": args.split, "galaxies": len(y),
           "baseline_mae": round(float(base_mae), 5), "best_constant_kaggle_rmse": round(const, 5),
           "kaggle_galaxies": kaggle_terms.galaxies})
-    by_cat = by_catalogue(preds, y, m, lab.index.tolist()).set_index("name") if preds else None
+    chosen = random_draw_ids(args.shards, args.split)
+    rows = np.array([i in set(chosen) for i in lab.index]) if chosen else None
+    extra = {"random draw": rows} if rows is not None else None
+    by_cat = by_catalogue(preds, y, m, lab.index.tolist(), extra=extra).set_index("name") if preds else None
+    rd = random_draw(preds, y, m, rows) if rows is not None and preds else None
+    if rd is not None:
+        emit({"random_draw_galaxies": rd.galaxies, "random_draw_best_constant": round(float(rd.constant), 5)})
     first = None
     for name, p in preds.items():
         err, _, n = error_terms(p, y, m)
@@ -85,11 +94,18 @@ def main() -> None:
                                                         "best_constant": round(float(g["best_constant"]), 5),
                                                         "vs_constant": round(float(g["kaggle_vs_constant"]), 3)}
                                        for _, g in by_cat.loc[[name]].iterrows()}}
+        if rd is not None and name in rd.models:
+            k = rd.models[name]
+            row["kaggle_random"] = [round(k.point, 5), round(k.lo, 5), round(k.hi, 5)]
+            row["kaggle_random_vs_constant"] = round(float(rd.ratio(name)), 3)
         if first is None:
-            first = (boot_mae, boot_k, mae, kaggle)
+            first = (boot_mae, boot_k, mae, kaggle, name)
         else:
             row["mae_diff_to_first"] = _ci(mae - first[2], boot_mae - first[0])
             row["kaggle_diff_to_first"] = _ci(kaggle - first[3], boot_k - first[1])
+            if rd is not None and name in rd.models and first[4] in rd.models:
+                d = rd.difference(name, first[4])
+                row["kaggle_random_diff_to_first"] = [round(d.point, 5), round(d.lo, 5), round(d.hi, 5)]
         emit(row)
 
 

@@ -88,6 +88,7 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, "gzpipe_version": __version__,
         "architecture": name, "timm_architecture": arch, "torchvision": None if arch else spec.torchvision_name,
         "head": cfg["head"], "head_file": HEAD_FILE, "features": spec.features, "channels": channels,
+        "heads": cfg.get("heads"),  # a head per catalogue format (the default first), or None for one head
         "targets": list(schema.TARGET_NAMES), "target_kind": (manifest.get("target") or {}).get("kind"),
         "tasks": {t: [s.start, s.stop] for t, s in schema.TASK_SLICES.items()},
         "tasks_trained": metrics.get("tasks_trained") or list(schema.TASK_SLICES),
@@ -305,7 +306,7 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
     name = resolve_name(cfg["architecture"])
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     channels = int(cfg.get("channels") or 3)
-    model = create_model(name, cfg["head"], channels=channels)
+    model = create_model(name, cfg["head"], channels=channels, heads=cfg.get("heads"))
     if int(cfg.get("format_version", 1)) >= 2:  # the encoder under its own key names, the head beside it
         model.backbone.load_state_dict(load_file(str(d / MODEL_FILE)))
         model.head.load_state_dict(load_file(str(d / cfg.get("head_file", HEAD_FILE))))
@@ -317,7 +318,8 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
     if cl:
         model = model.to(memory_format=torch.channels_last)
     config = {"backbone": name, "image_size": cfg["image_size"], "head": cfg["head"], "channels_last": cl,
-              "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop"), "channels": channels}
+              "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop"), "channels": channels,
+              "heads": cfg.get("heads")}
     return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
                                 cfg.get("tasks_trained"), {"stretch": (cfg.get("input") or {}).get("stretch")})
 

@@ -359,13 +359,20 @@ class TrainedBackbone:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
-    def features_and_predictions(self, x):
-        """A normalised N x 3 x S x S batch -> (features N x width, predictions N x 30), float32 on the device."""
+    @property
+    def heads(self) -> list[str]:
+        """The catalogue formats it has a head each for (the default first); [] for one head."""
+        return list(self.config.get("heads") or [])
+
+    def features_and_predictions(self, x, catalogues=None):
+        """A normalised N x C x S x S batch -> (features N x width, predictions N x 30), float32 on the device.
+        ``catalogues``: for a model with a head per catalogue, each row's catalogue format (else its default head)."""
         import torch
 
         with torch.inference_mode(), self.autocast():
             f = self.model.features(self._input(x))
-            p = self.model.head(f)
+            idx = self.model.catalogue_index(catalogues) if catalogues is not None else None
+            p = self.model.head(f, idx.to(f.device)) if idx is not None else self.model.head(f)
         return f.float(), p.float()
 
 
@@ -392,7 +399,7 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
         except GzpipeError:
             raise GzpipeError(f"{d} holds a {cfg['backbone']!r} model, a backbone not registered in this gzpipe; "
                               f"register it (gzpipe.models.register) before loading") from None
-    model = create_model(cfg["backbone"], cfg["head"], channels=int(cfg.get("channels") or 3))
+    model = create_model(cfg["backbone"], cfg["head"], channels=int(cfg.get("channels") or 3), heads=cfg.get("heads"))
     model.load_state_dict(state["model"])
     model.eval().to(dev)
     spec = BACKBONES[cfg["backbone"]]

@@ -56,6 +56,9 @@ def train(
     select: Optional[Literal["loss", "kaggle"]] = typer.Option(None, help=(
         "What the best epoch and early stopping follow: the val loss, or the val Kaggle RMSE (cumulative fractions) "
         "on the shards' random-draw val galaxies (gzpipe shard --random-draw; all val galaxies without one) [loss].")),
+    catalogue_heads: Optional[bool] = typer.Option(None, "--catalogue-heads/--no-catalogue-heads", help=(
+        "A head per catalogue format of the shards (kaggle, hart16, ...) on one shared encoder: each galaxy trained "
+        "and scored through its own catalogue's head, new images through the one `predict --catalogue` picks [off].")),
     zero_init_residual: Optional[bool] = typer.Option(None, "--zero-init-residual/--no-zero-init-residual",
                                                       help="From random initialisation, start every residual "
                                                            "block as the identity [on]."),
@@ -104,7 +107,8 @@ def train(
                   amp=amp, channels_last=channels_last, head=head, loss=loss, compile=compile,
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
-                  ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels, select=select)
+                  ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels, select=select,
+                  catalogue_heads=catalogue_heads)
     run_train(cfg)
 
 

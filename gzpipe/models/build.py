@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gzpipe.errors import GzpipeError
-from gzpipe.models.heads import HEADS, GZHead
+from gzpipe.models.heads import HEADS, CatalogueHeads, GZHead, make_head
 from gzpipe.models.registry import BACKBONES, BackboneSpec, resolve_name
 
 
@@ -24,11 +24,16 @@ class GZModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, catalogue: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.activate(self.logits(x, catalogue))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.logits(self.backbone(x))
+    def logits(self, x: torch.Tensor, catalogue: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.backbone(x)
+        return self.head.logits(f, catalogue) if catalogue is not None else self.head.logits(f)
+
+    def catalogue_index(self, names) -> torch.Tensor | None:
+        """Head indices for each row's catalogue format (``CatalogueHeads``); None for a model of one head."""
+        return self.head.index(names) if isinstance(self.head, CatalogueHeads) else None
 
 
 def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -84,7 +89,8 @@ def build_backbone(spec: BackboneSpec, pretrained: bool = False, channels: int =
 
 
 def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = None,
-                 pretrained: bool = False, zero_init_residual: bool = False, channels: int = 3) -> GZModel:
+                 pretrained: bool = False, zero_init_residual: bool = False, channels: int = 3,
+                 heads: list[str] | None = None) -> GZModel:
     """``zero_init_residual`` (from random initialisation only: weights that are loaded are left as they are) zeroes
     the scale of the norm layer that ends each residual branch (``BackboneSpec.residual_norms``), so every block
     starts as the identity and the network as a shallow one (Goyal et al. 2017, torchvision's option of the same
@@ -100,7 +106,8 @@ def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = 
         load_backbone_weights(backbone, spec, Path(weights))
     elif zero_init_residual and not pretrained:
         zero_residual_branches(backbone, spec)
-    return GZModel(backbone, HEADS[head](spec.features), spec, channels)
+    # ``heads``: the catalogue formats of a head each, the default first (gzpipe train --catalogue-heads)
+    return GZModel(backbone, make_head(head, spec.features, heads, heads[0] if heads else None), spec, channels)
 
 
 def zero_residual_branches(backbone: nn.Module, spec: BackboneSpec) -> int:

@@ -42,41 +42,58 @@ class Predictor:
         """Its boosters that learnt several catalogues' labels (``gzpipe boost --by-catalogue``)."""
         return [m.booster for m in self.members if m.booster is not None and m.booster.catalogues]
 
+    @property
+    def _headed(self) -> list:
+        """Its backbones with a head per catalogue (``gzpipe train --catalogue-heads``)."""
+        return [b for b in self.backbones.values() if b.heads]
+
     def catalogues(self) -> list[str]:
-        """The catalogue formats whose labels its by-catalogue boosters learnt (empty: none is)."""
-        return sorted({c for b in self._by_catalogue for c in b.catalogues})
+        """The catalogue formats whose labels its by-catalogue boosters or headed backbones learnt (empty: none)."""
+        return sorted({c for b in self._by_catalogue for c in b.catalogues} | {c for b in self._headed for c in b.heads})
 
     @property
     def catalogue(self) -> str | None:
-        """Whose labels its by-catalogue boosters predict (None: it has none)."""
-        return next((b.catalogue for b in self._by_catalogue), None)
+        """Whose labels it predicts, where it learnt several catalogues' (None: it learnt one convention)."""
+        return next((b.catalogue for b in self._by_catalogue), getattr(self, "_choice", None))
 
     def use_catalogue(self, choice: str | None) -> None:
-        """Have every by-catalogue booster predict ``choice``'s labels (None: the catalogue with the most train
-        galaxies, summed over them; "own": each galaxy's own, by its id's prefix, and that default's for a galaxy of
-        no learnt catalogue)."""
+        """Have every by-catalogue booster and headed backbone predict ``choice``'s labels (None: the catalogue with
+        the most train galaxies; "own": each galaxy's own, by its id's prefix, and that default's for a galaxy of no
+        learnt catalogue)."""
         from gzpipe.boost.catalogues import OWN, check_catalogue, default_catalogue
 
-        aware = self._by_catalogue
-        if not aware:
+        aware, headed = self._by_catalogue, self._headed
+        if not aware and not headed:
             if choice is not None:
                 raise GzpipeError(f"--catalogue {choice!r}: {self.name} learnt one convention (none of its boosters "
-                                  "was trained --by-catalogue); leave --catalogue out")
+                                  "was trained --by-catalogue, none of its networks has a head per catalogue); leave "
+                                  "--catalogue out")
             return
         rows: dict[str, int] = {}
         for b in aware:
             for c, n in b.catalogue_rows.items():
                 rows[c] = max(rows.get(c, 0), n)
-        largest = default_catalogue(rows)
+        largest = default_catalogue(rows) if rows else headed[0].heads[0]
         which = largest if choice is None else check_catalogue(choice, self.catalogues(), self.name)
         for b in aware:
             b.catalogue = check_catalogue(which, b.catalogues, b.name)
             b.fallback = largest if which == OWN else None
+        self._choice, self._fallback = which, largest
 
     def conventions(self, ids) -> np.ndarray | None:
         """Whose labels each of ``ids`` is predicted as (None: the model learnt one convention)."""
         aware = self._by_catalogue
-        return aware[0].conventions(ids) if aware else None
+        if aware:
+            return aware[0].conventions(ids)
+        if not self._headed:
+            return None
+        from gzpipe.boost.catalogues import OWN, catalogue_of
+
+        choice = getattr(self, "_choice", None) or self._headed[0].heads[0]
+        if choice != OWN:
+            return np.array([choice] * len(ids), dtype=object)
+        known = set(self.catalogues())
+        return np.array([c if c in known else self._fallback for c in catalogue_of(ids)], dtype=object)
 
     @property
     def stretch(self) -> str:
@@ -118,11 +135,12 @@ class Predictor:
         out = np.zeros((len(images), schema.N_TARGETS))
         need = {m.backbone for m in self.members_at(view)}
         got = {}
+        names = self.conventions(ids if ids is not None else [""] * len(images)) if self._headed else None
         for b in need:
             t = self.backbones[b]
             fs, ps = [], []
             for v in views(images, tta, tta_kind):
-                f, p = t.features_and_predictions(v)
+                f, p = t.features_and_predictions(v, list(names) if names is not None and t.heads else None)
                 fs.append(f)
                 ps.append(p)
             got[b] = (torch.stack(fs).mean(0).cpu().numpy(), torch.stack(ps).mean(0).cpu().numpy())

@@ -218,6 +218,7 @@ def resolve_study(preset: str | None, config: str | Path | None, out: str | None
             raise GzpipeError(f"study: unknown section {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
         user = _merge(user, overrides)
         where = f"{where} with overrides" if config is not None else "study overrides"
+    name = preset or user.get("preset") or "demo"
     if name not in PRESETS:
         raise GzpipeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base = {"backbones": default_backbones(), "engines": list(ENGINES), "methods": list(METHODS), **PRESETS[name]}

@@ -35,11 +35,12 @@ SELECT = ("loss", "kaggle")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
                "crop", "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
-               "zero_init_residual", "channels", "select")
+               "zero_init_residual", "channels", "select", "catalogue_heads")
 # What a key missing from an older run's saved config meant when that run was trained (before the key existed).
-SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3, "select": "loss"}
+SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3, "select": "loss",
+                "catalogue_heads": False}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
-NOT_USER_KEYS = ("backbone", "shards", "out", "mode")
+NOT_USER_KEYS = ("backbone", "shards", "out", "mode", "heads")
 
 
 @dataclass
@@ -74,6 +75,10 @@ class TrainConfig:
     # every known value) on the val galaxies of the shards' random draw (``gzpipe shard --random-draw``; all val
     # galaxies where there is none): the metric the study is judged by, on the galaxies it is judged on
     select: str = "loss"
+    # a head per catalogue format of the train split on one shared encoder (gzpipe.models.heads.CatalogueHeads);
+    # ``heads`` is what it resolved to when training began (the formats, the default first), not set by a user
+    catalogue_heads: bool = False
+    heads: list | None = None
     mode: str = "resume"
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None

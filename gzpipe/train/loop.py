@@ -167,7 +167,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
                     break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
                 if i < state.batches_done:
                     continue  # replay: the loader yields the same batches for this (seed, epoch)
-                pred, logits = _forward(model, batch.images, autocast)
+                pred, logits = _forward(model, batch.images, autocast, _heads(model, batch.ids, device))
                 loss, n = masked_loss(pred, logits, batch.targets, batch.mask, cfg.loss)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -203,11 +203,19 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
     return state
 
 
-def _forward(model, x, autocast):
+def _heads(model, ids, device):
+    """Each row's head index (a model with a head per catalogue), or None."""
+    core = model.module if hasattr(model, "module") else model
+    core = getattr(core, "_orig_mod", core)
+    return core.catalogue_index(ids, device) if hasattr(core, "catalogue_index") else None
+
+
+def _forward(model, x, autocast, catalogue=None):
     """(predictions in [0, 1], logits) from one forward pass. The model's ``forward`` returns logits while
-    training (see ``LogitsModel``), so the DDP wrapper sees the call and synchronises gradients."""
+    training (see ``LogitsModel``), so the DDP wrapper sees the call and synchronises gradients. ``catalogue``: each
+    row's head, for a model with a head per catalogue."""
     with autocast():
-        logits = model(x)
+        logits = model(x) if catalogue is None else model(x, catalogue)
     core = model.module if hasattr(model, "module") else model
     return core.activate(logits.float()), logits
 
@@ -234,9 +242,10 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
             if STOP:
                 break
             outs = []
+            heads = core.catalogue_index(batch.ids, device) if hasattr(core, "catalogue_index") else None
             for v in views(batch.images, tta, tta_kind):
                 with autocast():
-                    logits = core(v)
+                    logits = core(v) if heads is None else core(v, heads)
                 outs.append(core.activate(logits.float()))
             preds.append(torch.stack(outs).mean(0).cpu())
             plain.append(outs[0].cpu())
@@ -267,8 +276,15 @@ class LogitsModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(x)
+    def forward(self, x: torch.Tensor, catalogue: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.logits(x, catalogue)
+
+    def catalogue_index(self, ids, device) -> torch.Tensor | None:
+        """Each row's head (its catalogue's, by its id's prefix) for a model with a head per catalogue; else None."""
+        from gzpipe.boost.catalogues import catalogue_of
+
+        idx = self.model.catalogue_index(catalogue_of(ids))
+        return idx.to(device, non_blocking=True) if idx is not None else None
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return self.model.head.activate(logits)

@@ -88,6 +88,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     staged = staging_dir(final)
     manifest = read_manifest(Path(cfg.shards))
     cfg.head = cfg.head or default_head(manifest["target"]["kind"])
+    if cfg.catalogue_heads and cfg.heads is None:
+        cfg.heads = catalogue_heads(cfg.shards)
     if cfg.channels_last is None:
         cfg.channels_last = BACKBONES[cfg.backbone].channels_last(device.type)
     if d.main:
@@ -111,7 +113,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     seed_everything(cfg.seed)
     channels = cfg.channels or 3
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
-                         zero_init_residual=cfg.zero_init_residual, channels=channels)
+                         zero_init_residual=cfg.zero_init_residual, channels=channels, heads=cfg.heads)
     # what the run is built from, digested now: a weights folder's files too (a link into a hub cache is read through)
     inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **_weights_inputs(cfg.weights)},
                                final)
@@ -354,6 +356,20 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
                 f"{trained.image_size} px (recorded: MAE {recorded[split]['mae']:.4f}, accuracy "
                 f"{recorded[split]['accuracy']:.4f}); {run_dir} is unchanged")
     return recorded
+
+
+def catalogue_heads(shards: str) -> list[str]:
+    """The catalogue formats of the train split, the one with the most galaxies first (the default head)."""
+    from gzpipe.boost.catalogues import catalogue_rows
+    from gzpipe.labels import split_labels
+
+    rows = catalogue_rows(split_labels(shards, "train").index.tolist())
+    formats = sorted((f for f in rows if f), key=lambda f: (-rows[f], f))
+    if len(formats) < 2:
+        raise GzpipeError(f"catalogue_heads: the train split of {shards} holds one catalogue format "
+                          f"({', '.join(f or 'ids without a format prefix' for f in rows)}); a head per catalogue is for "
+                          "shards that join several (gzpipe shard --catalog A --catalog B)")
+    return formats
 
 
 def _selection(cfg: TrainConfig):
