@@ -1,33 +1,36 @@
-"""The GPU suite, sized for the GPU machine's windows (../shared/docs/GPU.md: 15 minutes in all, calls of at most
-10 minutes, at most 64 MiB carried, only the results folder comes back). The shell entry point is
-benchmarks/gpu_suite.sh, which installs the wheels a call brings.
+"""The GPU suite, sized for the GPU machine's window (../shared/docs/GPU.md: 15 minutes of device time in all, the
+machine's start included; calls of at most 10 minutes; at most 64 MiB carried a call; only the results folder comes
+back). The shell entry point is benchmarks/gpu_suite.sh, which installs the wheels a call brings.
 
-    python benchmarks/gpu_suite.py --out DIR [--steps 1,2,3] [--budget SECONDS] [--dry-run]
+    python benchmarks/gpu_suite.py --out DIR [--call 1|2 | --steps 1,2,3] [--budget SECONDS] [--dry-run]
 
-Steps, in order of value. Each has its own time budget (a step never starts a measurement its budget cannot hold,
-and its subprocesses are killed at it), and every result is appended to DIR/gpu_results.jsonl the moment it is
-measured, so a call stopped at its limit still returns what it measured:
+Steps, in order of value. Each runs in a process of its own, killed (with everything it started) when its budget is
+spent, and every result is appended to DIR/gpu_results.jsonl the moment it is measured, so a step stopped at its
+limit, and a call stopped at the machine's, still return what they measured:
 
   step  what                                                                budget  needs (wheel, size)
-  1     pytest -m gpu: one test per GPU code path                           150 s   webdataset + braceexpand (0.1 MiB)
-  2     loaders, the real 424 px JPEGs to 224 px with train augmentation:  120 s   webdataset; simplejpeg (0.5 MiB,
-        nvjpeg, then pil with 15 workers; images/s, medians                         optional: shard's strict check)
+  1     pytest -m gpu: one test per GPU code path                            90 s   webdataset + braceexpand (0.1 MiB)
+  2     loaders, the real 424 px JPEGs to 224 px with train augmentation:  120 s   webdataset; simplejpeg (0.5 MiB)
+        nvjpeg, then pil with 15 workers; images/s, medians
   3     train resnet50 224 px bf16: channels-last and compile on / off     240 s   webdataset
         (data on the GPU), then the default loader (data stall); the other
         backbones as time allows
-  4     boosters: XGBoost device=cuda seconds/round on 200,000 x 2,048 x   150 s   xgboost (55 MiB: a call of its
-        30 beside this machine's CPU, each multi-output strategy on its own;          own), lightgbm (4 MiB)
-        LightGBM's CPU learner beside its OpenCL one (never picked by auto)
   5     gzpipe features images/s per backbone                               120 s   webdataset
-  6     a small end-to-end gzpipe study on the GPU (18 models)             180 s   webdataset, xgboost, lightgbm
-  7     the dali loader                                                      60 s   nvidia-dali (190 MiB: too big for
-                                                                                    a 15-minute window)
+  6     a small end-to-end gzpipe study on the GPU (LightGBM alone when     60 s   webdataset, lightgbm (4 MiB)
+        XGBoost did not come along)
+  4     boosters: XGBoost device=cuda beside the CPU                        150 s   xgboost (~125 MiB: more than two
+                                                                                    calls carry)
+  7     the dali loader                                                      60 s   nvidia-dali (~190 MiB: likewise)
 
-Two calls fit a window: ``--steps 1,2,3`` (8.5 minutes) with the small wheels, then ``--steps 4,5,6`` with xgboost.
-A step whose library is absent emits one row naming it and goes on. The data are the real sample when it is brought
-along (``GZPIPE_SHARED``, e.g. a copy of ``../shared/data/gz2_sample`` inside the checkout), else a synthetic
-stand-in, said so in a ``data`` row. ``--dry-run`` runs every step on the CPU at toy size (CI runs it), so the suite
-is known to work before a GPU sees it.
+The plan (``PLAN``, checked by tests/test_gpu_suite.py): the machine's start (~2.5 minutes), then call 1 (steps 1, 2,
+3: ~8 minutes) and call 2 (steps 5, 6: ~3.5 minutes), each within a call's 10 minutes and carrying the checkout, the
+real sample and the small wheels within 64 MiB; 14 minutes in all. XGBoost's CUDA wheel and DALI do not fit two calls
+(a piece left on the machine survives only 30 s of idle), so steps 4 and 7 run only where those libraries are
+installed, and say so otherwise. After the steps, a ``figures`` row puts what was measured beside GPU.md's figures
+to reach. The data are the real sample when it is brought along (``GZPIPE_SHARED``, e.g. a copy of
+``../shared/data/gz2_sample`` inside the checkout), else a synthetic stand-in, said so in a ``data`` row.
+``--dry-run`` runs the planned calls' steps on the CPU at toy size (CI runs it), so the suite is known to work before
+a GPU sees it.
 """
 
 from __future__ import annotations
@@ -51,8 +54,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import SAMPLE  # noqa: E402
 
-STEPS = {1: "gpu tests", 2: "loaders", 3: "train", 4: "boosters", 5: "features", 6: "study", 7: "dali"}
-BUDGET_S = {1: 150, 2: 120, 3: 240, 4: 150, 5: 120, 6: 180, 7: 60}
+STEPS = {1: "gpu tests", 2: "loaders", 3: "train", 4: "boosters", 5: "features", 6: "study", 7: "dali", 0: "figures"}
+BUDGET_S = {1: 90, 2: 120, 3: 240, 4: 150, 5: 120, 6: 60, 7: 60}
+# The window: the machine's start, then two calls (steps, seconds a call spends besides its steps: installing the wheels
+# it brings, nvidia-smi, the start of each step's process, the transfers). What each call carries, in MiB.
+PLAN = {"window_s": 900, "call_limit_s": 600, "carry_limit_mib": 64, "machine_start_s": 150,
+        "calls": [{"steps": [1, 2, 3], "overhead_s": 45, "wheels_mib": {"webdataset": 0.1, "braceexpand": 0.02,
+                                                                          "simplejpeg": 0.5}},
+                  {"steps": [5, 6], "overhead_s": 30, "wheels_mib": {"webdataset": 0.1, "braceexpand": 0.02,
+                                                                       "lightgbm": 4.0}}],
+        "not_carried_mib": {"xgboost (CUDA)": 125, "nvidia-dali": 190}}
+SAMPLE_MIB = 13  # ../shared/data/gz2_sample: 800 JPEGs of 424 px and the labels
+# ../shared/docs/GPU.md's figures to reach, which the ``figures`` row puts the measurements beside
+TARGETS = {"loader_images_per_s": 15_000, "resnet50_images_per_s": {"H100": 3_000, "H200": 3_500},
+           "data_stall": 0.03, "xgboost_gpu_speedup": 10}
 NEEDS = {1: ["webdataset"], 2: ["webdataset"], 3: ["webdataset"], 4: ["xgboost", "lightgbm"], 5: ["webdataset"],
          6: ["webdataset", "xgboost", "lightgbm"], 7: ["webdataset", "nvidia.dali"]}
 
@@ -62,11 +77,11 @@ class OutOfTime(Exception):
 
 
 class Suite:
-    def __init__(self, out: Path, dry: bool, deadline: float):
+    def __init__(self, out: Path, dry: bool, deadline: float, work: Path | None = None):
         self.out, self.dry, self.run_deadline = out, dry, deadline
         self.results = out / "gpu_results.jsonl"
         self.device = "cpu" if dry else "cuda"
-        self.work = Path(tempfile.mkdtemp(prefix="gzpipe-gpu-suite-"))
+        self.work = work or Path(tempfile.mkdtemp(prefix="gzpipe-gpu-suite-"))
         self.env = {**os.environ, "GZPIPE_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(
             [str(ROOT), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])}
         self.step = 0
@@ -171,8 +186,13 @@ class Suite:
             counts = {"passed": out.count("."), "failed": out.count("F")}  # the progress dots so far
         failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
         skips = [ln for ln in lines if ln.startswith("SKIPPED")]
-        self.emit({"returncode": code, "finished": finished, **counts, "summary": tail[-300:],
+        # a test that could not even be collected (an import error) is a failure too: pytest counts it as an error
+        # and exits 2, which the counts alone did not show
+        ok = code == 0 and not counts.get("failed") and not counts.get("error")
+        self.emit({"returncode": code, "finished": finished, "ok": ok, **counts, "summary": tail[-300:],
                    "failures": failures[:20], "skips": skips[:20], "seconds": round(time.perf_counter() - t, 1)})
+        if not ok and finished:
+            raise RuntimeError(f"the GPU tests failed (returncode {code}): {'; '.join(failures[:3]) or tail[-300:]}")
 
     def step2(self) -> None:
         from gzpipe.bench.loader import LoaderBenchConfig, run
@@ -329,20 +349,24 @@ class Suite:
                        "images_per_s": round(images / seconds, 1), "note": "whole command, start-up included"})
 
     def step6(self) -> None:
-        if missing := _missing(["xgboost", "lightgbm"]):
-            self.emit({"skipped": f"{missing} not importable: the study trains both boosters"})
+        if _missing(["lightgbm"]):
+            self.emit({"skipped": "lightgbm not importable: bring its wheel (~4 MiB)"})
             return
+        engines = "[lightgbm]" if _missing(["xgboost"]) else "[xgboost, lightgbm]"  # XGBoost's CUDA wheel: too big
         cfg = self.work / "study.yaml"
         if self.dry:
             text = (f"preset: demo\nout: {self.work / 'study'}\ndata: {{synth: {{n: 40, seed: 1}}}}\n"
                     "shard: {resize: 40, shard_size: 10, workers: 2}\n"
                     "train: {image_size: 32, epochs: 1, batch_size: 8, workers: 1, device: cpu, backend: pil}\n"
-                    "boost: {rounds: 5, early_stopping: 5}\nbackbones: [resnet50]\n")
+                    f"boost: {{rounds: 5, early_stopping: 5}}\nbackbones: [resnet50]\nengines: {engines}\n")
         else:
-            text = (f"preset: demo\nout: {self.work / 'study'}\ndata: {{synth: {{n: 1000, seed: 1}}}}\n"
+            # boost device auto: XGBoost on the GPU where it came along, LightGBM's CPU learner (its PyPI wheel has no
+            # CUDA one: device cuda is refused, as it should be)
+            text = (f"preset: demo\nout: {self.work / 'study'}\ndata: {{synth: {{n: 600, seed: 1}}}}\n"
                     "shard: {resize: 80, shard_size: 100, workers: 8}\n"
-                    "train: {image_size: 64, epochs: 2, batch_size: 64, workers: 8, device: cuda}\n"
-                    "boost: {rounds: 100, early_stopping: 10, device: cuda}\n")
+                    "train: {image_size: 64, epochs: 2, workers: 8, device: cuda}\n"
+                    f"boost: {{rounds: 60, early_stopping: 10, device: auto}}\nbackbones: [resnet50, timm:resnet18]\n"
+                    f"engines: {engines}\n")
         cfg.write_text(text)
         t = time.perf_counter()
         self.gz("study", "--config", cfg)
@@ -351,7 +375,7 @@ class Suite:
         table = pd.read_csv(self.work / "study/model_comparison/comparison_table.csv")
         best = table.sort_values("mae").iloc[0]
         self.emit({"models": len(table), "seconds": round(time.perf_counter() - t, 1), "best": best["name"],
-                   "best_test_mae": round(float(best["mae"]), 4)})
+                   "best_test_mae": round(float(best["mae"]), 4), "engines": engines})
 
     def step7(self) -> None:
         from gzpipe.bench.loader import LoaderBenchConfig, run
@@ -415,24 +439,81 @@ def header(dry: bool) -> dict:
     return info
 
 
+def figures(results: Path, gpu_name: str = "") -> dict:
+    """What was measured beside ../shared/docs/GPU.md's figures to reach (``TARGETS``): the nvjpeg loader's rate at
+    224 px, resnet50's training rate (bf16, channels-last, data on the GPU), every backbone's data stall with the
+    default loader, XGBoost's GPU speed-up over the CPU. None where a step did not measure it."""
+    rows = [json.loads(ln) for ln in results.read_text().splitlines()] if results.exists() else []
+    loader = [r["images_per_s"] for r in rows if r.get("step") == 2 and r.get("backend") == "nvjpeg"
+              and r.get("images_per_s") and not r.get("dry_run")]
+    r50 = [r["images_per_s"] for r in rows if r.get("step") == 3 and r.get("backbone") == "resnet50"
+           and r.get("mode") == "device_data" and r.get("channels_last") and not r.get("compile")]
+    stall = {r["backbone"]: r["data_stall"] for r in rows if r.get("step") == 3 and r.get("mode") == "loader"}
+    xgb = {r["device"]: r["seconds_per_round"] for r in rows if r.get("engine") == "xgboost"
+           and r.get("multi_strategy") == "one_output_per_tree" and "seconds_per_round" in r}
+    r50_target = TARGETS["resnet50_images_per_s"]["H200" if "H200" in gpu_name else "H100"]
+    speedup = round(xgb["cpu"] / xgb["cuda"], 1) if {"cpu", "cuda"} <= set(xgb) else None
+
+    def verdict(value, target, lower_is_better=False):
+        if value is None:
+            return None
+        return value <= target if lower_is_better else value >= target
+
+    return {"loader_images_per_s": max(loader) if loader else None,
+            "loader_target": TARGETS["loader_images_per_s"],
+            "loader_met": verdict(max(loader) if loader else None, TARGETS["loader_images_per_s"]),
+            "resnet50_images_per_s": max(r50) if r50 else None, "resnet50_target": r50_target,
+            "resnet50_met": verdict(max(r50) if r50 else None, r50_target),
+            "data_stall": stall, "data_stall_target": TARGETS["data_stall"],
+            "data_stall_met": {b: v <= TARGETS["data_stall"] for b, v in stall.items()} or None,
+            "xgboost_gpu_speedup": speedup, "xgboost_target": TARGETS["xgboost_gpu_speedup"],
+            "xgboost_met": verdict(speedup, TARGETS["xgboost_gpu_speedup"]),
+            "note": None if speedup is not None else "XGBoost's GPU figure needs its CUDA wheel (~125 MiB), which two "
+                                                      "calls of 64 MiB cannot carry: not measured in this window"}
+
+
+def run_step(out: Path, work: Path, step: int, dry: bool, budget: float) -> int | None:
+    """One step in a process of its own (the suite's ``--inner``), killed with everything it started at its budget;
+    returns its exit code, or None when it was killed."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--inner", str(step), "--out", str(out), "--work", str(work),
+           "--budget", str(budget), *(["--dry-run"] if dry else [])]
+    p = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return p.wait(timeout=None if dry else budget + 5)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)  # the step and every process it started (gzpipe commands, pytest, loader workers)
+        p.wait()
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
                     help="results folder [$OUT, the folder a device call brings back; else artifacts/gpu_suite-TIME]")
-    ap.add_argument("--steps", default="1,2,3,4,5,6,7", help="comma list of step numbers, run in the order given "
-                                                             "[all]")
-    ap.add_argument("--budget", type=float, default=540.0, help="seconds this call may take in all [540: a 10-minute "
-                                                                "call less the start-up]; each step also has its own")
+    ap.add_argument("--call", type=int, choices=(1, 2), help="one of the window's two planned calls (PLAN)")
+    ap.add_argument("--steps", default=None, help="comma list of step numbers, run in the order given [the planned "
+                                                  "calls' steps, then 4 and 7 where their libraries are installed]")
+    ap.add_argument("--budget", type=float, default=555.0, help="seconds this call may take in all [555: a 10-minute "
+                                                                "call less its start]; each step also has its own")
     ap.add_argument("--dry-run", action="store_true", help="every step on the CPU at toy size, no time budgets")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--inner", type=int, help=argparse.SUPPRESS)  # one step, in the process run_step starts
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = args.out or ROOT / "artifacts" / f"gpu_suite-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        steps = [-1]
-    unknown = [s for s in steps if s not in STEPS]
+    if args.inner is not None:
+        return _inner(args, out)
+    if args.steps:
+        try:
+            steps = [int(x) for x in args.steps.split(",") if x.strip()]
+        except ValueError:
+            steps = [-1]
+    elif args.call:
+        steps = PLAN["calls"][args.call - 1]["steps"]
+    else:
+        steps = [s for call in PLAN["calls"] for s in call["steps"]] + [4, 7]
+    unknown = [s for s in steps if s not in STEPS or s == 0]
     if unknown:
         print(f"error: unknown step(s) {unknown}; steps are {STEPS}", file=sys.stderr)
         return 2
@@ -441,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device here; use --dry-run to check the suite on the CPU", file=sys.stderr)
         return 2
-    suite = Suite(out, args.dry_run, time.monotonic() + args.budget)
+    deadline = time.monotonic() + args.budget
+    suite = Suite(out, args.dry_run, deadline)
     info = header(args.dry_run)
     (out / "environment.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps({"environment": info}), flush=True)
@@ -449,27 +531,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for s in steps:
             suite.start_step(s)
-            t = time.perf_counter()
-            if not args.dry_run and suite.left() < 20:
+            left = deadline - time.monotonic()
+            if not args.dry_run and left < 20:
                 suite.emit({"skipped": f"the call's budget ({args.budget:.0f} s) is spent"})
                 continue
-            if missing := _missing([m for m in NEEDS[s] if m not in ("xgboost", "lightgbm", "nvidia.dali")]):
-                suite.emit({"skipped": f"{missing} not importable: bring its wheel"})
-                continue
-            try:
-                getattr(suite, f"step{s}")()
-            except OutOfTime as e:
-                suite.emit({"out_of_time": str(e)})
-            except Exception as e:  # noqa: BLE001 - one failed step is recorded; the window goes on
-                suite.emit({"error": f"{type(e).__name__}: {str(e)[-1500:]}"})
+            t = time.perf_counter()
+            code = run_step(out, suite.work, s, args.dry_run, min(BUDGET_S[s], left))
+            if code is None:
+                suite.emit({"out_of_time": f"killed at its budget ({min(BUDGET_S[s], left):.0f} s), with every "
+                                           "process it started; its rows above are what it measured"})
+            elif code != 0:
                 failed.append(s)
             print(f"[gpu_suite] step {s} ({STEPS[s]}) took {time.perf_counter() - t:.0f} s", file=sys.stderr,
                   flush=True)
+        suite.step = 0
+        suite.emit({"figures": figures(suite.results, str(info.get("gpu", "")))})
     finally:
         if not args.keep:
             shutil.rmtree(suite.work, ignore_errors=True)
     print(f"[gpu_suite] results: {suite.results}" + (f"; failed steps: {failed}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _inner(args, out: Path) -> int:
+    """One step in this process (started by ``run_step``): its rows appended to the results as they are measured."""
+    s = args.inner
+    suite = Suite(out, args.dry_run, time.monotonic() + args.budget, args.work)
+    suite.start_step(s)
+    if missing := _missing([m for m in NEEDS[s] if m not in ("xgboost", "lightgbm", "nvidia.dali")]):
+        suite.emit({"skipped": f"{missing} not importable: bring its wheel"})
+        return 0
+    try:
+        getattr(suite, f"step{s}")()
+    except OutOfTime as e:
+        suite.emit({"out_of_time": str(e)})
+    except Exception as e:  # noqa: BLE001 - one failed step is recorded; the window goes on
+        suite.emit({"error": f"{type(e).__name__}: {str(e)[-1500:]}"})
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 # (benchmarks/gpu_suite.py: what each measures, its time budget and the wheels it needs), appending JSON lines to
 # OUT/gpu_results.jsonl as they are measured.
 #
-#   benchmarks/gpu_suite.sh [--wheels DIR] [--out DIR] [--steps 1,2,3] [--budget SECONDS] [--dry-run]
+#   benchmarks/gpu_suite.sh [--wheels DIR] [--out DIR] [--call 1|2 | --steps 1,2,3] [--budget SECONDS] [--dry-run]
 #
-# A 15-minute window holds two calls: `--steps 1,2,3` with webdataset + braceexpand (+ simplejpeg) wheels, then
-# `--steps 4,5,6` with the xgboost wheel (~55 MiB) and lightgbm. --out defaults to $OUT (what a device call returns).
+# A 15-minute window (the machine's start included) holds two calls (benchmarks/gpu_suite.py's PLAN): `--call 1`
+# (steps 1, 2, 3: the GPU tests, the loaders, training; ~8 minutes) with webdataset + braceexpand + simplejpeg
+# wheels, then `--call 2` (steps 5, 6: features, a small study; ~3.5 minutes) with lightgbm. XGBoost's CUDA wheel
+# (~125 MiB) and DALI (~190 MiB) do not fit two calls of 64 MiB. --out defaults to $OUT (what a device call returns).
 #
 # --wheels DIR: every *.whl in DIR is installed into a temporary folder put on PYTHONPATH (no index, no
 #   dependencies: bring each one that is missing). A wheel too big to carry in one piece arrives as NAME.whl.part-aa,

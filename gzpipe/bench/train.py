@@ -4,12 +4,17 @@
 * ``loader``: the same steps fed by the real loader from shards, so the data-stall share is visible
   (``data_stall`` = 1 - loader rate / ceiling rate).
 
+Both run the training loop's own step (``gzpipe.train.loop.train_one_epoch``: the masked loss, its accumulation on
+the device, gradient clipping, the optimizer - fused AdamW on CUDA, as `gzpipe train` makes it - and the learning-rate
+scheduler), so the stall is the training loop's, not a lighter step's.
+
 Rates are medians over ``repeats`` timed windows of ``steps`` optimizer steps, after ``warmup`` steps.
 Peak memory: CUDA's max allocated on a GPU, the process's peak RSS on the CPU.
 """
 
 from __future__ import annotations
 
+import itertools
 import resource
 import statistics
 import time
@@ -19,9 +24,10 @@ import torch
 
 from gzpipe.bench.machine import describe
 from gzpipe.loaders import create_loader
+from gzpipe.loaders.contract import Batch
 from gzpipe.models import BACKBONES, create_model, resolve_name
-from gzpipe.device import precision as amp_context, resolve_device
-from gzpipe.train.loop import LogitsModel, masked_loss
+from gzpipe.device import resolve_device
+from gzpipe.train.loop import EpochState, LogitsModel, lr_lambda, train_one_epoch
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -47,6 +53,29 @@ class TrainBenchConfig:
     compile: bool = False
 
 
+@dataclass
+class _LoopSettings:
+    """What ``train_one_epoch`` reads of a TrainConfig, at `gzpipe train`'s defaults (no timed checkpoints)."""
+
+    loss: str = "l1"
+    grad_clip: float = 1.0
+    checkpoint_minutes: float = 0.0
+
+
+class _Source:
+    """A window's batches shaped as a loader for ``train_one_epoch`` (exactly the steps it takes: none drawn and
+    dropped)."""
+
+    def __init__(self, it):
+        self.it = it
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        return self.it
+
+
 def run(cfg: TrainBenchConfig) -> list[dict]:
     backbone, image_size, batch_size, shards, backend = cfg.backbone, cfg.image_size, cfg.batch_size, cfg.shards, cfg.backend
     workers, device, amp, channels_last = cfg.workers, cfg.device, cfg.amp, cfg.channels_last
@@ -54,22 +83,24 @@ def run(cfg: TrainBenchConfig) -> list[dict]:
     name = resolve_name(backbone)
     dev = resolve_device(device or "auto")
     cl = BACKBONES[name].channels_last(dev.type) if channels_last is None else channels_last
-    net = LogitsModel(create_model(name)).to(dev)
+    net = LogitsModel(create_model(name), cl).to(dev)
     if cl:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    total = (warmup + steps * repeats) * 2
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, warmup), total))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as `gzpipe train` sets it
     if cfg.compile:  # compiled before the warm-up steps, which then include the compilation
         net = torch.compile(net)
-    autocast = amp_context(dev, amp)
     precision = amp if dev.type == "cuda" and amp != "off" else "fp32"
+    loop_cfg = _LoopSettings()
 
-    def step(x, y, m):
-        with autocast():
-            logits = net(x)
-        loss, _ = masked_loss(net.activate(logits.float()), logits, y, m)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def window(source, n: int) -> None:
+        """``n`` steps of the training loop itself over ``source`` (its own step: loss, clipping, optimizer,
+        scheduler, the loss kept on the device)."""
+        train_one_epoch(net, _Source(itertools.islice(source, n)), opt, sched, None, dev, amp, loop_cfg, 0, n,
+                        EpochState(), lambda state: None)
 
     def sync():
         if dev.type == "cuda":
@@ -78,20 +109,18 @@ def run(cfg: TrainBenchConfig) -> list[dict]:
     base = {"backbone": name, "image_size": image_size, "batch_size": batch_size, "precision": precision,
             "compile": cfg.compile,
             "channels_last": cl, "device": str(dev), "steps": steps, "repeats": repeats, "machine": describe()}
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
-    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.rand(batch_size, 30, device=dev)
     m = torch.ones(batch_size, 30, dtype=torch.bool, device=dev)
+    fixed = iter(lambda: Batch(x, y, m, [""] * batch_size), None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    for _ in range(warmup):
-        step(x, y, m)
+    window(fixed, warmup)
     sync()
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
-        for _ in range(steps):
-            step(x, y, m)
+        window(fixed, steps)
         sync()
         rates.append(steps * batch_size / (time.perf_counter() - t))
     ceiling = statistics.median(rates)
@@ -107,17 +136,13 @@ def run(cfg: TrainBenchConfig) -> list[dict]:
                 yield from loader
                 epoch += 1
 
-        it = batches()
-        for _ in range(warmup):
-            b = next(it)
-            step(b.images if cl else b.images.contiguous(), b.targets, b.mask)
+        real = batches()  # one stream across the windows: no epoch restart inside a timed window
+        window(real, warmup)
         sync()
         rates = []
         for _ in range(repeats):
             t = time.perf_counter()
-            for _ in range(steps):
-                b = next(it)
-                step(b.images if cl else b.images.contiguous(), b.targets, b.mask)
+            window(real, steps)
             sync()
             rates.append(steps * batch_size / (time.perf_counter() - t))
         rate = statistics.median(rates)

@@ -39,9 +39,7 @@ def normalise_nhwc_uint8(x: torch.Tensor) -> torch.Tensor:
     against 0.16 ms), and a fresh 38 MB float32 batch costs as much in page faults as the look-up itself
     (``gzpipe bench loader``'s time split, benchmarks/RESULTS.md)."""
     if x.device.type != "cpu" or x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], device=x.device, dtype=torch.float32)
-        shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=x.device,
-                             dtype=torch.float32)
+        scale, shift = normalisation(x.device)
         y = x.to(torch.float32)
         y.mul_(scale).add_(shift)
         return y.permute(0, 3, 1, 2)
@@ -53,6 +51,20 @@ def normalise_nhwc_uint8(x: torch.Tensor) -> torch.Tensor:
     for i in range(src.shape[0]):
         cv2.LUT(src[i], _LUT, dst=out[i])
     return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+_ON_DEVICE: dict = {}
+
+
+def normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of the ImageNet normalisation for uint8 pixels (x * scale + shift), made on ``device`` once:
+    built from a Python list for every batch, each was a blocking host-to-device copy (a sync) per batch."""
+    key = str(device)
+    if key not in _ON_DEVICE:
+        scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32)
+        shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32)
+        _ON_DEVICE[key] = (scale.to(device), shift.to(device))
+    return _ON_DEVICE[key]
 
 
 def _lut() -> np.ndarray:
@@ -101,6 +113,9 @@ def to_grey(images: torch.Tensor) -> torch.Tensor:
     """A normalised N x 3 x H x W batch -> the normalised N x 1 x H x W greyscale batch (for 1-channel encoders such
     as Zoobot's greyscale ones). Linear in the normalised values: one weighted sum, no un-normalising pass (the
     offsets cancel, since GREY_MEAN is the weighted mean)."""
-    a = torch.tensor([w * s / GREY_STD for w, s in zip(GREY_WEIGHTS, IMAGENET_STD)], dtype=images.dtype)
-    grey = (images * a.to(images.device, non_blocking=True).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    key = ("grey", str(images.device), images.dtype)
+    if key not in _ON_DEVICE:
+        a = torch.tensor([w * s / GREY_STD for w, s in zip(GREY_WEIGHTS, IMAGENET_STD)], dtype=images.dtype)
+        _ON_DEVICE[key] = a.to(images.device).view(1, 3, 1, 1)
+    grey = (images * _ON_DEVICE[key]).sum(dim=1, keepdim=True)
     return grey.contiguous(memory_format=torch.channels_last)

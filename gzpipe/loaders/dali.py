@@ -73,6 +73,14 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
         h, w = shape[0], shape[1]
         a = fn.external_source(source=_affines(train, batch_size, seed, rank, crop), batch=True, batch_info=True,
                                dtype=types.FLOAT, ndim=1)
+        images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                   hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)
+        # the low-pass the other backends take before the warp (nvjpeg.prefilter_factor; pil's DCT scaling): a
+        # reduction by 1, 2, 4 or 8, antialiased, so that the warp never samples the full image sparsely
+        need = dmath.ceil(s / dmath.max(dmath.sqrt(dmath.abs(a[0] * a[3] - a[1] * a[2])), 1e-3))
+        f = dmath.pow(2.0, dmath.floor(dmath.log2(dmath.clamp(dmath.floor(dmath.min(w, h) / need), 1.0, 8.0))))
+        w, h = dmath.ceil(w / f), dmath.ceil(h / f)
+        images = fn.resize(images, resize_x=w, resize_y=h, antialias=True, interp_type=types.INTERP_LINEAR)
         # pixel_matrix() of presets.py, written with DALI arithmetic so it follows each image's own size: the
         # centred square (side q at integer offsets x0, y0: gzpipe.pixels.square_box), never a stretch
         q = dmath.min(w, h)
@@ -81,8 +89,6 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
         m = fn.stack(a[0] * q / s, a[1] * q / s, cx - q / 2 * (a[0] + a[1]),
                      a[2] * q / s, a[3] * q / s, cy - q / 2 * (a[2] + a[3]))
         m = fn.reshape(m, shape=[2, 3])
-        images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                   hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)
         images = fn.warp_affine(images, matrix=m, size=[s, s], interp_type=types.INTERP_LINEAR, fill_value=0,
                                 inverse_map=True)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC",
@@ -138,7 +144,11 @@ def decodes_here() -> tuple[bool, str]:
         Image.new("RGB", (16, 16), (120, 60, 30)).save(buf, format="JPEG")
         data = np.frombuffer(buf.getvalue(), np.uint8)
 
-        @pipeline_def(batch_size=1, num_threads=1, device_id=0 if gpu else None)
+        import torch
+
+        # this rank's own GPU (torchrun's LOCAL_RANK, set as the current device): under 8 ranks, probing GPU 0 from
+        # each put 8 DALI contexts on one card
+        @pipeline_def(batch_size=1, num_threads=1, device_id=torch.cuda.current_device() if gpu else None)
         def probe():
             jpg = fn.external_source(source=lambda: [data], batch=True, dtype=types.UINT8)
             return fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,

@@ -23,31 +23,56 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gzpipe.errors import GzpipeError
-from gzpipe.loaders.contract import Batch
-from gzpipe.loaders.presets import DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD, draw_affine, preset_for, square_affine
+from gzpipe.loaders.contract import Batch, normalisation
+from gzpipe.loaders.presets import DEFAULT_CROP, draw_affine, preset_for, square_affine
 from gzpipe.loaders.stream import ShardStream, rebatch
 from gzpipe.stopping import dataloader_worker_init
 
 _DECODE_DEVICE: str | None = None  # tests only: "cpu" decodes with torchvision's CPU decoder (no CUDA needed)
 
 
+def prefilter_factor(a: np.ndarray, width: int, height: int, image_size: int) -> int:
+    """The reduction (1, 2, 4 or 8) an image of this size takes before the warp: what the `pil` backend's decoder
+    takes by DCT scaling (``pil._reduction`` of ``pil._need``), for the batch's closest view, so that every backend
+    samples the same low-passed picture. Warping a full-size image straight to a small output samples it sparsely
+    and aliases beyond a 2x reduction."""
+    from gzpipe.loaders.pil import _need, _reduction
+
+    need = max(_need(np.asarray(m), image_size) for m in np.asarray(a).reshape(-1, 2, 2))
+    return _reduction(width, height, need)
+
+
 def warp_batch(images: list[torch.Tensor], a: np.ndarray, image_size: int) -> torch.Tensor:
     """Decoded uint8 images (each 3 x H x W, one device) + affines (N x 2 x 2, normalised coordinates) ->
-    N x 3 x S x S float32, normalised, channels-last."""
+    N x 3 x S x S float32, normalised, channels-last. Each image is first box-reduced by ``prefilter_factor`` (a
+    2, 4 or 8 pixel average: what JPEG's DCT scaling gives the `pil` backend), then warped bilinearly."""
     dev = images[0].device
+    images = [_reduced(im, a[i], image_size) for i, im in enumerate(images)]
     # each image's centred square (a non-square one is never stretched): the affine in its own coordinates
     lin, off = square_affine(a, np.array([im.shape[-1] for im in images]), np.array([im.shape[-2] for im in images]))
-    theta = torch.from_numpy(np.concatenate([lin, off[..., None]], axis=-1).astype(np.float32)).to(dev, non_blocking=True)
+    theta = torch.from_numpy(np.concatenate([lin, off[..., None]], axis=-1).astype(np.float32))
+    if dev.type == "cuda":  # pinned, so that the copy is really asynchronous (from pageable memory it syncs)
+        theta = theta.pin_memory()
+    theta = theta.to(dev, non_blocking=True)
     grid = F.affine_grid(theta, [len(images), 3, image_size, image_size], align_corners=False)
     if all(im.shape == images[0].shape for im in images):
-        x = torch.stack(images).to(torch.float32)
+        x = torch.stack(images)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     else:  # mixed stored sizes: warp one by one (normalised coordinates make the matrix size-independent)
-        out = torch.cat([F.grid_sample(im[None].to(torch.float32), grid[i : i + 1], mode="bilinear",
+        out = torch.cat([F.grid_sample(im[None], grid[i : i + 1], mode="bilinear",
                                        padding_mode="zeros", align_corners=False) for i, im in enumerate(images)])
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255.0
-    return ((out - mean) / std).contiguous(memory_format=torch.channels_last)
+    scale, shift = normalisation(dev)  # made on the device once, not copied for every batch
+    return (out * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)).contiguous(memory_format=torch.channels_last)
+
+
+def _reduced(im: torch.Tensor, a: np.ndarray, image_size: int) -> torch.Tensor:
+    """One decoded image as float32, box-reduced by its ``prefilter_factor`` (partial boxes at the edges, as
+    Pillow's ``reduce`` and DCT scaling keep them)."""
+    x = im.to(torch.float32)
+    f = prefilter_factor(a, int(im.shape[-1]), int(im.shape[-2]), image_size)
+    if f == 1:
+        return x
+    return F.avg_pool2d(x[None], f, stride=f, ceil_mode=True, count_include_pad=False)[0]
 
 
 class _Raw:
@@ -124,13 +149,41 @@ def _ordered(device: torch.device):
     consumer.wait_stream(side)
 
 
-def _decode(payloads: list[torch.Tensor], device: torch.device, errors: list[str],
-            origins: list[tuple[bool, str]]) -> tuple[list[torch.Tensor], list[str]]:
-    """JPEG bytes decoded in one batched nvJPEG call, images decoded by the workers moved to the device. A batched
-    decode that fails (nvJPEG fails the whole batch for one bad image) is retried image by image: a user's file
-    that cannot be decoded gets a black stand-in and its row's error; a shard's sample is a damaged shard."""
+def _gpu_decode(payloads, dev):
+    """The batched decode (nvJPEG on a GPU): a list of JPEG byte tensors -> 3 x H x W uint8 on ``dev``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=dev)
+
+
+def _cpu_decode(payload: torch.Tensor) -> torch.Tensor:
+    """One JPEG on the CPU: libjpeg-turbo through torchvision, else Pillow (``gzpipe.pixels``) for what it cannot."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(payload, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        from gzpipe.pixels import decode
+
+        arr, _ = decode(bytes(payload.numpy()))
+        return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
+
+
+def _resource_error(e: BaseException) -> bool:
+    """The GPU itself failing (out of memory, a CUDA error), not an image: re-raised, never blamed on an image."""
+    msg = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in msg or "cuda error" in msg
+
+
+def _decode(payloads: list[torch.Tensor], device: torch.device, errors: list[str],
+            origins: list[tuple[bool, str]]) -> tuple[list[torch.Tensor], list[str]]:
+    """JPEG bytes decoded in one batched nvJPEG call, images decoded by the workers moved to the device.
+
+    nvJPEG fails a whole batch for one image it cannot decode; then each image is decoded on its own, and one that
+    nvJPEG cannot decode but is a sound JPEG (CMYK, arithmetic coding, 12-bit: nvJPEG lacks them) is decoded on the
+    CPU instead, so only a really damaged file costs its row (a user's file: a black stand-in and its error; a
+    shard's sample: a damaged shard). A failure of the GPU itself (out of memory, a CUDA error) is re-raised, and so
+    is a batch whose every image nvJPEG refused while the CPU decoded them all: the decoder does not work here."""
     dev = torch.device(_DECODE_DEVICE) if _DECODE_DEVICE else device
     errors = list(errors)
     jpeg = [i for i, p in enumerate(payloads) if p.dim() == 1]
@@ -139,9 +192,25 @@ def _decode(payloads: list[torch.Tensor], device: torch.device, errors: list[str
         return out, errors
     with _ordered(dev):
         try:
-            decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB, device=dev)
-        except RuntimeError:
-            decoded = [_decode_one(payloads[i], dev, origins[i], errors, i) for i in jpeg]
+            decoded = _gpu_decode([payloads[i] for i in jpeg], dev)
+        except RuntimeError as batch_error:
+            if _resource_error(batch_error):
+                raise
+            decoded, refused, first = [], 0, ""
+            for i in jpeg:
+                try:
+                    decoded.append(_gpu_decode([payloads[i]], dev)[0])
+                    continue
+                except RuntimeError as e:
+                    if _resource_error(e):
+                        raise
+                    refused += 1
+                    first = first or (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                decoded.append(_decode_on_cpu(payloads[i], origins[i], errors, i))
+            if refused == len(jpeg) > 1 and all(d is not None for d in decoded):
+                raise GzpipeError(f"the GPU JPEG decoder (torchvision's nvJPEG) refused all {len(jpeg)} images of a "
+                                  f"batch that the CPU decodes ({first}): it does not work here; use --backend pil "
+                                  "(or dali)")
         if dev.type == "cuda":
             consumer = torch.cuda.default_stream(dev)
             for im in decoded:
@@ -152,12 +221,12 @@ def _decode(payloads: list[torch.Tensor], device: torch.device, errors: list[str
     return out, errors
 
 
-def _decode_one(payload: torch.Tensor, dev: torch.device, origin: tuple[bool, str], errors: list[str], i: int):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+def _decode_on_cpu(payload: torch.Tensor, origin: tuple[bool, str], errors: list[str], i: int):
+    """An image nvJPEG refused, decoded on the CPU; a file no decoder reads is its row's error (a user's file) or a
+    damaged shard (a shard's sample)."""
     try:
-        return decode_jpeg(payload, mode=ImageReadMode.RGB, device=dev)
-    except RuntimeError as e:
+        return _cpu_decode(payload)
+    except Exception as e:  # noqa: BLE001 - any decoder's failure means this image is bad
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         tolerant, what = origin
         if not tolerant:
@@ -165,6 +234,26 @@ def _decode_one(payload: torch.Tensor, dev: torch.device, origin: tuple[bool, st
                               "`gzpipe verify` lists every damaged shard and how to rebuild them") from None
         errors[i] = f"cannot read image {what}: {msg}"
         return None
+
+
+def decodes_here() -> tuple[bool, str]:
+    """Whether torchvision's GPU decoder decodes a JPEG here (a one-image probe on the current CUDA device)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (120, 60, 30)).save(buf, format="JPEG")
+        out = _gpu_decode([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)],
+                          torch.device("cuda", torch.cuda.current_device()))
+        torch.cuda.synchronize()
+        if tuple(out[0].shape) != (3, 16, 16):
+            return False, f"nvJPEG decoded a test JPEG to shape {tuple(out[0].shape)}"
+        return True, "decodes on the GPU"
+    except Exception as e:  # noqa: BLE001 - any failure means: nvJPEG cannot decode here
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        return False, f"torchvision's GPU JPEG decoder does not work here ({type(e).__name__}: {first})"
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,

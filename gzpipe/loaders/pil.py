@@ -112,10 +112,33 @@ class _Transform:
         return img, torch.from_numpy(s["targets"]), torch.from_numpy(s["mask"]), s["id"], error
 
 
+SHM = "/dev/shm"
+
+
+def check_shared_memory(need: int, workers: int, batch_size: int, where: str = SHM) -> None:
+    """The workers' batch buffers live in shared memory (``/dev/shm``): at batch 256 with 15 workers at 224 px they
+    hold 3.2 GB, more than a container gives by default (Docker: 64 MB), and running out is a bus error in a
+    worker, not a message. Refuse beforehand, saying what to change."""
+    import os
+
+    if workers == 0 or not os.path.isdir(where):
+        return
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        from gzpipe.errors import GzpipeError
+
+        raise GzpipeError(f"the pil loader's batch buffers need {need / 2**30:.1f} GB of shared memory ({workers} "
+                          f"workers x 6 batches of {batch_size}) and {where} has {free / 2**30:.2f} GB free: give "
+                          "fewer --workers or a smaller --batch-size, or more shared memory (a container: docker run "
+                          "--shm-size=16g)")
+
+
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
           rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
     on_gpu = device.type == "cuda"
     prefetch = 4
+    check_shared_memory(workers * (prefetch + 2) * batch_size * image_size * image_size * 3, workers, batch_size)
     ds = ShardStream(shards, _Transform(image_size, train, crop), train, seed, rank, shuffle_buffer)
     # each worker can have `prefetch` batches queued, one being consumed and one being written: reused buffers
     slots = BatchSlots(workers, batch_size, per_worker=prefetch + 2)

@@ -65,12 +65,24 @@ def _cuda_available() -> tuple[bool, str]:
     return (True, "") if cuda_available() else (False, "no CUDA device")
 
 
+@functools.lru_cache(maxsize=1)
+def _nvjpeg_available() -> tuple[bool, str]:
+    """CUDA is there and torchvision's GPU decoder decodes a JPEG (a torchvision built without nvJPEG, or one whose
+    nvJPEG does not load, passed the CUDA check and failed on its first batch)."""
+    ok, why = _cuda_available()
+    if not ok:
+        return ok, why
+    from gzpipe.loaders.nvjpeg import decodes_here
+
+    return decodes_here()
+
+
 # DALI's CPU-only pipeline is slower than `pil` on a CPU (benchmarks/RESULTS.md), so auto picks it on GPUs only.
 register(Backend("dali", "gzpipe.loaders.dali", priority=0, auto_on=("cuda",), reads_shards_itself=True,
                  reads_units=False,
                  available=_dali_available, install_hint="pip install nvidia-dali-cuda130"))
 register(Backend("nvjpeg", "gzpipe.loaders.nvjpeg", priority=1, auto_on=("cuda",), needs_cuda=True,
-                 available=_cuda_available))
+                 available=_nvjpeg_available))
 register(Backend("pil", "gzpipe.loaders.pil", priority=2, auto_on=("cuda", "cpu")))
 
 

@@ -37,7 +37,7 @@ from gzpipe.fileio import atomic_open, local_path, remove_stale_tmp, write_json
 from gzpipe.loaders import check_backend_name
 from gzpipe.loaders.tta import check_tta
 from gzpipe.predict.inputs import collect_inputs
-from gzpipe.predict.parts import Part, plan_digest, plan_parts
+from gzpipe.predict.parts import Part, plan_digest, plan_parts, share
 from gzpipe.progress import progress_bar
 from gzpipe.stopping import STOP, ends_loading
 
@@ -248,10 +248,13 @@ def run_predict(cfg: PredictConfig) -> PredictResult:
         if d.main:
             _prepare_parts_dir(parts_dir, digest, len(parts))
         ddp.barrier(d)
-        mine = [p for i, p in enumerate(parts) if i % d.world == d.rank]
-        todo = [p for p in mine if not (parts_dir / f"{p.name}.parquet").exists()]
-        if len(todo) < len(mine) and d.main:
-            print(f"predict: {len(mine) - len(todo)} of {len(mine)} parts already done in {parts_dir}; resuming",
+        # the parts still to do, shared round-robin: shared before dropping the finished ones, a resumed run could
+        # give one rank every part left and the others none (they would time out at the barrier below)
+        left = [p for p in parts if not (parts_dir / f"{p.name}.parquet").exists()]
+        todo = share(left, d.rank, d.world)
+        ddp.barrier(d)  # every rank has read the folder before any writes a new part into it
+        if len(left) < len(parts) and d.main:
+            print(f"predict: {len(parts) - len(left)} of {len(parts)} parts already done in {parts_dir}; resuming",
                   flush=True)
         t0 = time.perf_counter()
         with progress_bar(f"predict {predictor.name}", total=sum(p.rows for p in todo), unit="img") as bar:

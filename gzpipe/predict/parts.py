@@ -142,3 +142,9 @@ def plan_digest(parts: list[Part], settings: dict) -> str:
     for p in parts:
         h.update(json.dumps(p.describe(), default=str).encode())
     return h.hexdigest()
+
+
+def share(left: list[Part], rank: int, world: int) -> list[Part]:
+    """This rank's parts among those still to do, round-robin: shared after the finished ones are dropped, so a
+    resumed run spreads what is left over every rank (shared before, one rank could get every part left)."""
+    return [p for i, p in enumerate(left) if i % world == rank]

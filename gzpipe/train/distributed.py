@@ -81,6 +81,38 @@ def min_int(d: Dist, value: int) -> int:
     return int(t.item())
 
 
+def max_ints(d: Dist, values: list[int]) -> list[int]:
+    """The largest of each value over the ranks (gloo on CPU tensors under ``cpu:gloo,cuda:nccl``: no GPU sync)."""
+    if not d.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
+_SIGNALS = {"SIGINT": 1, "SIGTERM": 2}
+
+
+def agreement(d: Dist):
+    """For a distributed run, ``agree(due) -> (stop, due)``: every rank's answer to "stop now?" (a stop any rank saw:
+    a signal reaches the ranks at different steps) and "checkpoint now?" (rank 0's clock decides: each rank's own
+    clock would decide at its own step, and a rank sitting in the checkpoint's barrier while another runs the next
+    step's all-reduce waits forever). Called by every rank at the same step, so all act at that step. A rank that
+    learns of another's stop records it as its own (``STOP``), so every later check agrees too. None for one process
+    (its own ``STOP`` and clock are the answer)."""
+    if not d.enabled:
+        return None
+    from gzpipe.stopping import STOP
+
+    def agree(due: bool) -> tuple[bool, bool]:
+        due_all, sig = max_ints(d, [int(due) if d.main else 0, _SIGNALS.get(STOP.signal or "", 0)])
+        if sig and not STOP:
+            STOP.request("SIGTERM" if sig == 2 else "SIGINT")
+        return bool(sig), bool(due_all)
+
+    return agree
+
+
 def gather_eval(d: Dist):
     if not d.enabled:
         return None

@@ -146,11 +146,14 @@ class _RunningLoss:
 
 
 def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device, amp, cfg, epoch: int,
-                    max_batches: int, state: EpochState, checkpoint_fn, on_step=None) -> EpochState:
+                    max_batches: int, state: EpochState, checkpoint_fn, on_step=None, agree=None) -> EpochState:
     """Train over ``max_batches`` batches of ``loader`` (skipping the ``state.batches_done`` already done by an
     interrupted run); ``checkpoint_fn(state)`` is called when a mid-epoch checkpoint is due; returns early, with
     ``state`` up to date, once a stop is asked for (the caller saves and stops). The loss is read back from the
-    device every ``LOSS_READ_EVERY`` steps only (``_RunningLoss``)."""
+    device every ``LOSS_READ_EVERY`` steps only (``_RunningLoss``). Under DDP, ``agree``
+    (``gzpipe.train.distributed.agreement``) makes the stop and the timed checkpoint one decision of all ranks, taken
+    after every step: each rank deciding on its own signal or clock would leave one in a collective the others
+    never join."""
     model.train()
     autocast = amp_context(device, amp)
     loader.set_epoch(epoch)
@@ -161,7 +164,7 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
         bar.advance(state.batches_done)
         with ends_loading(quiet=True):
             for i, batch in enumerate(loader):
-                if STOP:  # before the step: a stop that came while the batch loaded loses nothing
+                if STOP and agree is None:  # before the step: a stop that came while the batch loaded loses nothing
                     break
                 if i >= max_batches:
                     break  # under DDP every rank runs the same number of steps, or the all-reduce would hang
@@ -191,9 +194,11 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
                 if running.pending >= LOSS_READ_EVERY:
                     running.read_into(state)
                     bar.update(description=f"epoch {epoch + 1} loss {state.loss_sum / max(state.count, 1):.4f}")
-                if STOP:
+                due = cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes
+                stop, due = agree(due) if agree is not None else (bool(STOP), due)
+                if stop:
                     break
-                if cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                if due:
                     running.read_into(state)
                     state.seconds = time.perf_counter() - t0
                     checkpoint_fn(state)
@@ -203,10 +208,22 @@ def train_one_epoch(model, loader: Loader, optimizer, scheduler, scaler, device,
     return state
 
 
+def unwrap(model):
+    """The ``LogitsModel`` inside whatever wraps it: ``torch.compile`` (``_orig_mod``) around DDP (``module``), in
+    either order."""
+    core = model
+    while True:
+        if hasattr(core, "_orig_mod"):
+            core = core._orig_mod
+        elif isinstance(core, torch.nn.parallel.DistributedDataParallel):
+            core = core.module
+        else:
+            return core
+
+
 def _heads(model, ids, device):
     """Each row's head index (a model with a head per catalogue), or None."""
-    core = model.module if hasattr(model, "module") else model
-    core = getattr(core, "_orig_mod", core)
+    core = unwrap(model)
     return core.catalogue_index(ids, device) if hasattr(core, "catalogue_index") else None
 
 
@@ -216,13 +233,12 @@ def _forward(model, x, autocast, catalogue=None):
     row's head, for a model with a head per catalogue."""
     with autocast():
         logits = model(x) if catalogue is None else model(x, catalogue)
-    core = model.module if hasattr(model, "module") else model
-    return core.activate(logits.float()), logits
+    return unwrap(model).activate(logits.float()), logits
 
 
 @torch.inference_mode()
 def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None, tta: int = 1,
-             tta_kind: str = "dihedral") -> EvalResult | None:
+             tta_kind: str = "dihedral", agree=None) -> EvalResult | None:
     """Predictions and loss over ``loader``; None when a stop was asked for while it ran. With ``tta`` > 1 the
     predictions are averaged over that many views (``gzpipe.loaders.tta``), and ``extra["plain"]`` holds those of
     the plain view alone, for the with / without comparison."""
@@ -235,11 +251,10 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
     # fewer (or no) evaluation batches would leave the others waiting in it forever. And through the uncompiled
     # one: eval mode, inference mode, a partial last batch and TTA's rotated (non-contiguous) views would each make
     # torch.compile trace the model again, for a pass that runs once an epoch.
-    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    core = getattr(core, "_orig_mod", core)
+    core = unwrap(model)
     with ends_loading(quiet=True):
         for batch in loader:
-            if STOP:
+            if STOP and agree is None:  # under DDP the ranks agree once, after the pass (they hold uneven batches)
                 break
             outs = []
             heads = core.catalogue_index(batch.ids, device) if hasattr(core, "catalogue_index") else None
@@ -252,8 +267,8 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
             targets.append(batch.targets.cpu())
             masks.append(batch.mask.cpu())
             ids += batch.ids
-    if STOP:
-        return None
+    if (agree(False)[0] if agree is not None else bool(STOP)):
+        return None  # every rank, or none: the gather below is a collective
     pred = torch.cat(preds).numpy() if preds else np.zeros((0, 30), np.float32)
     target = torch.cat(targets).numpy() if targets else np.zeros((0, 30), np.float32)
     mask = torch.cat(masks).numpy() if masks else np.zeros((0, 30), bool)
@@ -272,11 +287,14 @@ class LogitsModel(torch.nn.Module):
     """Training view of a ``GZModel``: ``forward`` returns logits (what DDP wraps and the loss needs);
     ``activate`` maps them to predictions in [0, 1]."""
 
-    def __init__(self, model):
+    def __init__(self, model, channels_last: bool | None = None):
         super().__init__()
         self.model = model
+        self.channels_last = channels_last  # None: inputs as the loader gives them (channels-last)
 
     def forward(self, x: torch.Tensor, catalogue: torch.Tensor | None = None) -> torch.Tensor:
+        if self.channels_last is False:  # the loaders deliver channels-last, and a convolution follows its input's
+            x = x.contiguous()  # format: a backbone whose default is off (regnety on CUDA) would run channels-last
         return self.model.logits(x, catalogue)
 
     def catalogue_index(self, ids, device) -> torch.Tensor | None:

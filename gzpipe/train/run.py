@@ -58,6 +58,8 @@ def _settings_line(cfg: TrainConfig, loader, device, world: int) -> str:
     weights are loaded), so say which values were picked."""
     start = (f"from {cfg.weights}" if cfg.weights else "from the published weights" if cfg.pretrained
              else "from random initialisation")
+    if cfg.device_defaults:
+        start += f" (the GPU's defaults: {', '.join(f'{k} {v:g}' for k, v in cfg.device_defaults.items())})"
     ranks = f" a rank, {world} ranks" if world > 1 else ""
     return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px "
             f"(crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} {start}, {cfg.loss} loss, {cfg.head} head, "
@@ -92,6 +94,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         cfg.heads = catalogue_heads(cfg.shards)
     if cfg.channels_last is None:
         cfg.channels_last = BACKBONES[cfg.backbone].channels_last(device.type)
+    if device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest convolution algorithms once
+        torch.backends.cudnn.benchmark = True
     if d.main:
         finish_swap(final)
         remove_stale_tmp(final, recursive=True)
@@ -117,7 +121,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     # what the run is built from, digested now: a weights folder's files too (a link into a hub cache is read through)
     inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **_weights_inputs(cfg.weights)},
                                final)
-    net = LogitsModel(model).to(device)
+    net = LogitsModel(model, cfg.channels_last).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     train_loader = create_loader(cfg.shards, "train", cfg.backend, cfg.image_size, cfg.batch_size, train=True,
@@ -130,7 +134,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     if steps == 0:
         raise GzpipeError(f"the train split has {train_loader.samples} samples per rank, fewer than --batch-size "
                           f"{cfg.batch_size}; use a smaller batch")
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW on CUDA: one kernel for every parameter's update instead of a few per tensor
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, round(cfg.warmup_epochs * steps)), cfg.epochs * steps))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
@@ -178,10 +184,10 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         _log(d, rerun.resuming_line(cfg.backbone + (" (the --restart)" if run_dir == staged else ""),
                                     f"at {at}: {epoch} of {cfg.epochs} epochs"
                                     + (f" and {es.batches_done} batches" if es.batches_done else "") + " reused"))
-    if cfg.compile:
-        net = torch.compile(net)
-    if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        if train_loader.backend == "dali":
+            _log(d, f"{cfg.backbone}: note: the dali loader keeps its own shuffle state, so the resumed epochs see the "
+                    "galaxies in another order than an uninterrupted run (the pil and nvjpeg loaders resume exactly)")
+    net = wrap(net, d.enabled, device, cfg.compile)
     if d.main:
         _log(d, _settings_line(cfg, train_loader, device, d.world))
         failed = runs.failure_of(run_dir)
@@ -208,19 +214,20 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         ddp.barrier(d)
 
     selection = _selection(cfg)
+    agree = ddp.agreement(d)  # under torchrun: one stop and one checkpoint decision for all ranks
     t_start = time.perf_counter()
     ran = 0
     while epoch < cfg.epochs and early["bad_epochs"] < cfg.patience:
         es = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, device, cfg.amp, cfg, epoch, steps,
                              es, save_latest, on_step=(lambda: ema.update_parameters(model)) if ema is not None
-                             else None)
+                             else None, agree=agree)
         if STOP:
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
                                        f"checkpoint saved in {ckpt_dir}{kept}; re-run the same command to resume")
         loss_sum, count, samples, secs = ddp.sum_floats(d, es.loss_sum, es.count, es.samples, es.seconds)
-        val = evaluate(net if ema is None else LogitsModel(ema.module), val_loader, device, cfg.amp, cfg.loss,
-                       ddp.gather_eval(d))
+        val = evaluate(net if ema is None else LogitsModel(ema.module, cfg.channels_last), val_loader, device,
+                       cfg.amp, cfg.loss, ddp.gather_eval(d), agree=agree)
         if val is None:  # stopped while validating: the epoch's training is saved, its validation re-runs
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while validating epoch {epoch + 1}; checkpoint "
@@ -319,9 +326,17 @@ def ema_update(decay: float):
 
     @torch.no_grad()
     def update(ema_params: list, model_params: list, n_averaged) -> None:
+        floating = torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0])
+        if floating and n_averaged.device.type != "cpu":
+            # on a GPU the decay stays a tensor: ``float(n_averaged)`` was a sync per parameter group and step
+            n = n_averaged.to(ema_params[0].dtype)
+            d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+            torch._foreach_mul_(ema_params, d)
+            torch._foreach_add_(ema_params, torch._foreach_mul(model_params, 1.0 - d))
+            return
         n = float(n_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+        if floating:
             torch._foreach_lerp_(ema_params, model_params, 1.0 - d)
         else:
             for e, m in zip(ema_params, model_params, strict=True):
@@ -356,6 +371,15 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
                 f"{trained.image_size} px (recorded: MAE {recorded[split]['mae']:.4f}, accuracy "
                 f"{recorded[split]['accuracy']:.4f}); {run_dir} is unchanged")
     return recorded
+
+
+def wrap(net, distributed: bool, device, compile_: bool):
+    """DDP around the model, then torch.compile around DDP: compiling the DDP module lets its gradient all-reduce
+    overlap the backward (DDPOptimizer splits the graph at bucket boundaries); DDP around a compiled module waits for
+    the whole backward before it reduces a byte."""
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if compile_ else net
 
 
 def catalogue_heads(shards: str) -> list[str]:
@@ -407,14 +431,14 @@ def _weights_inputs(weights: str | None) -> dict:
 
 def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir: Path) -> dict:
     t = runs.load_trained(run_dir, device, amp=cfg.amp)
-    net = LogitsModel(t.model)
+    net = LogitsModel(t.model, t.channels_last)
     results = {}
     for split in runs.EVAL_SPLITS:
         loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
                                train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
                                world_size=d.world, crop=t.crop, channels=t.channels)
         results[split] = evaluate(net, loader, device, cfg.amp, saved_value(t.config, "loss"), ddp.gather_eval(d),
-                                  tta=cfg.tta, tta_kind=cfg.tta_kind)
+                                  tta=cfg.tta, tta_kind=cfg.tta_kind, agree=ddp.agreement(d))
         if results[split] is None:
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} while evaluating the best model; training is "
                                        f"complete (checkpoints in {run_dir / runs.CHECKPOINTS}); re-run the same "
