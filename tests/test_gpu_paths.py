@@ -128,54 +128,54 @@ def trained_tiny(train_shards, tmp_path_factory) -> Path:
     return out / "resnet50"
 
 
-def test_one_file_nvjpeg_cannot_decode_costs_only_its_row(synth_release, tmp_path, nvjpeg_on_cpu, monkeypatch,
-                                                          trained_tiny):
-    """nvJPEG fails a whole batched decode for one image it cannot read. Here the CPU decoder stands in for it and
-    refuses one file the way nvJPEG would (RuntimeError, batched or alone): predict gives that file its error row
-    and predicts the rest."""
-    import torchvision.io as tvio
-
+def test_one_file_nvjpeg_refuses_is_read_on_the_cpu_and_a_damaged_one_costs_only_its_row(
+        synth_release, tmp_path, nvjpeg_on_cpu, monkeypatch, trained_tiny):
+    """nvJPEG fails a whole batched decode for one image it cannot read. Here the GPU decoder's stand-in refuses one
+    sound file the way nvJPEG refuses a CMYK or arithmetic-coded JPEG: it is decoded on the CPU and predicted (issue
+    40); a damaged file, which no decoder reads, gets its error row, and the rest are predicted."""
+    import gzpipe.loaders.nvjpeg as nv
     from gzpipe.predict import PredictConfig, run_predict
 
     files = sorted((synth_release / "images").glob("*.jpg"))[:6]
-    bad = files[2]
-    poisoned = bad.read_bytes()
-    real = tvio.decode_jpeg
+    refused = files[2].read_bytes()
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(files[4].read_bytes()[:300] + b"\x00" * 2000 + b"\xff\xd9")  # a header, then zeros
+    real = nv._gpu_decode
 
-    def decode_jpeg(data, *a, **kw):
-        items = data if isinstance(data, list) else [data]
-        if any(len(t) == len(poisoned) and t.numpy().tobytes() == poisoned for t in items):
+    def gpu_decode(payloads, dev):
+        if any(p.numpy().tobytes() == refused for p in payloads):
             raise RuntimeError("nvjpegDecode failed: 6 (NVJPEG_STATUS_EXECUTION_FAILED)")
-        return real(data, *a, **kw)
+        return real(payloads, dev)
 
-    monkeypatch.setattr(tvio, "decode_jpeg", decode_jpeg)
-    r = run_predict(PredictConfig(model=str(trained_tiny), inputs=[str(f) for f in files], out=str(tmp_path / "p.csv"),
+    monkeypatch.setattr(nv, "_gpu_decode", gpu_decode)
+    inputs = [str(f) for f in files] + [str(damaged)]
+    r = run_predict(PredictConfig(model=str(trained_tiny), inputs=inputs, out=str(tmp_path / "p.csv"),
                                   device="cpu", backend="nvjpeg", workers=1, batch_size=4))
     df = r.frame().set_index("path")
-    assert r.rows == 6 and r.errors == 1
-    assert "NVJPEG_STATUS_EXECUTION_FAILED" in df.loc[str(bad), "error"] and bad.name in df.loc[str(bad), "error"]
-    good = df.drop(index=str(bad))
+    assert r.rows == 7 and r.errors == 1 and "damaged.jpg" in df.loc[str(damaged), "error"]
+    good = df.drop(index=str(damaged))
     assert (good["error"] == "").all() and good[list(schema.TARGET_NAMES)].notna().all().all()
-    assert df.loc[str(bad), list(schema.TARGET_NAMES)].isna().all()
+    assert df.loc[str(damaged), list(schema.TARGET_NAMES)].isna().all()
 
 
-def test_a_shard_sample_nvjpeg_cannot_decode_names_its_shard(many_shards, nvjpeg_on_cpu, monkeypatch):
-    """Shards are verified data: a sample the decoder refuses means damage, named like the other backends do."""
-    import torchvision.io as tvio
-
+def test_a_shard_sample_no_decoder_reads_names_its_shard(many_shards, nvjpeg_on_cpu, monkeypatch):
+    """Shards are verified data: a sample neither nvJPEG nor the CPU decodes means damage, named as the other
+    backends name it."""
+    import gzpipe.loaders.nvjpeg as nv
     from gzpipe.errors import GzpipeError
     from gzpipe.loaders import create_loader
 
-    real = tvio.decode_jpeg
+    real = nv._gpu_decode
     calls = {"n": 0}
 
-    def decode_jpeg(data, *a, **kw):
+    def gpu_decode(payloads, dev):
         calls["n"] += 1
-        if isinstance(data, list) or calls["n"] == 2:  # the batch fails, then its first image alone
+        if len(payloads) > 1 or calls["n"] == 2:  # the batch fails, then its first image alone
             raise RuntimeError("nvjpegDecode failed")
-        return real(data, *a, **kw)
+        return real(payloads, dev)
 
-    monkeypatch.setattr(tvio, "decode_jpeg", decode_jpeg)
+    monkeypatch.setattr(nv, "_gpu_decode", gpu_decode)
+    monkeypatch.setattr(nv, "_cpu_decode", lambda payload: (_ for _ in ()).throw(RuntimeError("corrupt data")))
     with pytest.raises(GzpipeError, match=r"sample \S+ in shard .*val-\d+\.tar cannot be decoded .*gzpipe verify"):
         list(create_loader(many_shards, "val", "nvjpeg", image_size=32, batch_size=8, device="cpu", workers=0))
 

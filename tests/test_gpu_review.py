@@ -251,3 +251,33 @@ def test_bench_train_times_the_training_loops_own_step(monkeypatch):
     rows = bench.run(bench.TrainBenchConfig("timm:resnet10t", image_size=32, batch_size=4, steps=2, warmup=1,
                                             repeats=2, device="cpu"))
     assert rows[0]["images_per_s"] > 0 and calls["epochs"] == 3 and calls["clip"] == 1 + 2 * 2
+
+
+def test_nvjpeg_decodes_ahead_in_a_thread_of_its_own():
+    """nvJPEG's decode and warp ran in the thread that launches the training step's kernels; they now run a few
+    batches ahead in a thread of their own. Its contract, shown on the CPU: the batches in order, an error raised in
+    the consumer, and a consumer that stops early ends the thread and closes its generator before the next epoch
+    takes the loader (on CUDA each batch also crosses streams through an event, which the CPU cannot show)."""
+    import threading
+
+    from gzpipe.loaders.nvjpeg import ahead
+
+    closed = []
+
+    def make(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"batch {i} is broken")
+                yield i
+        finally:
+            closed.append(n)
+
+    cpu = torch.device("cpu")
+    assert list(ahead(lambda: make(7), cpu)) == list(range(7))
+    with pytest.raises(ValueError, match="batch 3 is broken"):
+        list(ahead(lambda: make(7, fail_at=3), cpu))
+    it = ahead(lambda: make(1000), cpu)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # a loop capped at len(loader) steps
+    assert closed[-1] == 1000 and not [t for t in threading.enumerate() if t.name == "gzpipe-nvjpeg"]

@@ -154,11 +154,11 @@ def test_backends_agree_in_eval_mode(synth_shards, size, crop):
     def diff(a, b):
         return torch.stack([(v[a] - v[b]).abs() for v in out.values()])
 
-    # dali and the torch warp both point-sample the full-resolution decode: within JPEG-decoder rounding
-    assert diff("dali", "nvjpeg-warp").max() < 0.03
-    # pil decodes at 1/2..1/8 scale (DCT scaling) when the output is small: a smoother image, close on average
-    assert diff("pil", "dali").mean() < (0.015 if size > 100 else 0.05)
-    assert diff("pil", "nvjpeg-warp").mean() < (0.015 if size > 100 else 0.05)
+    # every backend low-passes by the same power of two before its warp (pil: DCT scaling at decode; nvjpeg: a box
+    # average; dali: an antialiased resize), so they agree on average to well under a grey level at every size
+    # (tests/test_gpu_review.py holds them to 0.008 at 1.5x to 5.3x reductions on the real sample)
+    for a, b in (("dali", "nvjpeg-warp"), ("pil", "dali"), ("pil", "nvjpeg-warp")):
+        assert diff(a, b).mean() < 0.01, (a, b)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

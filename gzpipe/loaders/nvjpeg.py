@@ -265,7 +265,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
                     worker_init_fn=dataloader_worker_init,
                     pin_memory=False, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
-    def batches(epoch: int):
+    def made(epoch: int):
         ds.epoch = epoch
         received = (_split(*b) for b in iter(dl))  # views of each batch's one buffer, then merged across workers
         for payloads, a, targets, mask, ids, errors, origins in rebatch(received, batch_size, drop_last=train):
@@ -274,4 +274,76 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
             yield Batch(images, targets.to(device, non_blocking=True), mask.to(device, non_blocking=True).bool(),
                         list(ids), list(errors) if any(errors) else None)
 
+    def batches(epoch: int):
+        yield from ahead(lambda: made(epoch), device)
+
     return batches
+
+
+PREFETCH = 2  # batches decoded and warped ahead of the one being consumed
+
+
+def ahead(make, device: torch.device, depth: int = PREFETCH):
+    """The batches of the generator ``make()``, made in a background thread ``depth`` batches ahead: nvJPEG's host
+    side (the Huffman decoding of small images runs on the CPU) and the launches of the decode and warp kernels then
+    overlap the training step instead of preceding it. On CUDA the thread works on a stream of its own and each
+    batch carries an event that the consumer's stream waits for (no host sync), its tensors marked as used by the
+    consumer's stream so that the allocator never reuses them early. The consumer stopping early (a loop capped at
+    ``len(loader)`` steps, a stop) ends the thread, and its generator, before the next epoch starts one."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        gen = make()
+        try:
+            stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for b in gen:
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not put((b, event, None)):
+                        return
+            put((None, None, done))
+        except BaseException as e:  # noqa: BLE001 - raised in the consumer's thread, where it belongs
+            put((None, None, e))
+        finally:
+            gen.close()  # the DataLoader iterator is released here, before the next epoch takes it
+
+    t = threading.Thread(target=work, name="gzpipe-nvjpeg", daemon=True)
+    t.start()
+    try:
+        while True:
+            b, event, err = q.get()
+            if err is done:
+                return
+            if err is not None:
+                raise err
+            if event is not None:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(event)
+                for x in (b.images, b.targets, b.mask):
+                    x.record_stream(consumer)
+            yield b
+    finally:
+        stop.set()
+        while t.is_alive():  # let the thread see the stop: drain what it managed to put
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        t.join()
