@@ -82,7 +82,7 @@ def test_predict_picks_the_head_and_an_export_keeps_them(union, tmp_path, capsys
 
 
 def test_catalogue_heads_need_several_catalogues(train_shards):
-    from gzpipe.train.run import catalogue_heads
+    from gzpipe.train.setup import catalogue_heads
 
     with pytest.raises(GzpipeError, match="holds one catalogue format"):
         catalogue_heads(str(train_shards))

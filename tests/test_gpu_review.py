@@ -160,7 +160,7 @@ def test_the_moving_average_never_reads_a_device_tensor_back():
     """``float(n_averaged)`` in the EMA step read a device tensor back, a sync per parameter group and step. On a GPU
     the decay is now a tensor. (CPU test: the tensors are on the meta device, where reading a value back raises: the
     step completes, so nothing is read.)"""
-    from gzpipe.train.run import ema_update
+    from gzpipe.train.setup import ema_update
 
     update = ema_update(0.999)
     ema = [torch.zeros(4, device="meta")]
@@ -178,7 +178,7 @@ def test_compile_wraps_ddp_not_the_other_way(tmp_path):
     import torch.distributed as dist
 
     from gzpipe.train.loop import LogitsModel, unwrap
-    from gzpipe.train.run import wrap
+    from gzpipe.train.setup import wrap
     from gzpipe.models import create_model
 
     store = dist.FileStore(str(tmp_path / "store"), 1)

@@ -379,7 +379,7 @@ def test_ema_forgets_the_first_weights():
     (and of BatchNorm's first running variance, which made the EMA model worse than the train mean)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from gzpipe.train.run import ema_update
+    from gzpipe.train.setup import ema_update
 
     m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     with torch.no_grad():

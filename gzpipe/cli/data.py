@@ -164,7 +164,7 @@ def _print_shard_summary(m: dict, out_dir: Path) -> None:
         out.print("rejected: " + ", ".join(f"{k} {v}" for k, v in m["rejected_by_reason"].items())
                   + f" (each row with its reason in {out_dir / 'manifest.json'})")
     if c.get("converted"):
-        from gzpipe.shard.images import CONVERSIONS, conversion_kinds
+        from gzpipe.shard.store import CONVERSIONS, conversion_kinds
 
         kinds = Counter(k for r in m.get("converted", []) for k in conversion_kinds(r["reason"]))
         what = ", ".join(f"{n} {CONVERSIONS[k]}" for k, n in kinds.items()) or f"{c['converted']} images"

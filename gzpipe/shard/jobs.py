@@ -18,7 +18,8 @@ from gzpipe.fileio import atomic_open, sha256_file
 from gzpipe.pixels import DEFAULT_STRETCH
 from gzpipe.progress import progress_bar
 from gzpipe.stopping import worker_map
-from gzpipe.shard.images import ImageRejected, load_jpeg
+from gzpipe.shard.images import ImageRejected
+from gzpipe.shard.store import load_jpeg
 from gzpipe.shard.tarwrite import ShardInfo, write_shard
 
 MANIFEST_VERSION = 1  # also part of every job's plan digest: a new format rebuilds every shard

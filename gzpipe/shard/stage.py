@@ -12,7 +12,6 @@ Each sample holds ``<key>.jpg``, ``<key>.targets`` (30 little-endian float32; ma
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter

@@ -15,13 +15,11 @@ SIGINT / SIGTERM stop after the current step with a checkpoint saved.
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gzpipe import rerun, runs
@@ -40,12 +38,8 @@ from gzpipe.train import distributed as ddp
 from gzpipe.train.config import RESUME_KEYS, TrainConfig, saved_value, warn_short_run, warn_upsampled_crop
 from gzpipe.train.loop import EpochState, LogitsModel, evaluate, lr_lambda, train_one_epoch
 from gzpipe.train.plots import training_curves
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from gzpipe.train.setup import (catalogue_heads, ema_update, restore_rng, rng_state, seed_everything, selection,
+                                weights_inputs, wrap)
 
 
 def _log(d: ddp.Dist, msg: str) -> None:
@@ -119,7 +113,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
                          zero_init_residual=cfg.zero_init_residual, channels=channels, heads=cfg.heads)
     # what the run is built from, digested now: a weights folder's files too (a link into a hub cache is read through)
-    inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **_weights_inputs(cfg.weights)},
+    inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **weights_inputs(cfg.weights)},
                                final)
     net = LogitsModel(model, cfg.channels_last).to(device)
     if cfg.channels_last:
@@ -179,7 +173,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
             scaler.load_state_dict(state["scaler"])
         epoch, history, early, wall = state["epoch"], state["history"], state["early"], state["wall_time"]
         es = EpochState(**state["epoch_state"])
-        _restore_rng(state["rng"], device)
+        restore_rng(state["rng"], device)
         at = f"epoch {epoch + 1}" + (f", batch {es.batches_done + 1}" if es.batches_done else "")
         _log(d, rerun.resuming_line(cfg.backbone + (" (the --restart)" if run_dir == staged else ""),
                                     f"at {at}: {epoch} of {cfg.epochs} epochs"
@@ -202,7 +196,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         return {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "epoch_state": asdict(es_now),
-                "early": early, "history": history, "rng": _rng_state(device), "config": cfg.to_dict(),
+                "early": early, "history": history, "rng": rng_state(device), "config": cfg.to_dict(),
                 "wall_time": wall + time.perf_counter() - t_start}
 
     kept = f" (the finished run in {final} is unchanged)" if run_dir == staged and runs.is_complete(final, runs.BACKBONE) \
@@ -213,7 +207,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
             ckpt.save_latest(ckpt_dir, full_state(es_now))
         ddp.barrier(d)
 
-    selection = _selection(cfg)
+    score_of = selection(cfg)
     agree = ddp.agreement(d)  # under torchrun: one stop and one checkpoint decision for all ranks
     t_start = time.perf_counter()
     ran = 0
@@ -234,7 +228,7 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
                                        f"saved in {ckpt_dir}{kept}; re-run the same command to resume")
         vm = compute_metrics(val.pred, val.target, val.mask)
         epoch += 1
-        score = selection(val)
+        score = score_of(val)
         improved = score < early["best"] - cfg.min_delta
         if improved:
             early.update(best=score, best_epoch=epoch, bad_epochs=0)
@@ -304,47 +298,6 @@ def _staged_state(cfg: TrainConfig, staged: Path) -> dict | None:
     return None
 
 
-def _rng_state(device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _restore_rng(s: dict, device: torch.device) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate((3, tuple(s["python"]), None))
-    if s.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(s["cuda"], device)
-
-
-def ema_update(decay: float):
-    """The EMA step for ``AveragedModel``, with the decay warmed up as min(decay, (1 + n) / (10 + n)) after n steps.
-
-    A fixed decay keeps decay^n of the first weights, and with them BatchNorm's first running statistics (variance
-    ~1 where the data's is ~0.04): after 255 steps at 0.99, 8% of them were left and the EMA model's val MAE was 0.29
-    against the raw model's 0.18 (benchmarks/RESULTS.md). Integer buffers (BatchNorm's batch counts) follow the
-    model's."""
-
-    @torch.no_grad()
-    def update(ema_params: list, model_params: list, n_averaged) -> None:
-        floating = torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0])
-        if floating and n_averaged.device.type != "cpu":
-            # on a GPU the decay stays a tensor: ``float(n_averaged)`` was a sync per parameter group and step
-            n = n_averaged.to(ema_params[0].dtype)
-            d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
-            torch._foreach_mul_(ema_params, d)
-            torch._foreach_add_(ema_params, torch._foreach_mul(model_params, 1.0 - d))
-            return
-        n = float(n_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        if floating:
-            torch._foreach_lerp_(ema_params, model_params, 1.0 - d)
-        else:
-            for e, m in zip(ema_params, model_params, strict=True):
-                e.copy_(m)
-
-    return update
-
-
 _RUNTIME_KEYS = ("backend", "workers", "device", "eval_batch_size", "out", "tta", "tta_kind")  # how to run/evaluate
 
 
@@ -371,62 +324,6 @@ def _skip(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> dict:
                 f"{trained.image_size} px (recorded: MAE {recorded[split]['mae']:.4f}, accuracy "
                 f"{recorded[split]['accuracy']:.4f}); {run_dir} is unchanged")
     return recorded
-
-
-def wrap(net, distributed: bool, device, compile_: bool):
-    """DDP around the model, then torch.compile around DDP: compiling the DDP module lets its gradient all-reduce
-    overlap the backward (DDPOptimizer splits the graph at bucket boundaries); DDP around a compiled module waits for
-    the whole backward before it reduces a byte."""
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(net) if compile_ else net
-
-
-def catalogue_heads(shards: str) -> list[str]:
-    """The catalogue formats of the train split, the one with the most galaxies first (the default head)."""
-    from gzpipe.boost.catalogues import catalogue_rows
-    from gzpipe.labels import split_labels
-
-    rows = catalogue_rows(split_labels(shards, "train").index.tolist())
-    formats = sorted((f for f in rows if f), key=lambda f: (-rows[f], f))
-    if len(formats) < 2:
-        raise GzpipeError(f"catalogue_heads: the train split of {shards} holds one catalogue format "
-                          f"({', '.join(f or 'ids without a format prefix' for f in rows)}); a head per catalogue is for "
-                          "shards that join several (gzpipe shard --catalog A --catalog B)")
-    return formats
-
-
-def _selection(cfg: TrainConfig):
-    """The figure the best epoch and early stopping follow (``TrainConfig.select``), lower is better: the val loss,
-    or the val Kaggle RMSE over every known cumulative value of the shards' random-draw val galaxies (all of them
-    where the shards name none)."""
-    if cfg.select == "loss":
-        return lambda val: val.loss
-    from gzpipe.labels import random_draw_ids
-    from gzpipe.metrics import kaggle_rmse
-
-    chosen = random_draw_ids(cfg.shards, "val")
-    chosen = set(chosen) if chosen else None
-
-    def kaggle(val) -> float:
-        rows = np.array([i in chosen for i in val.ids]) if chosen else np.ones(len(val.ids), bool)
-        r = kaggle_rmse(val.pred[rows], val.target[rows], val.mask[rows])["rmse_known"]
-        return float(r) if r is not None else float(val.loss)
-
-    return kaggle
-
-
-def _weights_inputs(weights: str | None) -> dict:
-    """The files ``--weights`` is read from, each with its own label (``weights``, or ``weights:NAME`` for a
-    folder's): their digests make a retrained source visible."""
-    if not weights:
-        return {}
-    from gzpipe.models.weights import locate
-
-    w = locate(weights)
-    if len(w.files) == 1 and w.files[0] == w.given:
-        return {"weights": w.given}
-    return {f"weights:{f.name}": f for f in w.files}
 
 
 def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir: Path) -> dict:
