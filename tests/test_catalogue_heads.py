@@ -86,3 +86,31 @@ def test_catalogue_heads_need_several_catalogues(train_shards):
 
     with pytest.raises(GzpipeError, match="holds one catalogue format"):
         catalogue_heads(str(train_shards))
+
+
+def test_the_stacked_ensemble_minimises_the_kaggle_rmse_of_the_random_draw():
+    """With a random draw named, the stacked weights are chosen for the metric the study is judged by: reach-weighted
+    squared errors, and the grouping and shrinkage by the cross-validated Kaggle RMSE. On members of which one is
+    right about the first question and wrong below, the other the reverse, the Kaggle objective weights the first
+    question's member more (its error counts for every volunteer) than the MAE objective does."""
+    from gzpipe import schema
+    from gzpipe.ensemble.stacked import StackConfig, fit_stack
+
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.dirichlet(np.ones(3), n)
+    y = np.concatenate([y] + [rng.dirichlet(np.ones(len(range(s.start, s.stop))), n)
+                              for t, s in list(schema.TASK_SLICES.items())[1:]], axis=1)
+    mask = np.ones_like(y, bool)
+    top = np.zeros(schema.N_TARGETS, bool)
+    top[schema.TASK_SLICES["t01_smooth_or_features"]] = True
+    noise = lambda: rng.normal(0, 0.15, y.shape)  # noqa: E731
+    a = np.clip(np.where(top, y, y + noise()), 0, 1)  # right about question 1, noisy below
+    b = np.clip(np.where(top, y + noise(), y + 0.3 * noise()), 0, 1)  # noisy on question 1, better below
+    preds = np.stack([a, b], axis=1)
+    cfg = StackConfig(groupings=("all",), shrink_grid=(0.0,), bags=4)
+    w_mae, how_mae = fit_stack(preds, y, mask, cfg)
+    w_k, how_k = fit_stack(preds, y, mask, StackConfig(groupings=("all",), shrink_grid=(0.0,), bags=4,
+                                                        objective="kaggle"))
+    assert "cv_kaggle_rmse" in how_k and "cv_mae" in how_mae
+    assert w_k[0, 0] > w_mae[0, 0]  # the member that is right where most volunteers answer weighs more

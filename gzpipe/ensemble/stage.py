@@ -18,7 +18,7 @@ from gzpipe.fileio import check_out_folder, finish_swap, rebuilt, remove_stale_t
 from gzpipe.models import parse_backbones
 
 _SAVED = ("method", "models", "weights", "weights_from", "member_val_metrics", "grouping", "shrink", "cv_mae",
-          "weights_fitted_on")
+          "cv_kaggle_rmse", "weights_fitted_on", "weights_minimise")
 
 
 @dataclass
