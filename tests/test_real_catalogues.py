@@ -421,7 +421,7 @@ def test_every_stage_honours_questions_no_catalogue_had(k17_study):
     assert (t["kaggle_vs_constant"].dropna() > 0).all()
     page = (k17_study / "model_comparison/report.html").read_text()
     assert "<h2>By catalogue</h2>" in page and "kaggle_by_catalogue" not in page  # the figure is inlined
-    assert "paired bootstrap over the" in page and page.count("no labels") >= len(ABSENT_17) * len(runs_)
+    assert "paired-bootstrap intervals over the test galaxies" in page and page.count("no labels") >= len(ABSENT_17) * len(runs_)
 
 
 @pytest.mark.parametrize("model", ["lightgbm_resnet50", "ensemble_stacked"])
@@ -445,8 +445,10 @@ def test_the_real_preset_is_the_union_of_the_real_catalogues(real_kaggle):
 
     cfg = resolve_study("real", None)
     assert [Path(c).name for c in cfg.data.catalog] == ["labels_manifest_800.csv", "labels_kaggle_37col_420.csv",
-                                                        "labels_kaggle_17col.csv"]
-    assert len(cfg.data.images) == 3 and cfg.data.target == "weighted_fraction"
+                                                        "labels_kaggle_37col_2000.csv", "labels_kaggle_17col.csv"]
+    assert len(cfg.data.images) == 4 and cfg.data.target == "weighted_fraction"
+    assert cfg.shard["random_draw"] == ["labels_kaggle_37col_2000.csv"]  # the random draw the report leads with
+    assert cfg.train["select"] == "kaggle"  # early-stopped on the metric the study is judged by
     assert all(Path(p).exists() for p in [*cfg.data.catalog, *cfg.data.images])
     sample = resolve_study("sample", None)  # the 800 hand-picked galaxies alone, as the real preset was before
     assert Path(sample.data.catalog).name == "labels_manifest_800.csv"

@@ -18,8 +18,10 @@ from gzpipe.report.collect import DEEP, ENSEMBLE, collect, dl_vs_gb
 
 
 def _shards_of(out: Path, table: pd.DataFrame) -> str | None:
+    """The shards the models were scored on: the first backbone's or booster's (an ensemble names only members)."""
     for name in table["name"]:
-        return runs.shards_of(out / name)
+        if (out / name / runs.CONFIG).exists():
+            return runs.shards_of(out / name)
     return None
 
 

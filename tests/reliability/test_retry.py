@@ -420,7 +420,7 @@ def test_the_report_says_what_it_stands_on(finished, tmp_path, capsys):
     page = (art / "model_comparison" / "report.html").read_text()
     n_test = int(table["test_galaxies"].iloc[0])
     assert f"on the test split ({n_test} galaxies)" in page and f"validation split only ({val} galaxies" in page
-    assert "ensemble_equal</b> has one member only" in page
+    assert "ensemble_equal: one member only, so that model itself" in page
 
 
 def test_an_unreachable_dask_scheduler_is_one_line_naming_it(finished, tmp_path, capsys, monkeypatch):
