@@ -1,7 +1,7 @@
 """Learning curve on the real data at hand: how much labelled data is enough?
 
     .venv/bin/python benchmarks/bench_learning_curve.py [--out artifacts/learning_curve] [--sizes 1600,3200,all]
-        [--backbone timm:resnet18]
+        [--backbone NAME] [--epochs N]
 
 One backbone with one fixed recipe (the `real` preset's train section: its image size, crop, loss, epochs, batch,
 lr, selection figure, heads and evaluation views) trained on parts of the train split of the union of the four real
