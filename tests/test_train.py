@@ -259,6 +259,45 @@ def test_cumulative_loss_is_the_square_of_the_kaggle_metric():
     assert torch.isfinite(p.grad).all() and p.grad[:10, 3:].abs().sum() > 0  # unreached: a reach predicted > 0 costs
 
 
+def test_reach_weighted_loss_weighs_each_answer_by_the_share_that_reached_its_question():
+    """--loss mse_reach: each reached answer's squared error times the share of volunteers who reached its question
+    (the parent's cumulative target fraction), computed here by hand from the tree; a question whose parent a
+    catalogue lacks weighs 1; masked targets never count, whatever they hold."""
+    from gzpipe.train.loop import masked_loss
+
+    rng = np.random.default_rng(1)
+    n = 12
+    target = rng.random((n, 30))
+    for s in schema.TASK_SLICES.values():
+        target[:, s] /= target[:, s].sum(1, keepdims=True)
+    pred = rng.random((n, 30))
+    mask = np.ones((n, 30), bool)
+    mask[6:, schema.TASK_SLICES["t04_spiral"]] = False  # a catalogue without the spiral question ...
+    mask[9:, schema.TASK_SLICES["t02_edgeon"]] = False  # ... and one without the edge-on question either
+    cum = schema.conditional_to_cumulative(target)
+    w = np.ones((n, 30))
+    for t in schema.TASKS:
+        p = schema.PARENT_INDEX[t.name]
+        if p is None:
+            continue
+        s = schema.TASK_SLICES[t.name]
+        parent_task = next(k for k, sl in schema.TASK_SLICES.items() if sl.start <= p < sl.stop)
+        parent_known = mask[:, p].copy()
+        q = schema.PARENT_INDEX[parent_task]
+        while q is not None:  # the parent's cumulative share is known only where every question above it is
+            parent_known &= mask[:, q]
+            q = schema.PARENT_INDEX[next(k for k, sl in schema.TASK_SLICES.items() if sl.start <= q < sl.stop)]
+        w[:, s] = np.where(parent_known, cum[:, p], 1.0)[:, None]
+    expected = (w * mask * (pred - target) ** 2).sum() / (w * mask).sum()
+    assert w[9:, schema.TASK_SLICES["t03_bar"]].min() == 1.0  # its parent (edge-on) unknown: weight 1
+    assert w[:6, schema.TASK_SLICES["t10_arms_winding"]].max() < 1.0
+    held = np.where(mask, target, 99.0)
+    loss, count = masked_loss(torch.tensor(pred), torch.logit(torch.tensor(pred)), torch.tensor(held),
+                              torch.tensor(mask), "mse_reach")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert count.item() == pytest.approx((w * mask).sum(), rel=1e-6)
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_zero_init_residual_starts_each_residual_block_as_the_identity(backbone):
     from gzpipe.models.build import zero_residual_branches

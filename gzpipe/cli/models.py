@@ -50,9 +50,10 @@ def train(
                                                  help="Memory format [the backbone's default]."),
     head: Optional[Literal["sigmoid", "softmax"]] = typer.Option(None, help="Output activation; softmax is per "
                                                                             "task [sigmoid for debiased targets]."),
-    loss: Optional[Literal["l1", "mse", "bce", "cumulative"]] = typer.Option(None, help=(
+    loss: Optional[Literal["l1", "mse", "bce", "cumulative", "mse_reach"]] = typer.Option(None, help=(
         "Loss over valid entries only; l1 is the MAE the study reports, cumulative the squared error of the "
-        "cumulative fractions that Kaggle's metric takes the root of [l1].")),
+        "cumulative fractions that Kaggle's metric takes the root of, mse_reach the squared error with each answer "
+        "weighted by the share of volunteers who reached its question [l1].")),
     select: Optional[Literal["loss", "kaggle"]] = typer.Option(None, help=(
         "What the best epoch and early stopping follow: the val loss, or the val Kaggle RMSE (cumulative fractions) "
         "on the shards' random-draw val galaxies (gzpipe shard --random-draw; all val galaxies without one) [loss].")),

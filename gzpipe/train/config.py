@@ -30,7 +30,7 @@ STUDY_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "epochs": 250, "patience": 12, "
 SCRATCH_LR = 1e-3
 
 MODES = ("resume", "restart", "skip")
-LOSSES = ("l1", "mse", "bce", "cumulative")
+LOSSES = ("l1", "mse", "bce", "cumulative", "mse_reach")
 SELECT = ("loss", "kaggle")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",

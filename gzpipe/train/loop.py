@@ -30,6 +30,8 @@ def masked_loss(pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, 
     plausible fractions where ``mse`` is minimised by their mean, and GZ2's fractions pile up near 0 and 1."""
     if kind == "cumulative":
         return cumulative_loss(pred, target, mask)
+    if kind == "mse_reach":
+        return reach_weighted_loss(pred, target, mask)
     m = mask.to(pred.dtype)
     n = m.sum()
     if kind == "mse":
@@ -80,6 +82,36 @@ def cumulative_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     per = torch.where(known, (_cumulative(pred.float()) - ct) ** 2, torch.zeros_like(ct))
     n = known.to(pred.dtype).sum()
     return per.sum() / n.clamp_min(1.0), n
+
+
+def reach_weights(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, 30) weights: the share of volunteers who reached each answer's question (its parent's cumulative target
+    fraction; 1 for the first questions and where the parent's share is unknown, as for a catalogue that lacks the
+    parent question). A conditional fraction is the mean of the votes of those who reached the question, so its
+    variance is about inversely proportional to that share: these are inverse-variance weights."""
+    from gzpipe import schema
+
+    t = torch.where(mask, target, torch.zeros_like(target))
+    ct = _cumulative(t)
+    known = cumulative_known(t, mask, ct)
+    cols = []
+    for task in schema.TASKS:
+        s, p = schema.TASK_SLICES[task.name], schema.PARENT_INDEX[task.name]
+        w = torch.ones_like(t[:, :1]) if p is None else torch.where(known[:, p:p + 1], ct[:, p:p + 1],
+                                                                       torch.ones_like(t[:, :1]))
+        cols.append(w.expand(-1, s.stop - s.start))
+    return torch.cat(cols, dim=1)
+
+
+def reach_weighted_loss(pred: torch.Tensor, target: torch.Tensor,
+                        mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error of the conditional fractions, each weighted by the share of volunteers who reached its question
+    (``reach_weights``): between ``mse`` (every reached answer alike, however few voted) and ``cumulative`` (the
+    error of the product, which weighs a deep answer by about the square of that share)."""
+    w = torch.where(mask, reach_weights(target, mask), torch.zeros_like(target))
+    per = w * (pred.float() - torch.where(mask, target, torch.zeros_like(target))) ** 2
+    n = w.sum()
+    return per.sum() / n.clamp_min(1e-8), n
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
