@@ -296,6 +296,10 @@ def test_reach_weighted_loss_weighs_each_answer_by_the_share_that_reached_its_qu
                               torch.tensor(mask), "mse_reach")
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert count.item() == pytest.approx((w * mask).sum(), rel=1e-6)
+    p = torch.tensor(pred, requires_grad=True)
+    masked_loss(p, p, torch.tensor(held), torch.tensor(mask), "mse_reach")[0].backward()
+    assert torch.isfinite(p.grad).all() and (p.grad[torch.tensor(~mask)] == 0).all()  # a masked answer never pulls
+    assert (p.grad[torch.tensor(mask)] != 0).all()
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
