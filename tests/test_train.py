@@ -275,19 +275,20 @@ def test_reach_weighted_loss_weighs_each_answer_by_the_share_that_reached_its_qu
     mask[6:, schema.TASK_SLICES["t04_spiral"]] = False  # a catalogue without the spiral question ...
     mask[9:, schema.TASK_SLICES["t02_edgeon"]] = False  # ... and one without the edge-on question either
     cum = schema.conditional_to_cumulative(target)
+
+    def parent_of(answer):  # the answer that leads to this answer's question (None for a first question)
+        return schema.PARENT_INDEX[next(k for k, sl in schema.TASK_SLICES.items() if sl.start <= answer < sl.stop)]
+
     w = np.ones((n, 30))
     for t in schema.TASKS:
         p = schema.PARENT_INDEX[t.name]
         if p is None:
             continue
-        s = schema.TASK_SLICES[t.name]
-        parent_task = next(k for k, sl in schema.TASK_SLICES.items() if sl.start <= p < sl.stop)
-        parent_known = mask[:, p].copy()
-        q = schema.PARENT_INDEX[parent_task]
+        known, q = mask[:, p].copy(), parent_of(p)
         while q is not None:  # the parent's cumulative share is known only where every question above it is
-            parent_known &= mask[:, q]
-            q = schema.PARENT_INDEX[next(k for k, sl in schema.TASK_SLICES.items() if sl.start <= q < sl.stop)]
-        w[:, s] = np.where(parent_known, cum[:, p], 1.0)[:, None]
+            known &= mask[:, q]
+            q = parent_of(q)
+        w[:, schema.TASK_SLICES[t.name]] = np.where(known, cum[:, p], 1.0)[:, None]
     expected = (w * mask * (pred - target) ** 2).sum() / (w * mask).sum()
     assert w[9:, schema.TASK_SLICES["t03_bar"]].min() == 1.0  # its parent (edge-on) unknown: weight 1
     assert w[:6, schema.TASK_SLICES["t10_arms_winding"]].max() < 1.0
