@@ -90,17 +90,24 @@ class KillLog:
 
 
 def kill_at_random_points(cmd: list[str], timing: Timing, kills: int, after_each: Callable[[], None] | None = None,
-                          sig: int = signal.SIGKILL, salt: str = "") -> KillLog:
+                          sig: int = signal.SIGKILL, salt: str = "",
+                          fresh: Callable[[], None] | None = None) -> KillLog:
     """Start ``cmd`` up to ``kills`` times, each time sending ``sig`` to its process group at a random point of
-    its work, and call ``after_each`` (the leftovers check) after every stop. Draws are seeded by command and salt."""
+    its work, and call ``after_each`` (the leftovers check) after every stop. Draws are seeded by command and salt.
+
+    A run can be faster than the timed one (a loaded machine), so it may finish before its draw, or take a stop
+    signal only as it exits (status 0). With ``fresh`` (which removes that run's outputs), such a run before any
+    stop has landed does not use up a try: the outputs are removed, the next draws come from the run's own
+    duration, and it starts again (at most ``kills`` extra times)."""
     rng = random.Random(f"{SEED}:{salt}:{' '.join(cmd[3:5])}")
     log = KillLog()
-    for _ in range(kills):
-        delay = rng.uniform(0.0, 0.75) * timing.work  # leave margin: a loaded machine runs faster or slower
+    work, tries, extra = timing.work, 0, 0
+    while tries < kills:
+        delay = rng.uniform(0.0, 0.75) * work  # leave margin: a loaded machine runs faster or slower
         errf = tempfile.TemporaryFile("w+")
         # its own process group, signalled as a whole: what a batch scheduler or Ctrl-C in a terminal does
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=ENV, start_new_session=True)
-        _wait_ready(p)
+        ready = _wait_ready(p)
         try:
             p.wait(timeout=delay)
             log.finished_early += 1  # the remaining work was shorter than the draw
@@ -108,13 +115,19 @@ def kill_at_random_points(cmd: list[str], timing: Timing, kills: int, after_each
             os.killpg(p.pid, sig)
             log.kills.append(round(delay, 3))
         p.wait(timeout=180)
+        took = time.perf_counter() - ready
         errf.seek(0)
         log.stderr.append(errf.read())
         log.returncodes.append(p.returncode)
-        print(f"chaos seed {SEED} {cmd[3]}: signal {sig} after {delay:.3f}s of {timing.work:.2f}s work "
-              f"({'stopped' if p.returncode != 0 else 'finished first'})", flush=True)
+        print(f"chaos seed {SEED} {cmd[3]}: signal {sig} after {delay:.3f}s of {work:.2f}s work "
+              f"({'stopped' if p.returncode != 0 else f'finished first, in {took:.2f}s'})", flush=True)
         if after_each is not None:
             after_each()
+        if p.returncode == 0 and fresh is not None and extra < kills and not any(log.returncodes[:-1]):
+            fresh()  # start again from nothing, with draws inside this run's own duration
+            work, extra = min(work, took), extra + 1
+            continue
+        tries += 1
     return log
 
 

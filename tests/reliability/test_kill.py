@@ -28,7 +28,8 @@ def test_shard_killed_anywhere_resumes_byte_identical(chaos_release, tmp_path):
     ref = digests(out)
     assert "manifest.json" in ref and len([k for k in ref if k.endswith(".tar")]) >= 18
     shutil.rmtree(out)
-    log = kill_at_random_points(cmd, timing, kills=4, after_each=lambda: assert_no_half_written_files(out))
+    log = kill_at_random_points(cmd, timing, kills=4, fresh=lambda: shutil.rmtree(out),
+                                after_each=lambda: assert_no_half_written_files(out))
     assert log.kills, "no kill landed inside the work"
     run_ok(cmd)
     assert digests(out) == ref  # tars, indexes, labels.parquet and manifest.json, byte for byte
@@ -39,7 +40,7 @@ def test_train_killed_anywhere_resumes_to_the_same_metrics(train_shards, tmp_pat
     ref_out, out = tmp_path / "ref", tmp_path / "run"
     timing = timed_run(train_cmd(train_shards, ref_out))
     ref = json.loads((ref_out / "resnet50/metrics.json").read_text())
-    log = kill_at_random_points(train_cmd(train_shards, out), timing, kills=3,
+    log = kill_at_random_points(train_cmd(train_shards, out), timing, kills=3, fresh=lambda: shutil.rmtree(out),
                                 after_each=lambda: assert_no_half_written_files(out))
     assert log.kills
     run_ok(train_cmd(train_shards, out))

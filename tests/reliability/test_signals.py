@@ -42,7 +42,7 @@ def test_shard_stops_cleanly(chaos_release, tmp_path, name):
     timing = timed_run(cmd)
     ref = digests(out)
     shutil.rmtree(out)
-    log = kill_at_random_points(cmd, timing, kills=3, sig=sig, salt=name,
+    log = kill_at_random_points(cmd, timing, kills=3, sig=sig, salt=name, fresh=lambda: shutil.rmtree(out),
                                 after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
     _check_stops(log, code)
     run_ok(cmd)
@@ -62,7 +62,7 @@ def test_train_checkpoints_and_stops_cleanly(train_shards, tmp_path, name):
     ref_out, out = tmp_path / "ref", tmp_path / "run"
     timing = timed_run(train_cmd(train_shards, ref_out))
     log = kill_at_random_points(train_cmd(train_shards, out), timing,
-                                kills=2, sig=sig, salt=name,
+                                kills=2, sig=sig, salt=name, fresh=lambda: shutil.rmtree(out),
                                 after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
     _check_stops(log, code)
     # Stopped inside the training loop: a checkpoint is saved first (test_train.py also stops it there on purpose);
@@ -103,6 +103,7 @@ def _stop_resume_compare(cmd_for, ref, out, folder: str, sig, code: int, name: s
     """Run ``cmd_for(ref)`` whole, stop ``cmd_for(out)`` twice with ``sig``, finish it, and compare ``folder``."""
     timing = timed_run(cmd_for(ref))
     log = kill_at_random_points(cmd_for(out), timing, kills=2, sig=sig, salt=name,
+                                fresh=lambda: shutil.rmtree(out / folder),
                                 after_each=lambda: (assert_no_half_written_files(out), _no_temporaries(out)))
     _check_stops(log, code)
     run_ok(cmd_for(out))
