@@ -57,3 +57,18 @@ def test_synth_then_shard_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "12 written, 0 rejected of 12 inputs" in r.stdout
     assert (tmp_path / "sh/manifest.json").exists() and list((tmp_path / "sh").glob("train-*.idx"))
+
+
+def test_train_option_choices_are_the_configs_own(tmp_path):
+    """The CLI spells `--loss`, `--select` and `--head` choices as Literals (importing the training config would
+    import torch for every `gzpipe --help`); they must stay the values the config accepts."""
+    import re
+
+    from gzpipe.models.heads import HEADS
+    from gzpipe.train.config import LOSSES, SELECT
+
+    for option, values in (("--loss", LOSSES), ("--select", SELECT), ("--head", tuple(HEADS))):
+        r = runner.invoke(app, ["train", "--shards", str(tmp_path), option, "no-such-choice"], terminal_width=300)
+        assert r.exit_code == 2, r.output
+        listed = re.findall(r"'([^']+)'", " ".join(r.output.split()).split("is not one of", 1)[1])
+        assert tuple(listed) == values, (option, r.output)
