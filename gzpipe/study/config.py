@@ -66,9 +66,9 @@ PRESETS: dict[str, dict] = {
         # -0.0003] pooled over two seeds, best epochs 46 and 48; 40 had beaten 20 by 0.0048); the squared error
         # with each answer weighted by the share of volunteers who reached its question (mse_reach: -0.0015
         # [-0.0027, -0.0003] against plain mse, pooled over two seeds; the cumulative loss was no better than mse; a
-        # head per catalogue no better on the random draw). Tried and not kept, none beyond chance: 90 epochs (57 minutes; it overfits after ~50),
-        # 96 px, weight decay 0.2, the teacher's pseudo-labels for the questions a catalogue lacks; a second seed
-        # differs by as much
+        # head per catalogue no better on the random draw). Tried and not kept, none beyond chance: 90 epochs (57
+        # minutes; it overfits after ~50), 96 px, weight decay 0.2, the teacher's pseudo-labels for the questions a
+        # catalogue lacks; a second seed differs by as much
         "train": {"image_size": 64, "crop": 0.5, "loss": "mse_reach", "epochs": 60, "batch_size": 32, "lr": 1e-3,
                   "patience": 60, "warmup_epochs": 1, "workers": 2, "backend": "auto", "tta": 8,
                   "select": "kaggle"},
