@@ -83,9 +83,9 @@ def export(
 def study(
     preset: Optional[Literal["demo", "real", "sample", "full"]] = typer.Option(
         None, help="demo: synthetic, CPU, ~10 min; real: all the real labelled data in $GZPIPE_SHARED (the GZ2 "
-                   "sample + 5,336 Kaggle galaxies, ~6,100 in all), CPU, < 60 min; sample: the 800 hand-picked GZ2 "
-                   "galaxies alone, < 30 min; full: the whole GZ2 release with the original hyperparameters, for a "
-                   "GPU."),
+                   "sample + 7,336 Kaggle galaxies in three catalogues, 8,097 after de-duplication), CPU, ~40 min; "
+                   "sample: the 800 hand-picked GZ2 galaxies alone, < 30 min; full: the whole GZ2 release with the "
+                   "original hyperparameters, for a GPU."),
     config: Optional[Path] = typer.Option(None, metavar="FILE", help="YAML: a preset and overrides of data, shard, "
                                           "train, boost, backbones, engines, methods, out."),
     out_dir: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Artifacts folder [the preset's]."),
