@@ -30,13 +30,35 @@ def _torchrun(shards, out, port, plugin_dir, extra=(), env_extra=None, timeout=2
                             start_new_session=True)  # its own process group: a hung job is killed whole
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): torchrun starts each rank in a session of its own, so killing
+    torchrun's process group leaves hung ranks alive, holding the pipes this test reads."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
 def _wait(p, what: str, timeout: int = 300):
     try:
         return p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks
-        p.communicate()
-        pytest.fail(what)
+        for pid in [p.pid, *_descendants(p.pid)]:  # torchrun and both ranks
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = p.communicate()
+        pytest.fail(f"{what}; its last output:\n{err[-3000:]}")
 
 
 def _plugin(tmp_path: Path, body: str) -> Path:
@@ -71,30 +93,56 @@ def test_ranks_whose_clocks_disagree_checkpoint_at_the_same_step(train_shards, t
     assert m["epochs_run"] == 3
 
 
-def test_a_sigterm_to_one_rank_stops_both_with_a_checkpoint_and_the_job_resumes(train_shards, tmp_path):
-    """A SIGTERM reaches rank 1 alone (a scheduler's signals reach the ranks at different steps). Both stop after the
-    same step, rank 0 writes the stop checkpoint, the job exits 143 (torchrun reports the workers' failure), and the
+# Where the SIGTERM reaches rank 1: during a step of the second epoch, or after the epoch's last step, when
+# the ranks' last agreement is behind them and each goes on to the epoch's end on its own (CI hit this one: rank 1
+# went to the stop checkpoint's barrier while rank 0 ran the epoch's loss all-reduce, and the job hung).
+_SIGTERM_AT = {
+    "during a step": """
+        def patched(*a, **k):
+            if k.get("epoch", a[8] if len(a) > 8 else 0) == 1:   # in the second epoch's second step
+                steps, before = [0], k.get("on_step")
+                def on_step():
+                    steps[0] += 1
+                    if steps[0] == 2:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    if before is not None:
+                        before()
+                k["on_step"] = on_step
+            return original(*a, **k)
+    """,
+    "after the epoch's last step": """
+        def patched(*a, **k):
+            state = original(*a, **k)
+            if k.get("epoch", a[8] if len(a) > 8 else 0) == 1:   # the second epoch's steps are all agreed and done
+                os.kill(os.getpid(), signal.SIGTERM)
+            return state
+    """,
+}
+
+
+@pytest.mark.parametrize("when", list(_SIGTERM_AT))
+def test_a_sigterm_to_one_rank_stops_both_with_a_checkpoint_and_the_job_resumes(train_shards, tmp_path, when):
+    """A SIGTERM reaches rank 1 alone (a scheduler's signals reach the ranks at different steps). Both stop at the
+    same point, rank 0 writes the stop checkpoint, the job exits 143 (torchrun reports the workers' failure), and the
     same command resumes and finishes."""
     plugin = _plugin(tmp_path, """
-        import os, signal, threading
+        import os, signal
         if os.environ.get("RANK") == "1":
             import gzpipe.train.loop as loop
             original = loop.train_one_epoch
-            def patched(*a, **k):
-                if k.get("epoch", a[8] if len(a) > 8 else 0) == 1:   # in the second epoch, after a few steps
-                    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
-                return original(*a, **k)
+""" + textwrap.indent(textwrap.dedent(_SIGTERM_AT[when]), " " * 12) + """
             loop.train_one_epoch = patched
             import gzpipe.train.run as run
             run.train_one_epoch = patched
     """)
     art = tmp_path / "art"
-    p = _torchrun(train_shards, art, 29543, plugin, ["--epochs", "6"])
+    p = _torchrun(train_shards, art, 29543 + 10 * list(_SIGTERM_AT).index(when), plugin, ["--epochs", "6"])
     out, err = _wait(p, "a SIGTERM to one rank hung the job")
     assert p.returncode != 0 and "SIGTERM" in err, err[-3000:]
     assert (art / ARCH / "checkpoints" / "latest_checkpoint.pth").exists()
     assert not (art / ARCH / "training_complete.txt").exists()
-    p = _torchrun(train_shards, art, 29545, tmp_path / "none", ["--epochs", "6"], {"GZPIPE_PLUGINS": ""})
+    p = _torchrun(train_shards, art, 29545 + 10 * list(_SIGTERM_AT).index(when), tmp_path / "none", ["--epochs", "6"],
+                  {"GZPIPE_PLUGINS": ""})
     out, err = _wait(p, "the resumed job hung")
     assert p.returncode == 0, err[-3000:]
     assert "resuming the interrupted run" in out

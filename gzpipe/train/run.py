@@ -215,7 +215,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
         es = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, device, cfg.amp, cfg, epoch, steps,
                              es, save_latest, on_step=(lambda: ema.update_parameters(model)) if ema is not None
                              else None, agree=agree)
-        if STOP:
+        # One decision of all ranks here too: a signal that reaches one rank after the epoch's last agreed step would
+        # send it to the stop checkpoint's barrier while the others run the loss all-reduce below (a hang)
+        if agree(False)[0] if agree is not None else STOP:
             save_latest(es)
             raise Stopped(STOP.signal, f"stopped by {STOP.signal} at epoch {epoch + 1}, batch {es.batches_done}; "
                                        f"checkpoint saved in {ckpt_dir}{kept}; re-run the same command to resume")
@@ -349,8 +351,16 @@ def _finish(cfg: TrainConfig, d: ddp.Dist, device: torch.device, history: list, 
     replacement built beside the run is swapped in last."""
     best_epoch = ckpt.load(runs.best_checkpoint(run_dir))["epoch"]
     results = _evaluate_best(cfg, d, device, run_dir)
-    if not d.main:
-        return {}
+    metrics = _record(cfg, device, history, wall, run_dir, best_epoch, results) if d.main else {}
+    # The other ranks wait for rank 0's files: one that exited first (a signal after the last safe point exits 143)
+    # would have torchrun stop rank 0 while it writes them
+    ddp.barrier(d)
+    return metrics
+
+
+def _record(cfg: TrainConfig, device: torch.device, history: list, wall: float, run_dir: Path, best_epoch: int,
+            results: dict) -> dict:
+    """Rank 0: the finished run's metrics, predictions and curves, then its completion mark."""
     samples = sum(h["images_per_s"] * h["seconds"] for h in history)
     secs = sum(h["seconds"] for h in history)
     trained = tasks_with_labels(cfg.shards)  # a question with no train label was never learned: predicted empty
