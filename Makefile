@@ -24,12 +24,12 @@ demo: setup
 	$(BIN)/gzpipe study --preset demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The slow tests (the reliability suite's SIGINT runs and whole-study kills, DDP, the demo-sized study):
 # CI runs them after `make test` when its time budget allows.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m "slow and not gpu"
+	$(BIN)/python -m pytest -q --durations=10 -m "slow and not gpu"
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
