@@ -123,8 +123,8 @@ _SIGTERM_AT = {
 @pytest.mark.parametrize("when", list(_SIGTERM_AT))
 def test_a_sigterm_to_one_rank_stops_both_with_a_checkpoint_and_the_job_resumes(train_shards, tmp_path, when):
     """A SIGTERM reaches rank 1 alone (a scheduler's signals reach the ranks at different steps). Both stop at the
-    same point, rank 0 writes the stop checkpoint, each rank exits 143 and torchrun reports their failure (exit 1), and the
-    same command resumes and finishes."""
+    same point, rank 0 writes the stop checkpoint, each rank exits 143 and torchrun reports their failure (exit 1),
+    and the same command resumes and finishes."""
     plugin = _plugin(tmp_path, """
         import os, signal
         if os.environ.get("RANK") == "1":
