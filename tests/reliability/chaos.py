@@ -131,6 +131,61 @@ def kill_at_random_points(cmd: list[str], timing: Timing, kills: int, after_each
     return log
 
 
+def stage_times(cmd: list[str], root: Path, marks: list[str], timeout: float = 600) -> list[float]:
+    """Run ``cmd`` to completion and return, for each glob in ``marks`` (in the order the command makes them, under
+    ``root``), the seconds after start-up at which it first matched: where each stage of the run ends."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    ready = _wait_ready(p)
+    seen: dict[int, float] = {}
+    while p.poll() is None:
+        for i, pattern in enumerate(marks):
+            if i not in seen and any(root.glob(pattern)):
+                seen[i] = time.perf_counter() - ready
+        if time.perf_counter() - ready > timeout:
+            p.kill()
+            raise AssertionError(f"{' '.join(cmd)} took over {timeout}s")
+        time.sleep(0.01)
+    end = time.perf_counter() - ready
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr.read()[-3000:]}"
+    return [seen.get(i, end) for i in range(len(marks))]
+
+
+def kill_in_every_stage(cmd: list[str], root: Path, marks: list[str], ends: list[float],
+                        after_each: Callable[[], None] | None = None, sig: int = signal.SIGKILL) -> KillLog:
+    """Stop a resumable command once inside each of its stages, in order, re-running it after every stop.
+
+    Stage k runs from mark k-1 (or start-up) to mark k; ``ends`` are the marks' times in an uninterrupted run
+    (``stage_times``). Try k waits for mark k-1 to appear (the stage before, which the last stop had interrupted, is
+    finished by this run), then sends ``sig`` to the process group a random share (0 to 0.9) of stage k's duration
+    later. Draws over the whole run would mostly fall after the end of what a resumed run has left to do; these land
+    in every stage, each at its own random point."""
+    rng = random.Random(f"{SEED}:stages:{' '.join(cmd[3:5])}")
+    log = KillLog()
+    starts = [0.0, *ends[:-1]]
+    for k, (start, end) in enumerate(zip(starts, ends)):
+        errf = tempfile.TemporaryFile("w+")
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=ENV, start_new_session=True)
+        ready = _wait_ready(p)
+        while k and p.poll() is None and not any(root.glob(marks[k - 1])):
+            time.sleep(0.005)
+        delay = rng.uniform(0.0, 0.9) * (end - start)
+        try:
+            p.wait(timeout=delay)
+            log.finished_early += 1
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, sig)
+            log.kills.append(round(time.perf_counter() - ready, 3))
+        p.wait(timeout=180)
+        errf.seek(0)
+        log.stderr.append(errf.read())
+        log.returncodes.append(p.returncode)
+        print(f"chaos seed {SEED} {cmd[3]}: stage {k + 1} of {len(marks)} (before {marks[k]!r}): signal {sig} "
+              f"{delay:.3f}s into it ({'stopped' if p.returncode != 0 else 'finished first'})", flush=True)
+        if after_each is not None:
+            after_each()
+    return log
+
+
 # ---- what a run leaves behind --------------------------------------------------------------------------------
 
 def _check_tar(p: Path) -> None:
