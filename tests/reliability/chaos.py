@@ -134,7 +134,8 @@ def kill_at_random_points(cmd: list[str], timing: Timing, kills: int, after_each
 def stage_times(cmd: list[str], root: Path, marks: list[str], timeout: float = 600) -> list[float]:
     """Run ``cmd`` to completion and return, for each glob in ``marks`` (in the order the command makes them, under
     ``root``), the seconds after start-up at which it first matched: where each stage of the run ends."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    errf = tempfile.TemporaryFile("w+")  # not a pipe: nothing reads it while the command runs
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True, env=ENV)
     ready = _wait_ready(p)
     seen: dict[int, float] = {}
     while p.poll() is None:
@@ -146,7 +147,8 @@ def stage_times(cmd: list[str], root: Path, marks: list[str], timeout: float = 6
             raise AssertionError(f"{' '.join(cmd)} took over {timeout}s")
         time.sleep(0.01)
     end = time.perf_counter() - ready
-    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr.read()[-3000:]}"
+    errf.seek(0)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{errf.read()[-3000:]}"
     return [seen.get(i, end) for i in range(len(marks))]
 
 
