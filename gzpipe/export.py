@@ -103,7 +103,8 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
                     for split in runs.EVAL_SPLITS if split in metrics},
         "metrics_cover": runs.metrics_cover(metrics.get("tasks_trained")),
         "training": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "weight_decay", "loss", "seed",
-                                                 "image_size", "crop", "tta", "ema_decay", "pretrained", "weights")},
+                                                 "image_size", "crop", "tta", "ema_decay", "drop_path", "pretrained",
+                                                 "weights")},
         "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
         "source": {"run": str(model.resolve()), "checkpoint_sha256": digest},
     }

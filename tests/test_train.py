@@ -332,6 +332,51 @@ def test_zero_init_residual_starts_each_residual_block_as_the_identity(backbone)
         assert cut and all(m.block[-1][1].weight.abs().sum() > 0 for m in cut)
 
 
+def test_drop_path_builds_stochastic_depth_into_the_network():
+    """--drop-path reaches the constructor: timm's DropPath (rising over the blocks to the rate) and torchvision's
+    StochasticDepth; a network without it says so; left out, each architecture keeps its own default."""
+    from timm.layers import DropPath
+    from torchvision.ops import StochasticDepth
+
+    m = create_model("timm:resnet10t", drop_path=0.1)
+    rates = [d.drop_prob for d in m.modules() if isinstance(d, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.1) and min(rates) < 0.1
+    assert not [d for d in create_model("timm:resnet10t").modules() if isinstance(d, DropPath)]
+    x = torch.rand(16, 3, 32, 32)
+    torch.manual_seed(0)
+    m = create_model("timm:resnet10t", drop_path=0.5).train()
+    for bn in m.modules():  # timm starts each branch's last norm at zero (zero_init_last): nothing to drop yet
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(bn.weight)
+    a, b = m.features(x), m.features(x)  # (features: the head starts at zero, its output would not show it)
+    assert not torch.equal(a, b)  # branches dropped at random in training ...
+    m.eval()
+    assert torch.equal(m.features(x), m.features(x))  # ... and never in evaluation
+    tv = [d.p for d in create_model("efficientnet_v2_s", drop_path=0.1).modules() if isinstance(d, StochasticDepth)]
+    assert tv and max(tv) < 0.1 + 1e-9 and max(tv) > 0.09
+    default = [d.p for d in create_model("efficientnet_v2_s").modules() if isinstance(d, StochasticDepth)]
+    assert max(default) > 0.15  # torchvision's own 0.2, unchanged without the option
+    with pytest.raises(GzpipeError, match="resnet50 has no stochastic depth"):
+        create_model("resnet50", drop_path=0.1)
+    with pytest.raises(GzpipeError, match=r"drop_path must be in \[0, 1\)"):
+        resolve("timm:resnet10t", "unused", None, check_paths=False, drop_path=1.5)
+
+
+@pytest.mark.slow  # ~40 s: three short trainings of timm's resnet10t
+def test_drop_path_run_resumes_exactly_and_is_recorded(train_shards, tmp_path):
+    """Stochastic depth draws from the global RNG in every training step: a resumed run reproduces an
+    uninterrupted one only when the checkpoint carries that RNG's state."""
+    kw = dict(epochs=2, drop_path=0.2, select="loss")
+    full = run_train(_cfg(train_shards, tmp_path / "a", "timm:resnet10t", **kw))
+    assert run_train(_cfg(train_shards, tmp_path / "b", "timm:resnet10t", stop_after=1, **kw)) is None
+    _compare(full, run_train(_cfg(train_shards, tmp_path / "b", "timm:resnet10t", **kw)))
+    saved = json.loads((tmp_path / "a/timm:resnet10t/config.json").read_text())
+    assert saved["drop_path"] == 0.2
+    with pytest.raises(GzpipeError, match="drop_path 0.2 -> 0.1"):  # a resume with another rate is refused
+        run_train(_cfg(train_shards, tmp_path / "b2", "timm:resnet10t", stop_after=1, **kw))
+        run_train(_cfg(train_shards, tmp_path / "b2", "timm:resnet10t", **{**kw, "drop_path": 0.1}))
+
+
 def test_zero_init_leaves_loaded_weights_alone(tmp_path):
     import torchvision
 

@@ -90,6 +90,10 @@ def train(
     ema_decay: Optional[float] = typer.Option(None, min=0.0, max=0.99999, metavar="X", help="Keep an exponential "
                                               "moving average of the weights (decay per step, e.g. 0.99); it is "
                                               "validated and saved as the model [off]."),
+    drop_path: Optional[float] = typer.Option(None, min=0.0, max=0.99, metavar="P", help="Stochastic depth: drop "
+                                              "residual branches in training with this rate (timm's drop_path_rate, "
+                                              "e.g. 0.1; torchvision's stochastic_depth_prob) [the architecture's "
+                                              "own: 0 in timm]."),
     tta_kind: Optional[TtaKind] = typer.Option(None, help="dihedral: exact 90-degree rotations and mirrors (up to "
                                                           "8); rotate: N evenly spaced angles [dihedral]."),
 ) -> None:
@@ -109,7 +113,7 @@ def train(
                   weights=str(weights) if weights else None, pretrained=pretrained, mode=mode,
                   checkpoint_minutes=checkpoint_minutes, stop_after=stop_after, tta=tta, tta_kind=tta_kind,
                   ema_decay=ema_decay, zero_init_residual=zero_init_residual, channels=channels, select=select,
-                  catalogue_heads=catalogue_heads)
+                  catalogue_heads=catalogue_heads, drop_path=drop_path)
     run_train(cfg)
 
 

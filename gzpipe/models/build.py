@@ -47,14 +47,15 @@ def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
 CHANNELS = (1, 3)
 
 
-def _build(spec: BackboneSpec, pretrained: bool, channels: int = 3) -> nn.Module:
+def _build(spec: BackboneSpec, pretrained: bool, channels: int = 3, drop_path: float | None = None) -> nn.Module:
     if channels not in CHANNELS:
         raise GzpipeError(f"input channels must be 1 (greyscale) or 3 (RGB), got {channels}")
     if channels != 3 and not spec.takes_channels:
         raise GzpipeError(f"{spec.name} is built for RGB (3-channel) images; a 1-channel (greyscale) encoder needs "
                           "a timm architecture (--backbone timm:NAME, e.g. Zoobot's greyscale convnext_nano)")
+    extra = _drop_path_kwargs(spec, drop_path)
     if spec.build is not None:
-        kw = {"channels": channels} if spec.takes_channels else {}
+        kw = {"channels": channels, **extra} if spec.takes_channels else extra
         if not pretrained:
             return spec.build(**kw)
         if spec.pretrained_build is None:
@@ -71,7 +72,7 @@ def _build(spec: BackboneSpec, pretrained: bool, channels: int = 3) -> nn.Module
 
     tv_weights = tvm.get_model_weights(spec.torchvision_name).DEFAULT if pretrained else None
     try:
-        return tvm.get_model(spec.torchvision_name, weights=tv_weights)
+        return tvm.get_model(spec.torchvision_name, weights=tv_weights, **extra)
     except (OSError, RuntimeError) as e:  # URLError is an OSError
         raise GzpipeError(
             f"could not download torchvision's ImageNet weights for {spec.name} ({type(e).__name__}: "
@@ -80,9 +81,29 @@ def _build(spec: BackboneSpec, pretrained: bool, channels: int = 3) -> nn.Module
         ) from None
 
 
-def build_backbone(spec: BackboneSpec, pretrained: bool = False, channels: int = 3) -> nn.Module:
-    """The network of ``spec`` with its classifier removed (it returns the penultimate features)."""
-    backbone = _build(spec, pretrained, channels)
+def _drop_path_kwargs(spec: BackboneSpec, drop_path: float | None) -> dict:
+    """The constructor keyword that sets stochastic depth; none for None (the architecture's own default: 0 for
+    timm's, torchvision's 0.2-0.5 for EfficientNet, ConvNeXt and Swin)."""
+    if drop_path is None:
+        return {}
+    if not 0 <= drop_path < 1:
+        raise GzpipeError(f"--drop-path must be in [0, 1), got {drop_path}")
+    if spec.drop_path_kwarg is None:
+        raise GzpipeError(f"{spec.name} has no stochastic depth (--drop-path); it is offered by timm's architectures "
+                          "(timm:NAME) and torchvision's efficientnet_v2_s, convnext_base and swin_v2_s")
+    return {spec.drop_path_kwarg: float(drop_path)}
+
+
+def build_backbone(spec: BackboneSpec, pretrained: bool = False, channels: int = 3,
+                   drop_path: float | None = None) -> nn.Module:
+    """The network of ``spec`` with its classifier removed (it returns the penultimate features). ``drop_path``:
+    the rate of stochastic depth (Huang et al. 2016), None for the architecture's default."""
+    try:
+        backbone = _build(spec, pretrained, channels, drop_path)
+    except TypeError as e:
+        if drop_path is None or "drop_path_rate" not in str(e):
+            raise
+        raise GzpipeError(f"{spec.name} takes no drop_path_rate (timm: {e}); leave out --drop-path") from None
     if spec.removes_classifier:
         _set_module(backbone, spec.classifier, nn.Identity())
     return backbone
@@ -90,7 +111,7 @@ def build_backbone(spec: BackboneSpec, pretrained: bool = False, channels: int =
 
 def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = None,
                  pretrained: bool = False, zero_init_residual: bool = False, channels: int = 3,
-                 heads: list[str] | None = None) -> GZModel:
+                 heads: list[str] | None = None, drop_path: float | None = None) -> GZModel:
     """``zero_init_residual`` (from random initialisation only: weights that are loaded are left as they are) zeroes
     the scale of the norm layer that ends each residual branch (``BackboneSpec.residual_norms``), so every block
     starts as the identity and the network as a shallow one (Goyal et al. 2017, torchvision's option of the same
@@ -101,7 +122,7 @@ def create_model(name: str, head: str = "sigmoid", weights: str | Path | None = 
         raise GzpipeError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if weights is not None and pretrained:
         raise GzpipeError("give either --weights PATH or --pretrained, not both")
-    backbone = build_backbone(spec, pretrained, channels)
+    backbone = build_backbone(spec, pretrained, channels, drop_path)
     if weights is not None:
         load_backbone_weights(backbone, spec, Path(weights))
     elif zero_init_residual and not pretrained:

@@ -34,6 +34,9 @@ class BackboneSpec:
     on_demand: bool = False  # registered when first named (timm:NAME): not one of the study's default backbones
     takes_channels: bool = False  # ``build(channels=N)`` makes it for N-channel input (timm's in_chans)
     fixed_size: int | None = None  # the one input size it takes (a ViT's position table), else any
+    # the constructor's keyword for stochastic depth (``--drop-path``): timm's ``drop_path_rate``, torchvision's
+    # ``stochastic_depth_prob``; None where the architecture has none (torchvision's ResNet and RegNet)
+    drop_path_kwarg: str | None = None
 
     def channels_last(self, device_type: str) -> bool:
         return self.channels_last_cuda if device_type == "cuda" else self.channels_last_cpu
@@ -68,10 +71,10 @@ def unregister(name: str) -> None:
 
 register(BackboneSpec("resnet50", "resnet50", "fc", 2048, residual_norms=(("Bottleneck", "bn3"),)))
 register(BackboneSpec("efficientnet_v2_s", "efficientnet_v2_s", "classifier.1", 1280,
-                      residual_norms=(("MBConv", "block.-1.1"), ("FusedMBConv", "block.-1.1"))))
+                      drop_path_kwarg="stochastic_depth_prob", residual_norms=(("MBConv", "block.-1.1"), ("FusedMBConv", "block.-1.1"))))
 # ConvNeXt's blocks already start near the identity: their layer scale is initialised to 1e-6.
-register(BackboneSpec("convnext_base", "convnext_base", "classifier.2", 1024))
-register(BackboneSpec("swin_v2_s", "swin_v2_s", "head", 768,
+register(BackboneSpec("convnext_base", "convnext_base", "classifier.2", 1024, drop_path_kwarg="stochastic_depth_prob"))
+register(BackboneSpec("swin_v2_s", "swin_v2_s", "head", 768, drop_path_kwarg="stochastic_depth_prob",
                       residual_norms=(("SwinTransformerBlockV2", "norm1"), ("SwinTransformerBlockV2", "norm2"))))
 # A reported benchmark found RegNetY much slower in channels-last on a GPU (not yet re-measured here: no GPU was
 # lent); on this CPU channels-last is 18% faster for it, so only the CUDA default is off.

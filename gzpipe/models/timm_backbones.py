@@ -59,10 +59,12 @@ def register_timm(name: str):
     classifier = cfg.get("classifier") or "head"
     spec = BackboneSpec(
         PREFIX + arch, None, classifier, width,
-        build=lambda channels=3: timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels),
-        pretrained_build=lambda channels=3: timm.create_model(arch, pretrained=True, num_classes=0, in_chans=channels),
+        build=lambda channels=3, **kw: timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels,
+                                                         **kw),
+        pretrained_build=lambda channels=3, **kw: timm.create_model(arch, pretrained=True, num_classes=0,
+                                                                    in_chans=channels, **kw),
         removes_classifier=False, weights_architecture=arch, on_demand=True, takes_channels=True,
-        fixed_size=_fixed_size(cfg))
+        fixed_size=_fixed_size(cfg), drop_path_kwarg="drop_path_rate")
     return register(spec)
 
 

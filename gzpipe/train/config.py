@@ -35,10 +35,10 @@ SELECT = ("loss", "kaggle")
 # Keys that change what a checkpoint means: resuming with other values would silently mix two runs.
 RESUME_KEYS = ("backbone", "shards", "batch_size", "lr", "weight_decay", "warmup_epochs", "epochs", "image_size",
                "crop", "seed", "head", "loss", "channels_last", "grad_clip", "weights", "pretrained", "ema_decay",
-               "zero_init_residual", "channels", "select", "catalogue_heads")
+               "zero_init_residual", "channels", "select", "catalogue_heads", "drop_path")
 # What a key missing from an older run's saved config meant when that run was trained (before the key existed).
 SAVED_BEFORE = {"zero_init_residual": False, "loss": "mse", "crop": DEFAULT_CROP, "channels": 3, "select": "loss",
-                "catalogue_heads": False}
+                "catalogue_heads": False, "drop_path": None}
 # Keys a user sets (a study's `train:` section, a --config file); the rest are fixed by the command.
 NOT_USER_KEYS = ("backbone", "shards", "out", "mode", "heads", "device_defaults")
 
@@ -88,6 +88,9 @@ class TrainConfig:
     tta_kind: str = "dihedral"
     ema_decay: float | None = None  # keep, validate and save an exponential moving average of the weights
     zero_init_residual: bool = True  # from random initialisation: every residual block starts as the identity
+    # stochastic depth: the rate at which residual branches are dropped in training (timm's drop_path_rate, rising
+    # over the blocks; torchvision's stochastic_depth_prob); None: the architecture's own (0 in timm)
+    drop_path: float | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -252,6 +255,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
             bad(f"{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
         bad(f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+    if cfg.drop_path is not None and not 0 <= cfg.drop_path < 1:
+        bad(f"drop_path must be in [0, 1), got {cfg.drop_path}")
     if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         bad("eval_batch_size must be at least 1")
     if cfg.mode not in MODES:

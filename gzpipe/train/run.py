@@ -55,9 +55,11 @@ def _settings_line(cfg: TrainConfig, loader, device, world: int) -> str:
     if cfg.device_defaults:
         start += f" (the GPU's defaults: {', '.join(f'{k} {v:g}' for k, v in cfg.device_defaults.items())})"
     ranks = f" a rank, {world} ranks" if world > 1 else ""
+    extras = "".join(f", {name} {value:g}" for name, value in (("drop path", cfg.drop_path), ("EMA decay", cfg.ema_decay))
+                     if value)
     return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px "
-            f"(crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} {start}, {cfg.loss} loss, {cfg.head} head, "
-            f"{loader.backend} loader on {device}")
+            f"(crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} {start}, {cfg.loss} loss, {cfg.head} head"
+            f"{extras}, {loader.backend} loader on {device}")
 
 
 def run_train(cfg: TrainConfig, restart_hint: str = "--restart") -> dict | None:
@@ -111,7 +113,8 @@ def _run(cfg: TrainConfig, d: ddp.Dist, restart_hint: str) -> dict | None:
     seed_everything(cfg.seed)
     channels = cfg.channels or 3
     model = create_model(cfg.backbone, cfg.head, cfg.weights, cfg.pretrained,
-                         zero_init_residual=cfg.zero_init_residual, channels=channels, heads=cfg.heads)
+                         zero_init_residual=cfg.zero_init_residual, channels=channels, heads=cfg.heads,
+                         drop_path=cfg.drop_path)
     # what the run is built from, digested now: a weights folder's files too (a link into a hub cache is read through)
     inputs = runs.input_record({runs.SHARDS_INPUT: Path(cfg.shards) / MANIFEST, **weights_inputs(cfg.weights)},
                                final)
