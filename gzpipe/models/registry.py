@@ -71,7 +71,8 @@ def unregister(name: str) -> None:
 
 register(BackboneSpec("resnet50", "resnet50", "fc", 2048, residual_norms=(("Bottleneck", "bn3"),)))
 register(BackboneSpec("efficientnet_v2_s", "efficientnet_v2_s", "classifier.1", 1280,
-                      drop_path_kwarg="stochastic_depth_prob", residual_norms=(("MBConv", "block.-1.1"), ("FusedMBConv", "block.-1.1"))))
+                      drop_path_kwarg="stochastic_depth_prob",
+                      residual_norms=(("MBConv", "block.-1.1"), ("FusedMBConv", "block.-1.1"))))
 # ConvNeXt's blocks already start near the identity: their layer scale is initialised to 1e-6.
 register(BackboneSpec("convnext_base", "convnext_base", "classifier.2", 1024, drop_path_kwarg="stochastic_depth_prob"))
 register(BackboneSpec("swin_v2_s", "swin_v2_s", "head", 768, drop_path_kwarg="stochastic_depth_prob",

@@ -55,8 +55,8 @@ def _settings_line(cfg: TrainConfig, loader, device, world: int) -> str:
     if cfg.device_defaults:
         start += f" (the GPU's defaults: {', '.join(f'{k} {v:g}' for k, v in cfg.device_defaults.items())})"
     ranks = f" a rank, {world} ranks" if world > 1 else ""
-    extras = "".join(f", {name} {value:g}" for name, value in (("drop path", cfg.drop_path), ("EMA decay", cfg.ema_decay))
-                     if value)
+    extras = "".join(f", {name} {value:g}" for name, value in
+                     (("drop path", cfg.drop_path), ("EMA decay", cfg.ema_decay)) if value)
     return (f"{cfg.backbone}: {cfg.epochs} epochs over {loader.samples:,} train galaxies{ranks} at {cfg.image_size} px "
             f"(crop {cfg.crop:g}), batch {cfg.batch_size}, lr {cfg.lr:g} {start}, {cfg.loss} loss, {cfg.head} head"
             f"{extras}, {loader.backend} loader on {device}")
