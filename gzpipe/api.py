@@ -76,8 +76,9 @@ class Model:
         used; its fractions are NaN), the 30 fractions under their GZ2 answer names (``gzpipe.TARGETS``; NaN for a
         question the model never had labels for), with ``cumulative`` Kaggle's 37 cumulative columns, and for an
         ensemble (``spread``, on by default there) each target's spread across its members (``<target>_spread``).
-        ``tta`` averages that many views (``tta_kind``: dihedral or rotate); ``catalogue`` picks whose labels a
-        model trained on several catalogues predicts (``gzpipe predict --catalogue``)."""
+        ``tta`` averages that many views (``tta_kind``: dihedral, angles or rotate: see ``gzpipe.loaders.tta``);
+        ``catalogue`` picks whose labels a model trained on several catalogues predicts (``gzpipe predict
+        --catalogue``)."""
         from gzpipe.predict import PredictConfig, _run_part, _validate
         from gzpipe.predict.parts import plan_parts
         from gzpipe.progress import progress_bar

@@ -145,14 +145,15 @@ def _extract(cfg: FeaturesConfig, trained, shards: str, split: str, tta: dict, f
     import torch
 
     from gzpipe.loaders import create_loader
-    from gzpipe.loaders.tta import views
+    from gzpipe.loaders.tta import ViewLoader
 
     name = trained.name
     np_dtype, _ = DTYPES[cfg.dtype]
     width = BACKBONES[name].features
-    loader = create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size, train=False,
-                           device=trained.device, workers=cfg.workers, seed=seed, crop=trained.crop,
-                           channels=trained.channels)
+    loader = ViewLoader(lambda turn: create_loader(shards, split, cfg.backend, trained.image_size, cfg.batch_size,
+                                                   train=False, device=trained.device, workers=cfg.workers, seed=seed,
+                                                   crop=trained.crop, channels=trained.channels, turn=turn),
+                        tta["views"], tta["kind"])
     rows = 0
     path = folder / f"{split}.parquet"
     # the writer closes (its footer written) before atomic_open renames the file, or removes it after an error
@@ -164,10 +165,9 @@ def _extract(cfg: FeaturesConfig, trained, shards: str, split: str, tta: dict, f
         pending: list[pa.Table] = []
         pending_rows = 0
         with ends_loading():
-            for batch in loader:
+            for batch, vs in loader:
                 STOP.check()  # the partial file is removed; finished splits are kept
-                feats = torch.stack([trained.features_and_predictions(v)[0] for v in
-                                     views(batch.images, tta["views"], tta["kind"])]).mean(0)
+                feats = torch.stack([trained.features_and_predictions(v)[0] for v in vs]).mean(0)
                 pending.append(_table(batch.ids, feats.cpu().numpy().astype(np_dtype),
                                       batch.targets.cpu().numpy(), batch.mask.cpu().numpy(), writer.schema))
                 rows += len(batch)

@@ -146,3 +146,42 @@ def test_bad_model_or_inputs_are_explained(model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(GzpipeError, match="no images found"):
         run_predict(model, [tmp_path / "empty"], tmp_path / "x.csv")
+
+
+def test_views_warped_at_angles_are_the_same_in_evaluation_features_and_predict(train_shards, tmp_path):
+    """--tta 16 --tta-kind angles: the run's own test predictions average the 8 dihedral views of the eval crop
+    warped at 0 and 45 degrees; predict with the same views reproduces them, its plain view differs, and the
+    features average those 16 views (the boosters learn what predict feeds them)."""
+    from gzpipe.features import FeaturesConfig, read_features, run_features
+    from gzpipe.runs import load_trained
+    from gzpipe.loaders import create_loader
+    import torch
+
+    art = tmp_path / "a"
+    run_train(resolve("timm:resnet10t", str(train_shards), None, out=str(art), image_size=32, batch_size=8, epochs=1,
+                      workers=0, device="cpu", warmup_epochs=1, backend="pil", crop=0.5, tta=16, tta_kind="angles"))
+    run_dir = art / "timm:resnet10t"
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["tta"] == {"views": 16, "kind": "angles"}
+    tars = [train_shards / s["name"] for s in read_manifest(train_shards)["shards"] if s["split"] == "test"]
+    ref = pd.read_parquet(run_dir / "test_predictions.parquet").set_index("id")[list(schema.TARGET_NAMES)]
+    same = run_predict(run_dir, tars, tmp_path / "p.csv", tta=16, tta_kind="angles", workers=0).set_index("id")
+    np.testing.assert_allclose(same.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
+    dihedral = run_predict(run_dir, tars, tmp_path / "d.csv", tta=8, workers=0).set_index("id")
+    assert np.abs(dihedral.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy() - ref.to_numpy()).mean() > 1e-4
+
+    run_features(FeaturesConfig("timm:resnet10t", out=str(art), workers=0))
+    ids, x, _, _ = read_features(art, "timm:resnet10t", "test")
+    t = load_trained(run_dir, "cpu")
+    by_turn = {}
+    for turn in (0.0, 45.0):
+        loader = create_loader(train_shards, "test", "pil", 32, 64, device="cpu", workers=0, crop=0.5, turn=turn)
+        for b in loader:
+            for i, f in zip(b.ids, torch.stack([t.features_and_predictions(torch.rot90(
+                    b.images.flip(3) if m else b.images, k, dims=(2, 3)))[0] for m in (False, True)
+                    for k in range(4)]).mean(0).numpy()):
+                by_turn.setdefault(i, []).append(f)
+    expect = np.stack([np.mean(by_turn[i], 0) for i in ids])
+    np.testing.assert_allclose(x, expect, atol=2e-3)  # features are stored as float16

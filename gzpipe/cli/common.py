@@ -100,7 +100,7 @@ Target = Literal["debiased", "weighted_fraction", "fraction"]
 Verify = Literal["decode", "header"]
 Stretch = Literal["auto", "linear", "percentile", "asinh"]  # gzpipe.pixels.stretch.STRETCHES
 Amp = Literal["bf16", "fp16", "off"]
-TtaKind = Literal["dihedral", "rotate"]
+TtaKind = Literal["dihedral", "angles", "rotate"]
 BACKBONE_NAMES = ", ".join(BACKBONES) + ", or timm:NAME (any timm architecture, e.g. timm:convnext_nano)"
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
 

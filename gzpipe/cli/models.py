@@ -95,7 +95,9 @@ def train(
                                               "e.g. 0.1; torchvision's stochastic_depth_prob) [the architecture's "
                                               "own: 0 in timm]."),
     tta_kind: Optional[TtaKind] = typer.Option(None, help="dihedral: exact 90-degree rotations and mirrors (up to "
-                                                          "8); rotate: N evenly spaced angles [dihedral]."),
+                                                          "8); angles: those 8 at N / 8 angles each warped from "
+                                                          "the stored image (N = 16, 32 ...); rotate: N evenly "
+                                                          "spaced angles of the plain view [dihedral]."),
 ) -> None:
     """Train one backbone to regress the 30 GZ2 vote fractions. Without flags an unfinished run resumes from its
     latest checkpoint and a finished one is skipped. Under `torchrun --nproc_per_node=N -m gzpipe train ...` it

@@ -59,10 +59,11 @@ class Loader:
 def create_loader(shards: str | Path, split: str, backend: str = "auto", image_size: int = 224, batch_size: int = 64,
                   train: bool = False, *, device: str | torch.device | None = None, workers: int = 2, seed: int = 42,
                   shuffle_buffer: int = 1000, rank: int | None = None, world_size: int | None = None,
-                  crop: float = DEFAULT_CROP, channels: int = 3) -> Loader:
+                  crop: float = DEFAULT_CROP, channels: int = 3, turn: float = 0.0) -> Loader:
     """Build a loader over ``split`` of the shard folder ``shards`` (see the module docstring); ``shards`` may also
     be a ``SplitShards`` already chosen (a subset of a split's shards). ``crop``: the share of the image side the
-    model sees (``gzpipe.loaders.presets.preset_for``); ``channels``: 3 (RGB) or 1 (greyscale: ``to_grey``)."""
+    model sees (``gzpipe.loaders.presets.preset_for``); ``channels``: 3 (RGB) or 1 (greyscale: ``to_grey``);
+    ``turn``: an eval loader's rotation in degrees, warped from the stored pixels (``gzpipe.loaders.tta``)."""
     _check_channels(channels)
     if image_size < 8:
         raise GzpipeError(f"image_size must be at least 8, got {image_size}")
@@ -80,7 +81,7 @@ def create_loader(shards: str | Path, split: str, backend: str = "auto", image_s
     mine = all_shards if spec.reads_shards_itself else all_shards.for_rank(rank, world, allow_empty=not train)
     module = importlib.import_module(spec.module)
     kwargs = dict(image_size=image_size, batch_size=batch_size, train=train, device=dev, workers=workers, seed=seed,
-                  rank=rank, shuffle_buffer=shuffle_buffer, crop=crop)
+                  rank=rank, shuffle_buffer=shuffle_buffer, crop=crop, **_turned(turn, train))
     if spec.reads_shards_itself:
         kwargs["world"] = world
     batches = module.build(mine, **kwargs)
@@ -104,7 +105,7 @@ class Units:
 
 def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 224, batch_size: int = 64, *,
                        device: str | torch.device | None = None, workers: int = 2,
-                       crop: float = DEFAULT_CROP, channels: int = 3) -> Loader:
+                       crop: float = DEFAULT_CROP, channels: int = 3, turn: float = 0.0) -> Loader:
     """An eval-mode loader over ``units`` (e.g. `predict`'s chunks of image files), in their order, through the
     same backends (and so the same decoding, reduction and warp) as the shard loaders."""
     from gzpipe.device import resolve_device
@@ -115,5 +116,15 @@ def create_unit_loader(units: Units, backend: str = "auto", image_size: int = 22
     name = resolve_backend(backend, dev, units=True)
     module = importlib.import_module(BACKENDS[name].module)
     batches = module.build(units, image_size=image_size, batch_size=batch_size, train=False, device=dev,
-                           workers=workers, seed=0, rank=0, shuffle_buffer=1, crop=crop)
+                           workers=workers, seed=0, rank=0, shuffle_buffer=1, crop=crop, **_turned(turn, False))
     return Loader(name, units, batch_size, False, 1, batches, channels)
+
+
+def _turned(turn: float, train: bool) -> dict:
+    """The backend option of an eval view's rotation, passed only when there is one (a backend registered by a
+    plugin need not know it until a caller asks for a turned view)."""
+    if not turn:
+        return {}
+    if train:
+        raise GzpipeError("a turned view is for evaluation; training draws its own rotations")
+    return {"turn": float(turn)}

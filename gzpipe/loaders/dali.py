@@ -39,8 +39,8 @@ def threads(workers: int) -> int:
     return max(1, workers, min(16, cpu_count() // local_ranks))
 
 
-def _affines(train: bool, batch_size: int, seed: int, rank: int, crop: float = DEFAULT_CROP):
-    preset = preset_for(train, crop)
+def _affines(train: bool, batch_size: int, seed: int, rank: int, crop: float = DEFAULT_CROP, turn: float = 0.0):
+    preset = preset_for(train, crop, turn)
 
     def source(info):  # info: nvidia.dali.types.BatchInfo(iteration, epoch_idx)
         rng = epoch_rng(seed, info.epoch_idx, rank, info.iteration)
@@ -50,7 +50,7 @@ def _affines(train: bool, batch_size: int, seed: int, rank: int, crop: float = D
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, world: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
+          rank: int, world: int, shuffle_buffer: int, crop: float = DEFAULT_CROP, turn: float = 0.0):
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -71,7 +71,7 @@ def build(shards, *, image_size: int, batch_size: int, train: bool, device: torc
             name="reader")
         shape = fn.cast(fn.peek_image_shape(jpg), dtype=types.FLOAT)  # H, W, C of the stored image
         h, w = shape[0], shape[1]
-        a = fn.external_source(source=_affines(train, batch_size, seed, rank, crop), batch=True, batch_info=True,
+        a = fn.external_source(source=_affines(train, batch_size, seed, rank, crop, turn), batch=True, batch_info=True,
                                dtype=types.FLOAT, ndim=1)
         images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                    hw_decoder_load=HW_DECODER_LOAD, jpeg_fancy_upsampling=FANCY_UPSAMPLING)

@@ -81,8 +81,8 @@ class _Raw:
     sample also says where it came from: its file name for files a user gave (``tolerant``: a failure is that row's
     error), else its key and shard (verified data: a failure means a damaged shard)."""
 
-    def __init__(self, train: bool, crop: float = DEFAULT_CROP):
-        self.train, self.preset, self.eval_preset = train, preset_for(train, crop), preset_for(False, crop)
+    def __init__(self, train: bool, crop: float = DEFAULT_CROP, turn: float = 0.0):
+        self.train, self.preset, self.eval_preset = train, preset_for(train, crop, turn), preset_for(False, crop, turn)
 
     def __call__(self, s: dict, rng: np.random.Generator):
         a = draw_affine(rng, self.train, self.preset)
@@ -257,10 +257,10 @@ def decodes_here() -> tuple[bool, str]:
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
+          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP, turn: float = 0.0):
     if device.type != "cuda" and _DECODE_DEVICE is None:
         raise RuntimeError("the nvjpeg loader backend decodes on a CUDA device; on the CPU use dali or pil")
-    ds = ShardStream(shards, _Raw(train, crop), train, seed, rank, shuffle_buffer)
+    ds = ShardStream(shards, _Raw(train, crop, turn), train, seed, rank, shuffle_buffer)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=False, generator=torch.Generator().manual_seed(seed), collate_fn=_collate,
                     worker_init_fn=dataloader_worker_init,
                     pin_memory=False, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

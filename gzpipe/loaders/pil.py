@@ -95,8 +95,8 @@ def decode_augment(data: bytes, a: np.ndarray, image_size: int, draft: bool = Tr
 class _Transform:
     """Worker side: decode, warp, and hand over H x W x 3 uint8 (normalised in the main process, per batch)."""
 
-    def __init__(self, image_size: int, train: bool, crop: float = DEFAULT_CROP):
-        self.image_size, self.train, self.preset = image_size, train, preset_for(train, crop)
+    def __init__(self, image_size: int, train: bool, crop: float = DEFAULT_CROP, turn: float = 0.0):
+        self.image_size, self.train, self.preset = image_size, train, preset_for(train, crop, turn)
 
     def __call__(self, s: dict, rng: np.random.Generator):
         a = draw_affine(rng, self.train, self.preset)
@@ -135,11 +135,11 @@ def check_shared_memory(need: int, workers: int, batch_size: int, where: str = S
 
 
 def build(shards, *, image_size: int, batch_size: int, train: bool, device: torch.device, workers: int, seed: int,
-          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP):
+          rank: int, shuffle_buffer: int, crop: float = DEFAULT_CROP, turn: float = 0.0):
     on_gpu = device.type == "cuda"
     prefetch = 4
     check_shared_memory(workers * (prefetch + 2) * batch_size * image_size * image_size * 3, workers, batch_size)
-    ds = ShardStream(shards, _Transform(image_size, train, crop), train, seed, rank, shuffle_buffer)
+    ds = ShardStream(shards, _Transform(image_size, train, crop, turn), train, seed, rank, shuffle_buffer)
     # each worker can have `prefetch` batches queued, one being consumed and one being written: reused buffers
     slots = BatchSlots(workers, batch_size, per_worker=prefetch + 2)
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(seed),

@@ -33,9 +33,11 @@ class TrainPreset:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalPreset:
-    """Deterministic: the centred crop at the mean train scale, resized."""
+    """Deterministic: the centred crop at the mean train scale, resized; ``turn_deg`` rotates it (the views of
+    ``gzpipe.loaders.tta``'s ``angles`` kind, each warped from the stored pixels)."""
 
     crop_scale: float = 0.8
+    turn_deg: float = 0.0
 
 
 PRESETS = {"train": TrainPreset(), "eval": EvalPreset()}
@@ -54,9 +56,12 @@ def check_crop(crop: float) -> None:
                           f"the model sees), got {crop:g}")
 
 
-def preset_for(train: bool, crop: float = DEFAULT_CROP):
+def preset_for(train: bool, crop: float = DEFAULT_CROP, turn: float = 0.0):
     """The train or eval preset with its centred crop scaled to ``crop`` (the eval crop; train draws around it in
-    the same proportion as the defaults, 0.7-0.9 around 0.8, never beyond the image)."""
+    the same proportion as the defaults, 0.7-0.9 around 0.8, never beyond the image). ``turn``: the eval view's
+    rotation in degrees (train draws its own)."""
+    if not train and turn:
+        return EvalPreset(crop_scale=crop, turn_deg=float(turn))
     if crop == DEFAULT_CROP:
         return PRESETS["train" if train else "eval"]
     if not train:
@@ -69,8 +74,11 @@ def preset_for(train: bool, crop: float = DEFAULT_CROP):
 def draw_affine(rng: np.random.Generator | None, train: bool, preset=None) -> np.ndarray:
     """A 2x2 matrix mapping normalised output coordinates to normalised input coordinates."""
     if not train:
-        s = (preset or PRESETS["eval"]).crop_scale
-        return np.array([[s, 0.0], [0.0, s]])
+        p = preset or PRESETS["eval"]
+        s, t = p.crop_scale, np.radians(p.turn_deg)
+        if not t:
+            return np.array([[s, 0.0], [0.0, s]])
+        return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) * s
     p = preset or PRESETS["train"]
     assert rng is not None  # invariant: train mode always passes its generator
     theta = np.radians(rng.uniform(*p.rotation_deg))

@@ -141,6 +141,7 @@ def _part_table(ids: list[str], paths: list[str], errors: list[str], pred: np.nd
 def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     """Predict one part: every (image size, crop) view its members need, then the weighted sum; error rows are NaN."""
     from gzpipe.loaders import Units, create_loader, create_unit_loader
+    from gzpipe.loaders.tta import ViewLoader
 
     acc: np.ndarray | None = None
     order: dict[str, int] = {}
@@ -150,20 +151,23 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
     members: dict[str, np.ndarray] = {}
     for view in predictor.views:
         size, crop, channels = view
-        if part.kind == "files":
-            loader = create_unit_loader(Units(part.chunks(predictor.stretch), part.rows), cfg.backend, size,
-                                        cfg.batch_size,
-                                        device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
-                                        crop=crop, channels=channels)
-        else:
-            loader = create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
-                                   device=next(iter(predictor.backbones.values())).device, workers=cfg.workers,
-                                   rank=0, world_size=1, crop=crop, channels=channels)
+        device = next(iter(predictor.backbones.values())).device
+
+        def make(turn: float, size=size, crop=crop, channels=channels):
+            if part.kind == "files":
+                return create_unit_loader(Units(part.chunks(predictor.stretch), part.rows), cfg.backend, size,
+                                          cfg.batch_size, device=device, workers=cfg.workers, crop=crop,
+                                          channels=channels, turn=turn)
+            return create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
+                                 device=device, workers=cfg.workers, rank=0, world_size=1, crop=crop,
+                                 channels=channels, turn=turn)
+
+        loader = ViewLoader(make, cfg.tta, cfg.tta_kind)
         if acc is None:
             acc = np.zeros((part.rows, schema.N_TARGETS))
             errors = [""] * part.rows
         with ends_loading():
-            for batch in loader:
+            for batch, vs in loader:
                 STOP.check()  # a safe point: the part's file is written only when the part is whole
                 if part.kind == "files":
                     pos = [int(i) for i in batch.ids]
@@ -174,7 +178,7 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
                     pos = [order[i] for i in batch.ids]
                 gids = [part.items[q].id for q in pos] if part.kind == "files" else list(batch.ids)
                 got: dict | None = {} if want_spread else None
-                acc[pos] += predictor.predict(batch.images, view, cfg.tta, cfg.tta_kind, gids, got)
+                acc[pos] += predictor.predict(vs, view, cfg.tta, cfg.tta_kind, gids, got)
                 for name, p in (got or {}).items():
                     members.setdefault(name, np.zeros((part.rows, schema.N_TARGETS)))[pos] = p
                 if batch.errors:

@@ -124,22 +124,25 @@ class Predictor:
     def members_at(self, view: tuple[int, float, int]) -> list[Member]:
         return [m for m in self.members if self.backbones[m.backbone].view == view]
 
-    def predict(self, images: torch.Tensor, view: tuple[int, float, int], tta: int = 1,
+    def predict(self, images: torch.Tensor | list, view: tuple[int, float, int], tta: int = 1,
                 tta_kind: str = "dihedral", ids=None, members: dict | None = None) -> np.ndarray:
         """The weighted sum over the members trained at ``view`` (image size, crop) of their predictions for a
         normalised batch made at that view, averaged over ``tta`` views (features averaged over views for
-        boosters, as `gzpipe features --tta` does). ``ids``: the galaxies', for by-catalogue boosters asked for
+        boosters, as `gzpipe features --tta` does); ``images`` may be the list of views already made (a
+        ``ViewLoader``'s, for the kinds warped from the stored pixels). ``ids``: the galaxies', for by-catalogue boosters asked for
         each galaxy's own catalogue. The questions it had no training labels for are NaN (``untrained``).
         ``members``: a dict that receives each member's own predictions (name -> N x 30), for the spread across an
         ensemble's members."""
-        out = np.zeros((len(images), schema.N_TARGETS))
+        vs = list(images) if isinstance(images, list) else views(images, tta, tta_kind)
+        n = len(vs[0])
+        out = np.zeros((n, schema.N_TARGETS))
         need = {m.backbone for m in self.members_at(view)}
         got = {}
-        names = self.conventions(ids if ids is not None else [""] * len(images)) if self._headed else None
+        names = self.conventions(ids if ids is not None else [""] * n) if self._headed else None
         for b in need:
             t = self.backbones[b]
             fs, ps = [], []
-            for v in views(images, tta, tta_kind):
+            for v in vs:
                 f, p = t.features_and_predictions(v, list(names) if names is not None and t.heads else None)
                 fs.append(f)
                 ps.append(p)

@@ -273,8 +273,9 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
              tta_kind: str = "dihedral", agree=None) -> EvalResult | None:
     """Predictions and loss over ``loader``; None when a stop was asked for while it ran. With ``tta`` > 1 the
     predictions are averaged over that many views (``gzpipe.loaders.tta``), and ``extra["plain"]`` holds those of
-    the plain view alone, for the with / without comparison."""
-    from gzpipe.loaders.tta import views
+    the plain view alone, for the with / without comparison; ``loader`` is a ``ViewLoader`` for the views warped
+    from the stored pixels (the ``angles`` kind)."""
+    from gzpipe.loaders.tta import view_batches
 
     model.eval()
     autocast = amp_context(device, amp)
@@ -285,12 +286,12 @@ def evaluate(model, loader: Loader, device, amp, loss_kind: str, gather_fn=None,
     # torch.compile trace the model again, for a pass that runs once an epoch.
     core = unwrap(model)
     with ends_loading(quiet=True):
-        for batch in loader:
+        for batch, vs in view_batches(loader, tta, tta_kind):
             if STOP and agree is None:  # under DDP the ranks agree once, after the pass (they hold uneven batches)
                 break
             outs = []
             heads = core.catalogue_index(batch.ids, device) if hasattr(core, "catalogue_index") else None
-            for v in views(batch.images, tta, tta_kind):
+            for v in vs:
                 with autocast():
                     logits = core(v) if heads is None else core(v, heads)
                 outs.append(core.activate(logits.float()))

@@ -27,6 +27,7 @@ from gzpipe.device import resolve_device
 from gzpipe.errors import GzpipeError
 from gzpipe.fileio import finish_swap, remove_stale_tmp, staging_dir, swap_in, write_json
 from gzpipe.loaders import create_loader
+from gzpipe.loaders.tta import ViewLoader
 from gzpipe.labels import blank_untrained, tasks_with_labels
 from gzpipe.manifest import MANIFEST, read_manifest
 from gzpipe.metrics import compute_metrics
@@ -336,9 +337,10 @@ def _evaluate_best(cfg: TrainConfig, d: ddp.Dist, device: torch.device, run_dir:
     net = LogitsModel(t.model, t.channels_last)
     results = {}
     for split in runs.EVAL_SPLITS:
-        loader = create_loader(cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size,
-                               train=False, device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank,
-                               world_size=d.world, crop=t.crop, channels=t.channels)
+        loader = ViewLoader(lambda turn, split=split: create_loader(
+            cfg.shards, split, cfg.backend, cfg.image_size, cfg.eval_batch_size or 2 * cfg.batch_size, train=False,
+            device=device, workers=cfg.workers, seed=cfg.seed, rank=d.rank, world_size=d.world, crop=t.crop,
+            channels=t.channels, turn=turn), cfg.tta, cfg.tta_kind)
         results[split] = evaluate(net, loader, device, cfg.amp, saved_value(t.config, "loss"), ddp.gather_eval(d),
                                   tta=cfg.tta, tta_kind=cfg.tta_kind, agree=ddp.agreement(d))
         if results[split] is None:
