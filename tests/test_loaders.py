@@ -331,3 +331,72 @@ def test_cpu_normalisation_reuses_dropped_outputs_only():
     assert c.data_ptr() != b.data_ptr() and torch.equal(c, want)
     assert {b.data_ptr(), c.data_ptr()} <= dropped  # dropped outputs were reused
     assert c.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_turned_eval_view_is_the_stored_image_rotated(synth_shards, backend):
+    """``turn`` (the ``angles`` kind of test-time views): the eval crop of the stored pixels rotated about the
+    centre, warped once from them. Compared with the stored JPEG sampled bilinearly by scipy at the rotated points;
+    90 degrees is the plain view turned a quarter; the loaders of two turns hold the same galaxies in the same order
+    (what ``ViewLoader`` reads in lock-step); training draws its own angles and refuses one."""
+    from PIL import Image
+    from scipy.ndimage import map_coordinates
+
+    from gzpipe.loaders.tta import ViewLoader
+
+    size, crop = 192, 0.8  # 424 px stored: no DCT reduction at this size, so the loader sees every stored pixel
+    views = {t: _all(create_loader(synth_shards, "val", backend, image_size=size, batch_size=4, device="cpu",
+                                   workers=0, crop=crop, turn=t)) for t in (0.0, 30.0, 90.0)}
+    assert views[0.0][0] == views[30.0][0] == views[90.0][0]
+    stored = {s["id"]: np.asarray(Image.open(__import__("io").BytesIO(s["jpg"])).convert("RGB"), np.float64)
+              for f in split_shards(synth_shards, "val").files for s in iter_samples(f)}
+    th = math.radians(30.0)
+    p = (2 * np.arange(size) + 1) / size - 1  # output pixel centres, normalised
+    px, py = np.meshgrid(p, p)
+    qx = crop * (math.cos(th) * px - math.sin(th) * py)
+    qy = crop * (math.sin(th) * px + math.cos(th) * py)
+    errs, plain = [], []
+    for gid, img in zip(views[30.0][0], views[30.0][1]):
+        ref = stored[gid]
+        side = ref.shape[0]
+        xs, ys = side / 2 + qx * side / 2 - 0.5, side / 2 + qy * side / 2 - 0.5  # array index of each sample
+        want = np.stack([map_coordinates(ref[..., c], [ys, xs], order=1) for c in range(3)], -1)
+        got = _denorm(img)
+        errs.append(np.abs(got - want).mean())
+        plain.append(np.abs(_denorm(views[0.0][1][views[0.0][0].index(gid)]) - want).mean())
+    assert np.mean(errs) < 1.0, errs  # grey levels: the same pixels, rotated
+    assert np.mean(plain) > 3 * np.mean(errs)  # the unturned view is another picture
+    quarter = torch.rot90(views[0.0][1], 1, dims=(2, 3))
+    assert min((quarter - views[90.0][1]).abs().mean(), (torch.rot90(views[0.0][1], -1, dims=(2, 3))
+                                                          - views[90.0][1]).abs().mean()) < 0.01
+    vl = ViewLoader(lambda t: create_loader(synth_shards, "val", backend, image_size=32, batch_size=4, device="cpu",
+                                            workers=0, turn=t), 16, "angles")
+    batches = list(vl)
+    assert len(batches) == len(vl) and all(len(vs) == 16 and vs[0] is not None for _, vs in batches)
+    with pytest.raises(GzpipeError, match="training draws its own"):
+        create_loader(synth_shards, "train", backend, image_size=32, batch_size=4, train=True, device="cpu", turn=45)
+
+
+def test_view_loader_refuses_loaders_that_disagree_and_counts_that_are_not_views():
+    """The angles kind needs a multiple of 8 views; loaders of two turns that give other galaxies (or fewer
+    batches) stop with an error instead of averaging one galaxy's view into another's."""
+    from gzpipe.loaders.contract import Batch
+    from gzpipe.loaders.tta import ViewLoader, check_tta, turns, view_batches
+
+    def batch(ids):
+        return Batch(torch.zeros(len(ids), 3, 8, 8), torch.zeros(len(ids), 30), torch.ones(len(ids), 30, dtype=bool),
+                     list(ids))
+
+    assert turns(32, "angles") == [0.0, 22.5, 45.0, 67.5] and turns(8, "dihedral") == [0.0]
+    with pytest.raises(GzpipeError, match="multiple of 8"):
+        check_tta(12, "angles")
+    orders = {0.0: [["a", "b"], ["c"]], 45.0: [["b", "a"], ["c"]]}
+    with pytest.raises(GzpipeError, match="different orders"):
+        list(ViewLoader(lambda t: [batch(i) for i in orders[t]], 16, "angles"))
+    short = {0.0: [["a", "b"], ["c"]], 45.0: [["a", "b"]]}
+    with pytest.raises(GzpipeError, match="different orders|numbers of batches"):
+        list(ViewLoader(lambda t: [batch(i) for i in short[t]], 16, "angles"))
+    with pytest.raises(GzpipeError, match="ViewLoader"):
+        list(view_batches([batch(["a"])], 16, "angles"))
+    same = list(ViewLoader(lambda t: [batch(i) for i in orders[0.0]], 16, "angles"))
+    assert [b.ids for b, _ in same] == orders[0.0] and all(len(vs) == 16 for _, vs in same)

@@ -171,6 +171,17 @@ def test_views_warped_at_angles_are_the_same_in_evaluation_features_and_predict(
     np.testing.assert_allclose(same.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
     dihedral = run_predict(run_dir, tars, tmp_path / "d.csv", tta=8, workers=0).set_index("id")
     assert np.abs(dihedral.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy() - ref.to_numpy()).mean() > 1e-4
+    from gzpipe.loaders.shards import iter_samples
+
+    files = tmp_path / "files"  # the same JPEGs as image files: the files' loader warps them the same way
+    files.mkdir()
+    for s in list(iter_samples(tars[0]))[:5]:
+        (files / f"{s['id']}.jpg").write_bytes(s["jpg"])
+    from gzpipe.api import load_model
+
+    got = load_model(run_dir, device="cpu").predict(sorted(files.glob("*.jpg")), tta=16, tta_kind="angles")
+    got = got.set_index("id")[list(schema.TARGET_NAMES)]
+    np.testing.assert_allclose(got.to_numpy(), ref.loc[got.index].to_numpy(), atol=1e-4)
 
     run_features(FeaturesConfig("timm:resnet10t", out=str(art), workers=0))
     ids, x, _, _ = read_features(art, "timm:resnet10t", "test")

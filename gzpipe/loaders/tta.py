@@ -37,10 +37,11 @@ def check_tta(n: int, kind: str) -> None:
     if n < 1:
         raise GzpipeError(f"tta must be at least 1, got {n}")
     if kind == "dihedral" and n > 8:
-        raise GzpipeError(f"tta {n}: the dihedral group has 8 views; use the angles kind for more")
+        raise GzpipeError(f"tta {n}: the dihedral group has 8 views; for more use the angles kind (a multiple of 8: "
+                          "those 8 at n / 8 angles) or the rotate kind")
     if kind == "angles" and n % 8:
         raise GzpipeError(f"tta {n} with the angles kind: it takes the 8 dihedral views at each of n / 8 rotations, "
-                          f"so n must be a multiple of 8 (8, 16, 32 ...)")
+                          "so n must be a multiple of 8 (8, 16, 32 ...)")
 
 
 def turns(n: int = 1, kind: str = "dihedral") -> list[float]:
