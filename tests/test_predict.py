@@ -148,7 +148,7 @@ def test_bad_model_or_inputs_are_explained(model, tmp_path):
         run_predict(model, [tmp_path / "empty"], tmp_path / "x.csv")
 
 
-def test_views_warped_at_angles_are_the_same_in_evaluation_features_and_predict(train_shards, tmp_path):
+def test_views_warped_at_angles_are_the_same_in_evaluation_features_and_predict(train_shards, tmp_path, capsys):
     """--tta 16 --tta-kind angles: the run's own test predictions average the 8 dihedral views of the eval crop
     warped at 0 and 45 degrees; predict with the same views reproduces them, its plain view differs, and the
     features average those 16 views (the boosters learn what predict feeds them)."""
@@ -169,13 +169,15 @@ def test_views_warped_at_angles_are_the_same_in_evaluation_features_and_predict(
     ref = pd.read_parquet(run_dir / "test_predictions.parquet").set_index("id")[list(schema.TARGET_NAMES)]
     same = run_predict(run_dir, tars, tmp_path / "p.csv", tta=16, tta_kind="angles", workers=0).set_index("id")
     np.testing.assert_allclose(same.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy(), ref.to_numpy(), atol=1e-4)
+    capsys.readouterr()
     dihedral = run_predict(run_dir, tars, tmp_path / "d.csv", tta=8, workers=0).set_index("id")
+    assert "averaging 16 views; add --tta 16 --tta-kind angles" in capsys.readouterr().out  # fewer: said
     assert np.abs(dihedral.loc[ref.index, list(schema.TARGET_NAMES)].to_numpy() - ref.to_numpy()).mean() > 1e-4
-    from gzpipe.loaders.shards import iter_samples
+    from gzpipe.loaders.shards import iter_samples, split_shards
 
     files = tmp_path / "files"  # the same JPEGs as image files: the files' loader warps them the same way
     files.mkdir()
-    for s in list(iter_samples(tars[0]))[:5]:
+    for s in list(iter_samples(split_shards(train_shards, "test").files[0]))[:5]:
         (files / f"{s['id']}.jpg").write_bytes(s["jpg"])
     from gzpipe.api import load_model
 
