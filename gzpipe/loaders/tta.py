@@ -123,6 +123,6 @@ def view_batches(loader, n: int = 1, kind: str = "dihedral") -> Iterator[tuple]:
         return
     if len(turns(n, kind)) > 1:
         raise GzpipeError(f"tta {n} {kind} warps each view from the stored pixels: give a ViewLoader, one loader per "
-                          f"turn")
+                          "turn")
     for batch in loader:
         yield batch, views(batch.images, n, kind)
