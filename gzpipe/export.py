@@ -104,8 +104,7 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
         "metrics_cover": runs.metrics_cover(metrics.get("tasks_trained")),
         "training": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "weight_decay", "loss", "seed",
                                                  "image_size", "crop", "tta", "tta_kind", "ema_decay", "drop_path",
-                                                 "pretrained",
-                                                 "weights")},
+                                                 "pretrained", "weights")},
         "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
         "source": {"run": str(model.resolve()), "checkpoint_sha256": digest},
     }
