@@ -91,8 +91,8 @@ def main(argv=None) -> None:
         y, m = lab[list(schema.TARGET_NAMES)].to_numpy(float), lab[MASK_COLUMNS].to_numpy(bool)
         preds = {base: got[split, 0.0, t.crop][1]}
         for name, members in view_sets(angles, crops, t.crop).items():
-            assert all(got[split, p][0] == ids for p in members)  # eval loaders keep their order
-            preds[name] = np.mean([got[split, p][1] for p in members], axis=0)
+            assert all(got[(split, *p)][0] == ids for p in members)  # eval loaders keep their order
+            preds[name] = np.mean([got[(split, *p)][1] for p in members], axis=0)
         r = random_draw(preds, y, m, np.array([i in chosen for i in ids]))
         if r is None:
             raise SystemExit(f"{shards} names no random-draw galaxies with all 30 cumulative values in {split}")

@@ -29,9 +29,8 @@ def predict(
     tta: int = typer.Option(1, min=1, metavar="N", help="Test-time augmentation: average N views."),
     tta_kind: TtaKind = typer.Option("dihedral", help="dihedral: exact rotations by 90 degrees and mirrors (up to "
                                                       "8); angles: those 8 at N / 8 angles each warped from the "
-                                                      "image (N = 16, 32 ...; what the real preset's models use: "
-                                                      "--tta 32); rotate: N evenly spaced angles of the plain "
-                                                      "view."),
+                                                      "image (N = 16, 32 ...); rotate: N evenly spaced angles "
+                                                      "of the plain view."),
     cumulative: bool = typer.Option(False, "--cumulative", help="Also write Kaggle's 37 cumulative columns "
                                     "(Class1.1 ... Class11.6, in its layout); the 7 Class8.x columns (the odd "
                                     "feature's type) stay empty: GZ2's 30 targets leave task 8 out."),

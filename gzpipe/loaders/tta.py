@@ -11,7 +11,7 @@
   one bilinear warp of the stored image, like a training image: training draws any angle, and the plain view at 0
   degrees is the one least like them (at a crop that halves the image, its warp averages 2 x 2 pixels everywhere,
   where a turned one samples between them). On the real preset's random-draw galaxies 32 views beat the 8 dihedral
-  ones (benchmarks/RESULTS.md).
+  ones by 0.0022 for one network and 0.0003 for another (benchmarks/RESULTS.md): an option, not the default.
 
 View 0 is always the plain eval view.
 """

@@ -116,8 +116,7 @@ def _validate(cfg: PredictConfig) -> None:
 
 def _note_fewer_views(predictor, cfg: PredictConfig) -> None:
     """A backbone whose figures were measured on more test-time views than asked for here: say so, and how to match
-    them (fewer views score lower: the real preset's network 0.1005 on its 8 dihedral views against 0.0984 on the 32
-    it is scored with, on the random draw; benchmarks/RESULTS.md)."""
+    them (its recorded figures are for those views, not for the fewer asked for)."""
     for name, b in predictor.backbones.items():
         n, kind = int(b.config.get("tta") or 1), b.config.get("tta_kind") or "dihedral"
         if n > cfg.tta:
