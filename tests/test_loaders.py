@@ -8,7 +8,7 @@ import torch
 from conftest import colour_of
 from gzpipe.errors import GzpipeError
 from gzpipe.loaders import create_loader, resolve_backend
-from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine
+from gzpipe.loaders.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, draw_affine, preset_for
 from gzpipe.loaders.shards import iter_samples, split_shards
 from gzpipe.manifest import read_manifest
 
@@ -375,6 +375,21 @@ def test_a_turned_eval_view_is_the_stored_image_rotated(synth_shards, backend):
     assert len(batches) == len(vl) and all(len(vs) == 16 and vs[0] is not None for _, vs in batches)
     with pytest.raises(GzpipeError, match="training draws its own"):
         create_loader(synth_shards, "train", backend, image_size=32, batch_size=4, train=True, device="cpu", turn=45)
+
+
+@pytest.mark.parametrize("stored, crop", [(128, 0.5), (160, 0.4)])
+def test_the_plain_eval_view_of_a_crop_at_the_stored_resolution_is_the_stored_pixels(stored, crop):
+    """The real preset's eval view (64 px of a crop that spans 64 stored pixels): the central pixels themselves, not
+    interpolated (training images always are: they are drawn at any angle and scale)."""
+    import cv2
+
+    from gzpipe.loaders.pil import decode_augment
+
+    img = np.random.default_rng(stored).integers(0, 256, (stored, stored, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", img[..., ::-1])  # OpenCV writes BGR: the PNG holds img's RGB
+    out = decode_augment(png.tobytes(), draw_affine(None, False, preset_for(False, crop)), 64)
+    lo = (stored - 64) // 2
+    assert ok and np.array_equal(out, img[lo:lo + 64, lo:lo + 64])
 
 
 def test_view_loader_refuses_loaders_that_disagree_and_counts_that_are_not_views():

@@ -8,8 +8,9 @@
   arbitrary-angle TTA of earlier releases, kept as an option.
 * ``angles``: ``n`` = 8 k views: the eval crop warped from the stored pixels at k rotations evenly spaced over a
   quarter turn (0, 90 / k, ... degrees; one loader each, ``turns``), each with its 8 dihedral views. Every view is
-  one bilinear warp of the stored image, like a training image (training draws any angle; at a crop that halves
-  the image, the plain view's warp averages 2 x 2 pixels everywhere, where a turned one samples between them). On
+  one bilinear warp of the stored image, like a training image (training draws any angle and scale, so its samples
+  fall between the stored pixels; where the crop spans as many stored pixels as the view has, as in the real
+  preset, the plain view is those pixels exactly, and only the turned ones are interpolated as training is). On
   the real preset's random-draw galaxies 32 views beat the 8 dihedral ones by 0.0022 for one network and 0.0003 for
   another (benchmarks/RESULTS.md): an option, not the default.
 
