@@ -97,7 +97,7 @@ def run_export(model: str | Path, out: str | Path, force: bool = False) -> Path:
                   "scale": "pixel / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                   "layout": f"N x {channels} x image_size x image_size", "eval_crop": crop, "resize": "bilinear",
                   "geometry": "a non-square image's centred square (the largest that fits)",
-                  "stretch": (metrics.get("input") or runs.input_of_shards(cfg["shards"]))["stretch"]},
+                  **_stored_input(metrics, cfg)},
         "channels_last": cfg.get("channels_last"),
         "metrics": {split: {k: metrics[split][k] for k in ("mae", "rmse", "accuracy", "galaxies") if k in metrics[split]}
                     for split in runs.EVAL_SPLITS if split in metrics},
@@ -322,7 +322,15 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
               "amp": amp or "bf16", "crop": (cfg.get("input") or {}).get("eval_crop"), "channels": channels,
               "heads": cfg.get("heads")}
     return runs.TrainedBackbone(name, d, config, model, dev, cl, precision(dev, amp or "bf16"), d / MODEL_FILE,
-                                cfg.get("tasks_trained"), {"stretch": (cfg.get("input") or {}).get("stretch")})
+                                cfg.get("tasks_trained"), {k: (cfg.get("input") or {}).get(k)
+                                                           for k in ("stretch", "stored_size", "quality")})
+
+
+def _stored_input(metrics: dict, cfg: dict) -> dict:
+    """How the run's training images were made (``gzpipe.runs.input_of_shards``): the stretch, and the side and JPEG
+    quality its shards stored them at, which predict applies to new image files."""
+    got = {**runs.input_of_shards(cfg["shards"]), **(metrics.get("input") or {})}
+    return {"stretch": got["stretch"], "stored_size": got.get("stored_size"), "quality": got.get("quality") or 90}
 
 
 def is_export(folder: str | Path) -> bool:

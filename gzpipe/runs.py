@@ -333,6 +333,13 @@ class TrainedBackbone:
         return (self.input or {}).get("stretch") or DEFAULT_STRETCH
 
     @property
+    def stored(self) -> tuple[int | None, int]:
+        """(side, JPEG quality) its training images were stored at by `gzpipe shard --resize`; side None: as given
+        (or recorded by none). Predict stores a new image file the same way before the view is cut from it."""
+        inp = self.input or {}
+        return inp.get("stored_size"), int(inp.get("quality") or 90)
+
+    @property
     def image_size(self) -> int:
         return int(self.config["image_size"])
 
@@ -414,21 +421,33 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
     except (OSError, ValueError):
         metrics = {}
     return TrainedBackbone(cfg["backbone"], d, cfg, model, dev, cl, precision(dev, amp or cfg.get("amp", "bf16")),
-                           best, metrics.get("tasks_trained"), metrics.get("input"))
+                           best, metrics.get("tasks_trained"), _input(metrics.get("input"), cfg.get("shards")))
+
+
+def _input(recorded: dict | None, shards) -> dict | None:
+    """A run's ``input`` as its metrics.json recorded it; one recorded before the stored size was (2026-12-07)
+    takes it from its shards' manifest while they are there."""
+    if recorded is None or "stored_size" in recorded or not shards:
+        return recorded
+    return {**input_of_shards(shards), **recorded}
 
 
 def input_of_shards(shards: str | Path) -> dict:
     """What a model trained on ``shards`` expects of an image beyond its size: the stretch that made deep images and
-    FITS 8-bit there (``gzpipe.pixels.stretch``), recorded in its metrics.json and exports so that predict makes new
-    images the same way."""
+    FITS 8-bit there (``gzpipe.pixels.stretch``), and the side and JPEG quality the shards stored every image at
+    (``gzpipe shard --resize / --quality``; ``stored_size`` None: as given), recorded in its metrics.json and exports
+    so that predict makes new images the same way (``gzpipe.predict.parts.FileChunk``)."""
     from gzpipe.manifest import read_manifest
     from gzpipe.pixels import DEFAULT_STRETCH
 
     try:
-        config = read_manifest(shards).get("config") or {}
+        manifest = read_manifest(shards)
     except GzpipeError:
-        config = {}
-    return {"stretch": config.get("stretch") or DEFAULT_STRETCH}
+        manifest = {}
+    config = manifest.get("config") or {}
+    stored = manifest.get("stored_size")
+    return {"stretch": config.get("stretch") or DEFAULT_STRETCH,
+            "stored_size": stored if isinstance(stored, int) else None, "quality": int(config.get("quality") or 90)}
 
 
 def metrics_cover(tasks_trained: list[str] | None) -> str:

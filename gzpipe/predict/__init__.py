@@ -163,11 +163,11 @@ def _run_part(part: Part, predictor, cfg: PredictConfig, bar) -> pa.Table:
         size, crop, channels = view
         device = next(iter(predictor.backbones.values())).device
 
-        def make(turn: float, size=size, crop=crop, channels=channels):
+        def make(turn: float, size=size, crop=crop, channels=channels, view=view):
             if part.kind == "files":
-                return create_unit_loader(Units(part.chunks(predictor.stretch), part.rows), cfg.backend, size,
-                                          cfg.batch_size, device=device, workers=cfg.workers, crop=crop,
-                                          channels=channels, turn=turn)
+                return create_unit_loader(Units(part.chunks(predictor.stretch, predictor.stored(view)), part.rows),
+                                          cfg.backend, size, cfg.batch_size, device=device, workers=cfg.workers,
+                                          crop=crop, channels=channels, turn=turn)
             return create_loader(part.shards, part.shards.split, cfg.backend, size, cfg.batch_size, train=False,
                                  device=device, workers=cfg.workers, rank=0, world_size=1, crop=crop,
                                  channels=channels, turn=turn)

@@ -105,6 +105,17 @@ class Predictor:
                               f"({', '.join(sorted(found))}); predict with one of them at a time")
         return found.pop()
 
+    def stored(self, view: tuple[int, float, int]) -> tuple[int | None, int]:
+        """(side, JPEG quality) the training images of the backbones at ``view`` were stored at (``gzpipe shard
+        --resize``): a new image file is stored the same way before the view is cut from it, so that the model
+        sees the pixels it was trained on. Backbones of one view stored at different sizes cannot share an input."""
+        found = {self.backbones[m.backbone].stored for m in self.members_at(view)}
+        if len(found) > 1:
+            raise GzpipeError(f"{self.name}'s backbones at {view[0]} px were trained on images stored at different "
+                              f"sizes ({', '.join(str(s) for s, _ in sorted(found, key=str))}); predict with one of "
+                              "them at a time")
+        return found.pop() if found else (None, 90)
+
     def spread(self, members: dict[str, np.ndarray], mean: np.ndarray) -> np.ndarray:
         """The spread of the members' predictions around the ensemble's: the weighted standard deviation, per
         galaxy and target (the ensemble's own weights, normalised per target)."""
