@@ -304,7 +304,8 @@ def test_predict_makes_deep_images_as_the_models_training_images_were(real_sampl
     run_train(resolve("timm:resnet10t", str(tmp_path / "s"), None, out=str(art), image_size=32, batch_size=4,
                       epochs=1, workers=0, device="cpu", warmup_epochs=1, backend="pil"))
     run_dir = art / "timm:resnet10t"
-    assert json.loads((run_dir / "metrics.json").read_text())["input"] == {"stretch": "percentile"}
+    recorded = json.loads((run_dir / "metrics.json").read_text())["input"]
+    assert recorded == {"stretch": "percentile", "stored_size": None, "quality": 90}  # shards as given, not resized
     test = pd.read_parquet(run_dir / "test_predictions.parquet").set_index("id")
     files = [str(d / f"{i}.fits") for i in test.index]
     for model in (run_dir, run_export(run_dir, tmp_path / "export")):

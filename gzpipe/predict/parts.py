@@ -113,7 +113,8 @@ class Part:
     def rows(self) -> int:
         return len(self.items) if self.kind == "files" else self.shards.samples
 
-    def chunks(self, stretch: str = DEFAULT_STRETCH, stored: tuple[int | None, int] = (None, 90)) -> tuple[FileChunk, ...]:
+    def chunks(self, stretch: str = DEFAULT_STRETCH,
+               stored: tuple[int | None, int] = (None, 90)) -> tuple[FileChunk, ...]:
         """The part's files in loader units; ``stored``: (side, JPEG quality) to store each at first, as the model's
         shards stored its training images (``Predictor.stored``)."""
         return tuple(FileChunk(self.items[i:i + CHUNK], i, stretch, *stored) for i in range(0, len(self.items), CHUNK))
