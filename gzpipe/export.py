@@ -329,7 +329,7 @@ def load_exported(folder: str | Path, device=None, amp: str | None = None):
 def _stored_input(metrics: dict, cfg: dict) -> dict:
     """How the run's training images were made (``gzpipe.runs.input_of_shards``): the stretch, and the side and JPEG
     quality its shards stored them at, which predict applies to new image files."""
-    got = {**runs.input_of_shards(cfg["shards"]), **(metrics.get("input") or {})}
+    got = runs.recorded_input(metrics.get("input"), cfg["shards"]) or runs.input_of_shards(cfg["shards"])
     return {"stretch": got["stretch"], "stored_size": got.get("stored_size"), "quality": got.get("quality") or 90}
 
 

@@ -421,10 +421,10 @@ def load_trained(run_dir: str | Path, device=None, amp: str | None = None) -> Tr
     except (OSError, ValueError):
         metrics = {}
     return TrainedBackbone(cfg["backbone"], d, cfg, model, dev, cl, precision(dev, amp or cfg.get("amp", "bf16")),
-                           best, metrics.get("tasks_trained"), _input(metrics.get("input"), cfg.get("shards")))
+                           best, metrics.get("tasks_trained"), recorded_input(metrics.get("input"), cfg.get("shards")))
 
 
-def _input(recorded: dict | None, shards) -> dict | None:
+def recorded_input(recorded: dict | None, shards) -> dict | None:
     """A run's ``input`` as its metrics.json recorded it; one recorded before the stored size was (2026-12-07)
     takes it from its shards' manifest while they are there."""
     if recorded is None or "stored_size" in recorded or not shards:
